@@ -1,0 +1,77 @@
+"""Base configuration: the reference's hyper-parameters. Dataset files override a few fields.
+
+Every field can be overridden on the command line, e.g.
+  python train.py --config=configs/lastfm.py --config.pretrain.epochs=0
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 42                       # fixes every random draw (JAX keys and numpy generators)
+  c.dataset = "synthetic"           # NAME of NAME.txt in data_dir, or "synthetic" (built in)
+  c.data_dir = "data"               # folder with NAME.txt, NAME_item2attributes.json[, NAME_sample.txt]
+  c.max_seq_length = 50
+  c.num_devices = 0                 # devices of the data-parallel mesh; 0 = all
+
+  # Built-in synthetic dataset (used when dataset == "synthetic").
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.num_users = 500
+  c.synthetic.num_items = 300
+  c.synthetic.num_attributes = 30
+  c.synthetic.seed = 0
+
+  # Negatives of the sampled protocol: read from NAME_sample.txt, or generated.
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num_negatives = 99
+  c.sample.seed = 12345
+
+  # Reference quirk: training negatives are drawn from 1..item_size-1, which
+  # includes the mask token. False draws from the real items 1..max_item only.
+  c.negatives_include_mask_id = True
+
+  c.model = ml_collections.ConfigDict()
+  c.model.hidden_size = 64
+  c.model.num_layers = 2
+  c.model.num_heads = 2
+  c.model.hidden_dropout = 0.5
+  c.model.attention_dropout = 0.5
+  c.model.initializer_range = 0.02
+
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.epochs = 0             # 0 = no pre-training (plain SASRec)
+  c.pretrain.batch_size = 100
+  c.pretrain.learning_rate = 1e-3
+  c.pretrain.adam_b1 = 0.9
+  c.pretrain.adam_b2 = 0.999
+  c.pretrain.weight_decay = 0.0
+  c.pretrain.mask_p = 0.2
+  # Objective name -> weight; 0 disables one. A new objective is a registered
+  # function in s3rec_jax/objectives.py plus an entry here.
+  c.pretrain.objectives = ml_collections.ConfigDict(
+      {"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5})
+  c.pretrain.form = "reference"     # "reference" (sigmoid forms) or "infonce"
+  c.pretrain.infonce_temperature = 1.0
+  c.pretrain.mip_num_negatives = 0  # infonce MIP: 0 = whole catalogue, K = K sampled items
+  c.pretrain.save_every_epochs = 10
+  c.pretrain.log_every_steps = 50
+
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.epochs = 200
+  c.finetune.batch_size = 256
+  c.finetune.learning_rate = 1e-3
+  c.finetune.adam_b1 = 0.9
+  c.finetune.adam_b2 = 0.999
+  c.finetune.weight_decay = 0.0
+  c.finetune.patience = 10          # early stopping on MRR (sampled) / NDCG@20 (full)
+  # Pre-training checkpoint to start from: a checkpoint folder (latest step)
+  # or one of its step folders. "" = this run's own pre-training, if any.
+  c.finetune.init_checkpoint = ""
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.protocol = "sampled"       # "sampled" (answer + 99 negatives) or "full" (all items)
+  c.eval.batch_size = 512
+  c.eval.chunk_size = 8192          # catalogue rows scored at a time in full ranking
+  c.eval.top_k = 20
+  return c

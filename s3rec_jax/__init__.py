@@ -1,0 +1,3 @@
+"""S3-Rec in JAX: self-supervised pre-training for sequential recommendation."""
+
+__version__ = "0.1.0"

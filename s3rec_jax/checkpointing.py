@@ -1,0 +1,134 @@
+"""Orbax checkpoints: pre-training states, the hand-off into fine-tuning, best fine-tuning state.
+
+A checkpoint directory is an orbax `CheckpointManager` root whose steps hold
+three items: `params`, `opt_state` (absent in imported checkpoints) and
+`meta` (JSON: epoch, sizes, what produced it). Orbax writes each step into a
+temporary folder and renames it when complete, so a killed run never leaves a
+half-written step behind. Paths are made absolute (orbax requires it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from s3rec_jax import model as model_lib
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that does not exist or does not fit the model."""
+
+
+def _abs(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def manager(directory: str, *, max_to_keep: int | None = None, read_only: bool = False,
+            best_metric: str | None = None) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, read_only=read_only, create=not read_only,
+      best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode="max",
+      enable_async_checkpointing=False)
+  return ocp.CheckpointManager(_abs(directory), options=options,
+                               item_names=("params", "opt_state", "meta"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, params: Any, meta: dict,
+         opt_state: Any = None, metrics: dict | None = None) -> None:
+  items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
+  if opt_state is not None:
+    items["opt_state"] = ocp.args.StandardSave(opt_state)
+  mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+  mngr.wait_until_finished()
+
+
+def save_pretrained(directory: str, step: int, params: Any, metadata: dict) -> str:
+  """Writes parameters (e.g. imported ones) as a pre-training checkpoint; returns its path."""
+  mngr = manager(directory)
+  save(mngr, step, params, dict(metadata, step=step))
+  mngr.close()
+  return os.path.join(_abs(directory), str(step))
+
+
+def resolve(path: str) -> tuple[str, int]:
+  """(manager root, step) of `path`: either a manager root (latest step) or a step folder in one."""
+  path = _abs(path)
+  if not os.path.isdir(path):
+    raise CheckpointError(f"checkpoint {path} does not exist")
+  base = os.path.basename(path.rstrip("/"))
+  if base.isdigit() and os.path.isdir(os.path.join(path, "params")):
+    return os.path.dirname(path), int(base)
+  steps = [int(d) for d in os.listdir(path)
+           if d.isdigit() and os.path.isdir(os.path.join(path, d, "params"))]
+  if not steps:
+    raise CheckpointError(f"checkpoint {path} holds no complete checkpoint step")
+  return path, max(steps)
+
+
+def read_meta(root: str, step: int) -> dict:
+  mngr = manager(root, read_only=True)
+  try:
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  finally:
+    mngr.close()
+
+
+def _abstract(tree: Any, sharding) -> Any:
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def _check_shapes(saved: Any, target: Any, where: str) -> None:
+  """Every target leaf must exist in `saved` with the same shape; names the first that does not."""
+  flat_saved = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(saved)}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(target):
+    name = jax.tree_util.keystr(path)
+    if name not in flat_saved:
+      raise CheckpointError(f"{where}: tensor {name} is missing from the checkpoint")
+    found = tuple(flat_saved[name].shape)
+    if found != tuple(leaf.shape):
+      raise CheckpointError(
+          f"{where}: tensor {name} has shape {found} in the checkpoint but the model expects "
+          f"{tuple(leaf.shape)} (a checkpoint of another dataset or model size?)")
+
+
+def restore_encoder(path: str, params: Any, sharding) -> tuple[Any, str, int]:
+  """Loads the embeddings and encoder of a pre-training checkpoint into `params`.
+
+  The heads of the checkpoint are not carried. Returns (params, root, step).
+  """
+  root, step = resolve(path)
+  mngr = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_handlers={"params": ocp.PyTreeCheckpointHandler()})
+  try:
+    saved_meta = mngr.item_metadata(step)["params"]
+    target = model_lib.encoder_params(params)
+    _check_shapes(saved_meta, target, f"checkpoint {root}/{step}")
+    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
+        item=_abstract(target, sharding),
+        restore_args=jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target),
+        partial_restore=True)))["params"]
+  finally:
+    mngr.close()
+  merged = dict(params)
+  merged.update(restored)
+  return merged, root, step
+
+
+def restore_full(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,
+                 sharding) -> tuple[Any, Any, dict]:
+  """Restores params, optimiser state and meta of `step` into the given structures."""
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(_abstract(params, sharding)),
+      opt_state=ocp.args.StandardRestore(_abstract(opt_state, sharding)),
+      meta=ocp.args.JsonRestore()))
+  return restored["params"], restored["opt_state"], restored["meta"]
+
+
+def restore_params(mngr: ocp.CheckpointManager, step: int, params: Any, sharding) -> Any:
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(_abstract(params, sharding))))
+  return restored["params"]

@@ -1,0 +1,63 @@
+"""Checks a config before any work, with errors that name the field and what was expected."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from s3rec_jax import objectives as objectives_lib
+
+PROTOCOLS = ("sampled", "full")
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _get(config, field: str):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+def _positive_int(config, field: str) -> None:
+  value = _get(config, field)
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise ConfigError(f"config.{field} must be a positive integer, got {value!r}")
+
+
+def _probability(value, field: str) -> None:
+  if not 0.0 <= float(value) <= 1.0:
+    raise ConfigError(f"config.{field} must be a probability in [0, 1], got {value!r}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  for field in ("max_seq_length", "model.hidden_size", "model.num_layers", "model.num_heads",
+                "pretrain.batch_size", "finetune.batch_size", "eval.batch_size",
+                "eval.chunk_size", "eval.top_k", "pretrain.save_every_epochs",
+                "pretrain.log_every_steps", "finetune.patience", "sample.num_negatives"):
+    _positive_int(config, field)
+  for field in ("pretrain.epochs", "finetune.epochs", "num_devices", "pretrain.mip_num_negatives"):
+    value = _get(config, field)
+    if not isinstance(value, int) or value < 0:
+      raise ConfigError(f"config.{field} must be a non-negative integer, got {value!r}")
+  if config.finetune.epochs == 0:
+    raise ConfigError("config.finetune.epochs must be at least 1 (the test uses the best epoch)")
+  if config.model.hidden_size % config.model.num_heads:
+    raise ConfigError(f"config.model.hidden_size={config.model.hidden_size} must be divisible by "
+                      f"config.model.num_heads={config.model.num_heads}")
+  for field in ("model.hidden_dropout", "model.attention_dropout", "pretrain.mask_p"):
+    _probability(_get(config, field), field)
+  if config.eval.protocol not in PROTOCOLS:
+    raise ConfigError(f"config.eval.protocol={config.eval.protocol!r} is unknown; valid protocols: "
+                      + ", ".join(PROTOCOLS))
+  if config.pretrain.form not in objectives_lib.FORMS:
+    raise ConfigError(f"config.pretrain.form={config.pretrain.form!r} is unknown; valid forms: "
+                      + ", ".join(objectives_lib.FORMS))
+  if config.pretrain.infonce_temperature <= 0:
+    raise ConfigError("config.pretrain.infonce_temperature must be > 0")
+  if config.pretrain.epochs > 0:
+    try:
+      objectives_lib.resolve(config.pretrain.objectives.to_dict(), config.pretrain.form)
+    except ValueError as e:
+      raise ConfigError(f"config.pretrain.objectives: {e}") from None

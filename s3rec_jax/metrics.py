@@ -1,0 +1,303 @@
+"""Ranking metrics for the sampled and full-ranking evaluation protocols.
+
+Everything except `finalize` is pure jax.numpy with static shapes, so it can run
+inside a jitted evaluation step whose batch of users is sharded over a device
+mesh: per-user work is elementwise and batch reductions are plain sums. The
+host accumulates the per-batch sums (`metric_sums`) over the whole split and
+calls `finalize` once.
+
+Rank convention (both protocols): the rank of the answer is the number of OTHER
+candidates scoring >= the answer, so exact ties never favour the answer (a
+collapsed model that scores everything equally gets HR@1 = 0, not 1).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+SAMPLED_METRICS = ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR")
+FULL_METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
+
+_METRIC_RE = re.compile(r"^(HR|NDCG)@([1-9][0-9]*)$")
+_VALID_FORMS = "'HR@k', 'NDCG@k' (k a positive integer) or 'MRR'"
+
+
+def parse_metric(name: str) -> tuple[str, int | None]:
+  """Splits a metric name into (kind, k); k is None for MRR.
+
+  Raises:
+    ValueError: if the name is not one of the valid forms.
+  """
+  if name == "MRR":
+    return "MRR", None
+  match = _METRIC_RE.match(name)
+  if match is None:
+    raise ValueError(f"Unknown metric {name!r}; valid forms are {_VALID_FORMS}.")
+  return match.group(1), int(match.group(2))
+
+
+def rank_of_first(scores: jax.Array) -> jax.Array:
+  """Rank of column 0 (the answer) among the columns of `scores`.
+
+  Args:
+    scores: [B, C] scores; column 0 is the answer, columns 1.. the negatives.
+
+  Returns:
+    [B] int32: the number of other candidates scoring >= the answer (0 = best).
+    A NaN answer score gets the worst rank C - 1.
+  """
+  chex.assert_rank(scores, 2)
+  answer = scores[:, :1]
+  # A NaN answer compares False with everything, which would make it "best";
+  # count every candidate as beating it instead.
+  beaten_by = (scores[:, 1:] >= answer) | jnp.isnan(answer)
+  return jnp.sum(beaten_by, axis=1, dtype=jnp.int32)
+
+
+def metric_sums(
+    ranks: jax.Array, weights: jax.Array, names: Sequence[str]
+) -> dict[str, jax.Array]:
+  """Weighted per-metric sums over the users of one batch.
+
+  Args:
+    ranks: [B] integer ranks (0 = best).
+    weights: [B] per-user weights, 0 for padding users of a partial batch.
+    names: metric names, each "HR@k", "NDCG@k" or "MRR".
+
+  Returns:
+    {name: float32 scalar sum over users of metric * weight} plus
+    'count' = sum(weights). Sums (not means) so that batches and devices
+    combine exactly; divide on the host with `finalize`.
+
+  Raises:
+    ValueError: for an unknown metric name (checked at trace time).
+  """
+  chex.assert_rank([ranks, weights], 1)
+  chex.assert_equal_shape([ranks, weights])
+  parsed = [(name, *parse_metric(name)) for name in names]
+  weights = weights.astype(jnp.float32)
+  ranks_f = ranks.astype(jnp.float32)
+  sums = {}
+  for name, kind, k in parsed:
+    if kind == "MRR":
+      per_user = 1.0 / (ranks_f + 1.0)
+    else:
+      hit = (ranks < k).astype(jnp.float32)
+      # log2(rank + 2) >= 1, so no division by zero for any rank >= 0.
+      per_user = hit if kind == "HR" else hit / jnp.log2(ranks_f + 2.0)
+    sums[name] = jnp.sum(per_user * weights)
+  sums["count"] = jnp.sum(weights)
+  return sums
+
+
+def finalize(sums: Mapping[str, np.ndarray | float]) -> dict[str, float]:
+  """Host side: turns accumulated sums into means (drops 'count').
+
+  Raises:
+    ValueError: if 'count' is missing or not positive.
+  """
+  if "count" not in sums:
+    raise ValueError("sums must contain 'count' (as returned by metric_sums).")
+  count = float(np.asarray(sums["count"], dtype=np.float64))
+  if not count > 0:
+    raise ValueError(f"Cannot finalize metrics over count={count}.")
+  return {
+      name: float(np.asarray(value, dtype=np.float64)) / count
+      for name, value in sums.items()
+      if name != "count"
+  }
+
+
+# Matmul kernels may round the same dot product differently depending on the
+# output column it lands in (measured on XLA:CPU: the vectorised tail columns of
+# a [1, H] x [H, 100] product differ in the last bit). A collapsed model (all
+# item rows equal) would then get random ties broken in the answer's favour. So
+# scores of bit-identical embedding rows are snapped to the answer's score: their
+# exact scores are equal, so this only removes rounding noise. Rows are compared
+# by a 64-bit fingerprint whose integer sum is exact in any reduction order.
+_FP_MULT = (0x9E3779B1, 0x85EBCA77)
+_FP_SALT = (0x7FEB352D, 0x846CA68B)
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+  """A murmur3-style finaliser on uint32 (wrapping arithmetic)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def row_fingerprints(rows: jax.Array) -> jax.Array:
+  """[..., H] float rows -> [..., 2] uint32; equal rows get equal fingerprints.
+
+  -0.0 and +0.0 are treated as equal (they score identically).
+  """
+  rows = jnp.where(rows == 0, jnp.zeros_like(rows), rows)
+  bits_dtype = {2: jnp.uint16, 4: jnp.uint32}.get(rows.dtype.itemsize)
+  if bits_dtype is None or not jnp.issubdtype(rows.dtype, jnp.floating):
+    raise ValueError(f"Unsupported embedding dtype {rows.dtype} (need 16/32-bit float).")
+  bits = lax.bitcast_convert_type(rows, bits_dtype).astype(jnp.uint32)
+  position = jnp.arange(rows.shape[-1], dtype=jnp.uint32)
+  halves = []
+  for mult, salt in zip(_FP_MULT, _FP_SALT):
+    # Position-dependent mixing, then an order-independent wrapping sum.
+    mixed = _mix32(bits * jnp.uint32(mult) + position * jnp.uint32(salt) + jnp.uint32(salt))
+    halves.append(jnp.sum(mixed, axis=-1, dtype=jnp.uint32))
+  return jnp.stack(halves, axis=-1)
+
+
+def _same_row(fp_a: jax.Array, fp_b: jax.Array) -> jax.Array:
+  return jnp.all(fp_a == fp_b, axis=-1)
+
+
+def sampled_scores(
+    user_repr: jax.Array, item_table: jax.Array, candidates: jax.Array
+) -> jax.Array:
+  """Scores of per-user candidate lists by dot product (no bias).
+
+  Args:
+    user_repr: [B, H] user representations (encoder output at the last position).
+    item_table: [item_size, H] item embeddings.
+    candidates: [B, C] item ids; column 0 the answer, 1.. the negatives.
+
+  Returns:
+    [B, C] scores. Candidates whose embedding row is bit-identical to the
+    answer's get exactly the answer's score, so `rank_of_first` counts such
+    ties against the answer whatever the matmul kernel's rounding.
+  """
+  chex.assert_rank([user_repr, item_table, candidates], [2, 2, 2])
+  chex.assert_equal_shape_prefix([user_repr, candidates], 1)
+  chex.assert_equal_shape_suffix([user_repr, item_table], 1)
+  rows = jnp.take(item_table, candidates, axis=0)  # [B, C, H]
+  scores = jnp.einsum("bh,bch->bc", user_repr, rows)
+  fps = row_fingerprints(rows)
+  same_as_answer = _same_row(fps, fps[:, :1])
+  return jnp.where(same_as_answer, scores[:, :1], scores)
+
+
+def full_ranking(
+    user_repr: jax.Array,
+    item_table: jax.Array,
+    answers: jax.Array,
+    history: jax.Array,
+    *,
+    num_items: int,
+    chunk_size: int,
+    top_k: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Ranks the answer among all real items, in chunks of the catalogue.
+
+  Candidates are item ids 1..num_items (row 0 is padding; rows beyond num_items,
+  e.g. the mask token, are never candidates), minus the user's history items
+  other than the answer itself. Never materialises [B, num_items]: a scan runs
+  over catalogue chunks of `chunk_size` rows, counting candidates that score >=
+  the answer and merging a running top-k. Items whose embedding row is
+  bit-identical to the answer's get exactly the answer's score (see
+  `row_fingerprints`), so exact ties always count against the answer.
+
+  Args:
+    user_repr: [B, H] user representations.
+    item_table: [item_size, H] item embeddings, item_size > num_items.
+    answers: [B] int answer ids in 1..num_items (not checked at run time).
+    history: [B, Lh] int, 0-padded history ids in any order, repeats allowed;
+      may contain the answer, which stays a candidate.
+    num_items: number of real items (static).
+    chunk_size: catalogue rows scored per scan step (static); any value >= 1,
+      values >= num_items give a single chunk.
+    top_k: number of best remaining candidates to return (static).
+
+  Returns:
+    ranks: [B] int32, number of other remaining candidates scoring >= the answer.
+    top_items: [B, top_k] int32 item ids, best first; ties by lowest id. If
+      fewer than top_k candidates remain, the tail holds id 0 with score -inf.
+    top_scores: [B, top_k] their scores.
+
+  Raises:
+    ValueError: for inconsistent static sizes.
+  """
+  chex.assert_rank([user_repr, item_table, answers, history], [2, 2, 1, 2])
+  chex.assert_equal_shape_prefix([user_repr, answers, history], 1)
+  chex.assert_equal_shape_suffix([user_repr, item_table], 1)
+  chex.assert_type([answers, history], int)
+  item_size = item_table.shape[0]
+  batch = user_repr.shape[0]
+  if not 1 <= num_items < item_size:
+    raise ValueError(
+        f"Need 1 <= num_items < item_size (row 0 is padding); got "
+        f"num_items={num_items}, item_size={item_size}.")
+  if chunk_size < 1 or top_k < 1:
+    raise ValueError(f"chunk_size and top_k must be >= 1; got {chunk_size}, {top_k}.")
+
+  chunk = min(chunk_size, num_items)
+  num_chunks = math.ceil(num_items / chunk)
+  chunk_k = min(top_k, chunk)
+  score_dtype = jnp.result_type(user_repr.dtype, item_table.dtype)
+  neg_inf = jnp.array(-jnp.inf, score_dtype)
+  user_repr = user_repr.astype(score_dtype)
+  item_table = item_table.astype(score_dtype)
+
+  answers = answers.astype(jnp.int32)
+  history = history.astype(jnp.int32)
+  user_idx = jnp.arange(batch, dtype=jnp.int32)
+  # History entries to remove from the candidates: real ids other than the answer.
+  excluded = (history > 0) & (history != answers[:, None])
+  answer_rows = jnp.take(item_table, answers, axis=0)  # [B, H]
+  answer_score = jnp.sum(user_repr * answer_rows, axis=-1)
+  answer_fp = row_fingerprints(answer_rows)  # [B, 2]
+  table_fp = row_fingerprints(item_table)  # [item_size, 2], cheap next to the scan
+
+  def step_fn(carry, step):
+    count, top_scores, top_items = carry
+    # Chunk ids [start, start + chunk). The last chunk's slice is shifted back
+    # to stay inside the table; its ids below `start` were already seen.
+    start = step * chunk + 1
+    offset = jnp.minimum(start, item_size - chunk)
+    rows = lax.dynamic_slice_in_dim(item_table, offset, chunk, axis=0)
+    scores = lax.dot_general(user_repr, rows, (((1,), (1,)), ((), ())))  # [B, chunk]
+    fps = lax.dynamic_slice_in_dim(table_fp, offset, chunk, axis=0)
+    same_as_answer = _same_row(fps[None, :, :], answer_fp[:, None, :])
+    scores = jnp.where(same_as_answer, answer_score[:, None], scores)
+
+    ids = offset + jnp.arange(chunk, dtype=jnp.int32)
+    in_range = (ids >= start) & (ids <= num_items)
+    local = history - offset
+    # Out-of-chunk positions go to index `chunk` and are dropped; negative
+    # indices would otherwise wrap around.
+    local = jnp.where(excluded & (local >= 0) & (local < chunk), local, chunk)
+    candidate = jnp.broadcast_to(in_range, (batch, chunk))
+    candidate = candidate.at[user_idx[:, None], local].set(False, mode="drop")
+
+    others = candidate & (ids[None, :] != answers[:, None])
+    # A NaN answer score compares False with everything; never let it win.
+    beats = (scores >= answer_score[:, None]) | jnp.isnan(answer_score)[:, None]
+    count = count + jnp.sum(others & beats, axis=1, dtype=jnp.int32)
+
+    masked = jnp.where(candidate, scores, neg_inf)
+    chunk_scores, chunk_idx = lax.top_k(masked, chunk_k)
+    chunk_items = jnp.where(
+        jnp.take_along_axis(candidate, chunk_idx, axis=1), ids[chunk_idx], 0)
+    # Previous best first: lax.top_k keeps the lower index on ties, and earlier
+    # chunks hold lower ids, so ties resolve to the lowest id.
+    merged_scores = jnp.concatenate([top_scores, chunk_scores], axis=1)
+    merged_items = jnp.concatenate([top_items, chunk_items], axis=1)
+    top_scores, pick = lax.top_k(merged_scores, top_k)
+    top_items = jnp.take_along_axis(merged_items, pick, axis=1)
+    return (count, top_scores, top_items), None
+
+  init = (
+      jnp.zeros((batch,), jnp.int32),
+      jnp.full((batch, top_k), neg_inf),
+      jnp.zeros((batch, top_k), jnp.int32),
+  )
+  steps = jnp.arange(num_chunks, dtype=jnp.int32)
+  (ranks, top_scores, top_items), _ = lax.scan(step_fn, init, steps)
+  return ranks, top_items, top_scores

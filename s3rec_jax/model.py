@@ -1,0 +1,243 @@
+"""The S3-Rec encoder: item/attribute/position embeddings, a post-LN transformer and dense heads.
+
+The module is used only through its pure `init` / `apply`: parameters and
+dropout keys are always passed in explicitly. The layout follows the reference
+(see docs in README): LayerNorm with epsilon 1e-12 inside the square root,
+exact (erf) GELU, N(0, 0.02) initialisation, dropout after the input
+LayerNorm, on the attention probabilities, after the attention output dense
+and after the feed-forward block.
+
+Parameter tree (the names the checkpoint converter and the checkpoint hand-off
+rely on):
+
+  item_embeddings/embedding            [item_size, H]
+  attribute_embeddings/embedding       [attribute_size, H]
+  position_embeddings/embedding        [max_len, H]
+  input_norm/{scale,bias}
+  encoder/layer_{i}/attention/{query,key,value,output}/{kernel,bias}
+  encoder/layer_{i}/attention_norm/{scale,bias}
+  encoder/layer_{i}/feed_forward/{dense_1,dense_2}/{kernel,bias}
+  encoder/layer_{i}/feed_forward_norm/{scale,bias}
+  heads/{name}/{kernel,bias}           one H->H dense per pre-training objective
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Additive attention biases used by the reference.
+BIDIRECTIONAL_MASK_VALUE = -1e8
+CAUSAL_MASK_VALUE = -10000.0
+LAYER_NORM_EPSILON = 1e-12
+
+# Parameter groups that make up "the encoder" carried from pre-training into
+# fine-tuning; the heads stay behind.
+ENCODER_PARAM_GROUPS = (
+    "item_embeddings",
+    "attribute_embeddings",
+    "position_embeddings",
+    "input_norm",
+    "encoder",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Static shape and regularisation settings of the encoder."""
+  item_size: int
+  attribute_size: int
+  hidden_size: int = 64
+  num_layers: int = 2
+  num_heads: int = 2
+  max_len: int = 50
+  hidden_dropout: float = 0.5
+  attention_dropout: float = 0.5
+  initializer_range: float = 0.02
+  head_names: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(
+          f"model.hidden_size={self.hidden_size} must be divisible by "
+          f"model.num_heads={self.num_heads}")
+
+
+def _layer_norm(name: str) -> nn.LayerNorm:
+  # use_fast_variance=False: compute E[(x - mean)^2] as the reference does.
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False, name=name)
+
+
+def _dense(features: int, std: float, name: str) -> nn.Dense:
+  return nn.Dense(features, kernel_init=nn.initializers.normal(std),
+                  bias_init=nn.initializers.zeros, name=name)
+
+
+def attention_bias(ids: jax.Array, causal: bool) -> jax.Array:
+  """Additive attention bias, [B, 1, Lq or 1, Lk], from left-padded item ids (0 = padding)."""
+  is_item = ids > 0
+  if not causal:
+    # Bidirectional (pre-training): only padding keys are hidden; mask tokens are attended to.
+    return jnp.where(is_item, 0.0, BIDIRECTIONAL_MASK_VALUE)[:, None, None, :]
+  length = ids.shape[1]
+  lower = jnp.tril(jnp.ones((length, length), dtype=bool))
+  allowed = is_item[:, None, :] & lower[None]
+  return jnp.where(allowed, 0.0, CAUSAL_MASK_VALUE)[:, None, :, :]
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with the reference's additive mask; returns the projected context."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    batch, length, hidden = x.shape
+    head_dim = hidden // cfg.num_heads
+
+    def project(name):
+      y = _dense(hidden, cfg.initializer_range, name)(x)
+      return y.reshape(batch, length, cfg.num_heads, head_dim)
+
+    query, key, value = project("query"), project("key"), project("value")
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
+    probs = jax.nn.softmax(scores + bias, axis=-1)
+    probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs, value).reshape(batch, length, hidden)
+    return _dense(hidden, cfg.initializer_range, "output")(context)
+
+
+class FeedForward(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    cfg = self.config
+    y = _dense(4 * cfg.hidden_size, cfg.initializer_range, "dense_1")(x)
+    y = jax.nn.gelu(y, approximate=False)
+    return _dense(cfg.hidden_size, cfg.initializer_range, "dense_2")(y)
+
+
+class TransformerLayer(nn.Module):
+  """Post-LN block: LN(x + drop(attn(x))), then LN(x + drop(ffn(x)))."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    attended = SelfAttention(cfg, name="attention")(x, bias, deterministic)
+    attended = nn.Dropout(cfg.hidden_dropout)(attended, deterministic=deterministic)
+    x = _layer_norm("attention_norm")(x + attended)
+    transformed = FeedForward(cfg, name="feed_forward")(x)
+    transformed = nn.Dropout(cfg.hidden_dropout)(transformed, deterministic=deterministic)
+    return _layer_norm("feed_forward_norm")(x + transformed)
+
+
+class Encoder(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
+    for i in range(self.config.num_layers):
+      x = TransformerLayer(self.config, name=f"layer_{i}")(x, bias, deterministic)
+    return x
+
+
+class Heads(nn.Module):
+  """One H->H dense per pre-training objective, named after it."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> dict[str, jax.Array]:
+    cfg = self.config
+    return {name: _dense(cfg.hidden_size, cfg.initializer_range, name)(x)
+            for name in cfg.head_names}
+
+
+class S3RecModel(nn.Module):
+  """Embeddings + encoder + one dense head per pre-training objective."""
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    embed_init = nn.initializers.normal(cfg.initializer_range)
+    self.item_embeddings = nn.Embed(cfg.item_size, cfg.hidden_size, embedding_init=embed_init)
+    self.attribute_embeddings = nn.Embed(cfg.attribute_size, cfg.hidden_size,
+                                         embedding_init=embed_init)
+    self.position_embeddings = nn.Embed(cfg.max_len, cfg.hidden_size, embedding_init=embed_init)
+    self.input_norm = _layer_norm("input_norm")
+    self.input_dropout = nn.Dropout(cfg.hidden_dropout)
+    self.encoder = Encoder(cfg)
+    self.heads = Heads(cfg)
+
+  def encode(self, ids: jax.Array, causal: bool, deterministic: bool = True) -> jax.Array:
+    """Encodes left-padded ids [B, L] (L <= max_len) into [B, L, H].
+
+    Positions are absolute in the max_len window, so the newest item always
+    sits at position max_len - 1; a batch trimmed of leading all-padding
+    columns therefore gives the same outputs at its real positions.
+    """
+    cfg = self.config
+    chex.assert_rank(ids, 2)
+    length = ids.shape[1]
+    if length > cfg.max_len:
+      raise ValueError(f"sequence length {length} exceeds model.max_len={cfg.max_len}")
+    positions = self.position_embeddings.embedding[cfg.max_len - length:]
+    x = self.item_embeddings(ids) + positions[None]
+    x = self.input_dropout(self.input_norm(x), deterministic=deterministic)
+    return self.encoder(x, attention_bias(ids, causal), deterministic)
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    """Touches every parameter (used by `init`); returns the bidirectional encoding."""
+    out = self.encode(ids, causal=False)
+    _ = self.attribute_embeddings.embedding
+    self.heads(out)
+    return out
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> dict:
+  """Fresh parameters drawn from `key`."""
+  model = S3RecModel(config)
+  dummy = jnp.ones((1, config.max_len), jnp.int32)
+  return model.init(key, dummy)["params"]
+
+
+def encode(config: ModelConfig, params: dict, ids: jax.Array, *, causal: bool,
+           dropout_key: jax.Array | None = None) -> jax.Array:
+  """Pure encoder: dropout is on exactly when a key is given."""
+  deterministic = dropout_key is None
+  rngs = {} if deterministic else {"dropout": dropout_key}
+  return S3RecModel(config).apply({"params": params}, ids, causal, deterministic,
+                                  rngs=rngs, method=S3RecModel.encode)
+
+
+def apply_head(head_params: dict, x: jax.Array) -> jax.Array:
+  """A pre-training head: the dense x W + b."""
+  return x @ head_params["kernel"] + head_params["bias"]
+
+
+def item_table(params: dict) -> jax.Array:
+  return params["item_embeddings"]["embedding"]
+
+
+def attribute_table(params: dict) -> jax.Array:
+  return params["attribute_embeddings"]["embedding"]
+
+
+def encoder_params(params: dict) -> dict:
+  """The part of a parameter tree that fine-tuning inherits (everything but the heads)."""
+  return {k: params[k] for k in ENCODER_PARAM_GROUPS}
+
+
+def param_count(params: dict) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+
+
+def head_names_of(params: dict) -> Sequence[str]:
+  return tuple(params.get("heads", {}))

@@ -1,0 +1,279 @@
+"""Self-supervised pre-training objectives as pure functions in a registry.
+
+An objective maps (encoder outputs, parameters, batch, tables, options) to a
+scalar loss summed over the global batch. It declares the encoder *views* it
+reads (names of [B, L] id arrays in the pre-training batch); the training step
+encodes the union of the views of the enabled objectives in one batched pass.
+A new objective is one decorated function here plus a weight in the config
+(`config.pretrain.objectives.<name>`); its head `heads/<name>` is created
+from that name.
+
+Two estimator forms exist for each built-in objective:
+- `reference`: the sigmoid forms with summed reduction of the reference code,
+  which give the published numbers;
+- `infonce`: the paper's mutual-information form, softmax cross-entropy of the
+  positive's bilinear score against negatives' scores, divided by a
+  temperature, also summed over targets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from s3rec_jax import model as model_lib
+
+FORMS = ("reference", "infonce")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveOptions:
+  """Static settings an objective may read."""
+  mask_id: int
+  num_items: int                 # real items are 1..num_items
+  temperature: float = 1.0       # infonce forms
+  mip_num_negatives: int = 0     # infonce MIP: 0 = every other item, K = K shared samples
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveInputs:
+  outputs: Mapping[str, jax.Array]   # view name -> encoder output [B, L, H]
+  params: Mapping                    # full parameter tree (embeddings + heads)
+  batch: Mapping[str, jax.Array]     # pre-training batch (see input_pipeline)
+  tables: Mapping[str, jax.Array]    # replicated lookup tables, e.g. 'attr_ids' [item_size, K]
+  key: jax.Array                     # for objectives that sample on device
+  options: ObjectiveOptions
+
+
+ObjectiveFn = Callable[[ObjectiveInputs], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  name: str
+  form: str
+  views: tuple[str, ...]
+  fn: ObjectiveFn
+
+
+REGISTRY: dict[tuple[str, str], Objective] = {}
+
+
+def register(name: str, form: str, views: tuple[str, ...]):
+  """Decorator adding `fn` to the registry under (name, form)."""
+  def wrap(fn: ObjectiveFn) -> ObjectiveFn:
+    key = (name, form)
+    if key in REGISTRY:
+      raise ValueError(f"objective {name!r} form {form!r} is registered twice")
+    REGISTRY[key] = Objective(name, form, tuple(views), fn)
+    return fn
+  return wrap
+
+
+def names() -> tuple[str, ...]:
+  return tuple(sorted({n for n, _ in REGISTRY}))
+
+
+def get(name: str, form: str) -> Objective:
+  if (name, form) not in REGISTRY:
+    if name not in names():
+      raise ValueError(f"unknown objective {name!r}; valid objectives: {', '.join(names())}")
+    valid = sorted(f for n, f in REGISTRY if n == name)
+    raise ValueError(f"objective {name!r} has no form {form!r}; valid forms: {', '.join(valid)}")
+  return REGISTRY[(name, form)]
+
+
+# --- shared pieces ----------------------------------------------------------
+
+
+def _head(inputs: ObjectiveInputs, name: str, x: jax.Array) -> jax.Array:
+  return model_lib.apply_head(inputs.params["heads"][name], x)
+
+
+def _row_weights(inputs: ObjectiveInputs) -> jax.Array:
+  return inputs.batch["weights"]
+
+
+def _attribute_bce_sum(scores: jax.Array, attr_ids: jax.Array) -> jax.Array:
+  """Sum over ALL attributes of BCE(sigmoid(score), multi-hot), as the reference does.
+
+  Uses BCE = softplus(s) - y s, so only the item's own attribute ids are
+  gathered (no dense multi-hot). scores [..., A]; attr_ids [..., K] padded with 0.
+  """
+  own = jnp.take_along_axis(scores, attr_ids, axis=-1)
+  return jnp.sum(jax.nn.softplus(scores), -1) - jnp.sum(jnp.where(attr_ids > 0, own, 0.0), -1)
+
+
+def _attribute_infonce(scores: jax.Array, attr_ids: jax.Array, temperature: float) -> jax.Array:
+  """Per position: sum over the item's attributes a of -log softmax over {a} + non-attributes.
+
+  scores [N, A]; attr_ids [N, K] padded with 0 (row/attribute 0 is never a candidate).
+  """
+  logits = scores / temperature
+  rows = jnp.arange(logits.shape[0])[:, None]
+  is_own = jnp.zeros(logits.shape, bool).at[rows, attr_ids].set(True)
+  is_own = is_own.at[:, 0].set(True)  # attribute 0 is unused: never a negative
+  neg_lse = jax.nn.logsumexp(jnp.where(is_own, -jnp.inf, logits), axis=-1)
+  pos = jnp.take_along_axis(logits, attr_ids, axis=-1)
+  # -log(e^p / (e^p + sum_neg e^n)) = softplus(lse_neg - p); 0 where the item has every attribute.
+  per_attr = jax.nn.softplus(neg_lse[:, None] - pos)
+  per_attr = jnp.where(jnp.isfinite(neg_lse)[:, None], per_attr, 0.0)
+  return jnp.sum(jnp.where(attr_ids > 0, per_attr, 0.0), -1)
+
+
+def _attribute_loss(inputs: ObjectiveInputs, head: str, position_mask: jax.Array,
+                    form: str) -> jax.Array:
+  out = inputs.outputs["masked_items"]
+  b, l, h = out.shape
+  scores = _head(inputs, head, out) @ model_lib.attribute_table(inputs.params).T  # [B, L, A]
+  attr_ids = inputs.tables["attr_ids"][inputs.batch["items"]]                     # [B, L, K]
+  if form == "reference":
+    per_position = _attribute_bce_sum(scores, attr_ids)
+  else:
+    per_position = _attribute_infonce(scores.reshape(b * l, -1), attr_ids.reshape(b * l, -1),
+                                      inputs.options.temperature).reshape(b, l)
+  weights = position_mask * _row_weights(inputs)[:, None]
+  return jnp.sum(per_position * weights)
+
+
+def _is_masked(inputs: ObjectiveInputs) -> jax.Array:
+  return (inputs.batch["masked_items"] == inputs.options.mask_id).astype(jnp.float32)
+
+
+def _is_visible_item(inputs: ObjectiveInputs) -> jax.Array:
+  ids = inputs.batch["masked_items"]
+  return ((ids != inputs.options.mask_id) & (ids != 0)).astype(jnp.float32)
+
+
+def _difference_of_sigmoids_loss(pos_logit: jax.Array, neg_logit: jax.Array) -> jax.Array:
+  # The reference's quirk: BCE(sigmoid(sigmoid(p) - sigmoid(q)), 1).
+  return jax.nn.softplus(-(jax.nn.sigmoid(pos_logit) - jax.nn.sigmoid(neg_logit)))
+
+
+# --- AAP --------------------------------------------------------------------
+
+
+@register("aap", "reference", views=("masked_items",))
+def aap_reference(inputs: ObjectiveInputs) -> jax.Array:
+  """Associated attribute prediction at visible (unmasked, non-padding) positions."""
+  return _attribute_loss(inputs, "aap", _is_visible_item(inputs), "reference")
+
+
+@register("aap", "infonce", views=("masked_items",))
+def aap_infonce(inputs: ObjectiveInputs) -> jax.Array:
+  return _attribute_loss(inputs, "aap", _is_visible_item(inputs), "infonce")
+
+
+# --- MAP --------------------------------------------------------------------
+
+
+@register("map", "reference", views=("masked_items",))
+def map_reference(inputs: ObjectiveInputs) -> jax.Array:
+  """Masked attribute prediction: the masked item's attributes from its context."""
+  return _attribute_loss(inputs, "map", _is_masked(inputs), "reference")
+
+
+@register("map", "infonce", views=("masked_items",))
+def map_infonce(inputs: ObjectiveInputs) -> jax.Array:
+  return _attribute_loss(inputs, "map", _is_masked(inputs), "infonce")
+
+
+# --- MIP --------------------------------------------------------------------
+
+
+@register("mip", "reference", views=("masked_items",))
+def mip_reference(inputs: ObjectiveInputs) -> jax.Array:
+  """Masked item prediction against one sampled negative per masked position."""
+  query = _head(inputs, "mip", inputs.outputs["masked_items"])
+  table = model_lib.item_table(inputs.params)
+  pos = jnp.sum(query * table[inputs.batch["items"]], -1)
+  neg = jnp.sum(query * table[inputs.batch["negative_items"]], -1)
+  weights = _is_masked(inputs) * _row_weights(inputs)[:, None]
+  return jnp.sum(_difference_of_sigmoids_loss(pos, neg) * weights)
+
+
+@register("mip", "infonce", views=("masked_items",))
+def mip_infonce(inputs: ObjectiveInputs) -> jax.Array:
+  """Softmax over the whole catalogue, or over K negatives shared by the batch."""
+  opts = inputs.options
+  query = _head(inputs, "mip", inputs.outputs["masked_items"]) / opts.temperature
+  table = model_lib.item_table(inputs.params)
+  items = inputs.batch["items"]
+  pos = jnp.sum(query * table[items], -1)
+  if opts.mip_num_negatives == 0:
+    catalogue = table[1:opts.num_items + 1]                            # real items only
+    logits = query @ catalogue.T                                        # [B, L, N]
+    # Cross-entropy over the catalogue, which holds the positive once.
+    per_position = jax.nn.logsumexp(logits, -1) - pos
+  else:
+    negatives = jax.random.randint(inputs.key, (opts.mip_num_negatives,), 1, opts.num_items + 1)
+    logits = query @ table[negatives].T                                 # [B, L, K]
+    logits = jnp.where(negatives[None, None, :] == items[..., None], -jnp.inf, logits)
+    per_position = jax.nn.softplus(jax.nn.logsumexp(logits, -1) - pos)
+  weights = _is_masked(inputs) * _row_weights(inputs)[:, None]
+  return jnp.sum(jnp.where(weights > 0, per_position, 0.0) * weights)
+
+
+# --- SP ---------------------------------------------------------------------
+
+_SEGMENT_VIEWS = ("segment_context", "segment_positive", "segment_negative")
+
+
+def _segment_representations(inputs: ObjectiveInputs):
+  context, positive, negative = (inputs.outputs[v][:, -1, :] for v in _SEGMENT_VIEWS)
+  return _head(inputs, "sp", context), positive, negative
+
+
+@register("sp", "reference", views=_SEGMENT_VIEWS)
+def sp_reference(inputs: ObjectiveInputs) -> jax.Array:
+  """Segment prediction: context vs the true span and a random span of the same length."""
+  query, positive, negative = _segment_representations(inputs)
+  pos = jnp.sum(query * positive, -1)
+  neg = jnp.sum(query * negative, -1)
+  return jnp.sum(_difference_of_sigmoids_loss(pos, neg) * _row_weights(inputs))
+
+
+@register("sp", "infonce", views=_SEGMENT_VIEWS[:2])
+def sp_infonce(inputs: ObjectiveInputs) -> jax.Array:
+  """Each context against its own span and the other sequences' spans of the global batch."""
+  query = _head(inputs, "sp", inputs.outputs["segment_context"][:, -1, :])
+  positive = inputs.outputs["segment_positive"][:, -1, :]
+  weights = _row_weights(inputs)
+  logits = (query @ positive.T) / inputs.options.temperature      # [B, B]
+  logits = jnp.where(weights[None, :] > 0, logits, -jnp.inf)       # padding rows are no negatives
+  per_row = jax.nn.logsumexp(logits, -1) - jnp.diagonal(logits)
+  return jnp.sum(jnp.where(weights > 0, per_row, 0.0) * weights)
+
+
+# --- the joint loss ---------------------------------------------------------
+
+
+def resolve(weights: Mapping[str, float], form: str | Mapping[str, str]) -> tuple[tuple[Objective, float], ...]:
+  """The enabled objectives (weight != 0) with their weights, in name order."""
+  chosen = []
+  for name in sorted(weights):
+    weight = float(weights[name])
+    if weight == 0.0:
+      continue
+    chosen_form = form if isinstance(form, str) else form.get(name, "reference")
+    chosen.append((get(name, chosen_form), weight))
+  if not chosen:
+    raise ValueError("config.pretrain.objectives enables no objective (all weights are 0)")
+  return tuple(chosen)
+
+
+def views_of(objectives) -> tuple[str, ...]:
+  views = []
+  for objective, _ in objectives:
+    views.extend(v for v in objective.views if v not in views)
+  return tuple(views)
+
+
+def joint_loss(objectives, inputs: ObjectiveInputs) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Weighted sum of the objectives' losses, and each loss by name."""
+  losses = {objective.name: objective.fn(inputs) for objective, _ in objectives}
+  total = sum(weight * losses[objective.name] for objective, weight in objectives)
+  return total, losses

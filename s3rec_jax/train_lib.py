@@ -1,0 +1,363 @@
+"""The pipeline behind train.py and evaluate.py: pre-train, fine-tune with early stopping, test.
+
+Data flows one way: config -> dataset -> seeded numpy batches -> jitted steps on
+the device mesh -> orbax checkpoints and metrics. Only process 0 writes logs
+and results; every process takes part in checkpointing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from s3rec_jax import checkpointing
+from s3rec_jax import config_validation
+from s3rec_jax import data as data_lib
+from s3rec_jax import input_pipeline
+from s3rec_jax import metrics as metrics_lib
+from s3rec_jax import model as model_lib
+from s3rec_jax import objectives as objectives_lib
+from s3rec_jax import parallel
+from s3rec_jax import train_steps
+
+PRETRAIN_DIR = "pretrain"
+FINETUNE_BEST_DIR = "finetune_best"
+RESULTS_FILE = "results.json"
+# Independent PRNG streams derived from config.seed.
+STREAM_PRETRAIN_INIT = 10
+STREAM_PRETRAIN_KEY = 11
+STREAM_FINETUNE_KEY = 12
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+
+
+def log(message: str) -> None:
+  if is_main_process():
+    tqdm.write(message, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+  """Writes JSON through a temp file and a rename, so readers never see half a file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(payload, f, indent=2, sort_keys=False)
+      f.write("\n")
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+class JsonLog:
+  """Appends one JSON object per line to workdir/log.jsonl (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "log.jsonl")
+
+  def write(self, **record) -> None:
+    if is_main_process():
+      with open(self.path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# --- setup -------------------------------------------------------------------
+
+
+def load_data(config: ml_collections.ConfigDict, workdir: str) -> data_lib.Dataset:
+  if config.dataset == "synthetic":
+    s = config.synthetic
+    ds = data_lib.synthetic_dataset(num_users=s.num_users, num_items=s.num_items,
+                                    num_attributes=s.num_attributes, seed=s.seed,
+                                    num_negatives=config.sample.num_negatives)
+    log(f"dataset: built-in synthetic ({ds.num_users} users, {ds.max_item} items, "
+        f"{ds.max_attr} attributes, seed {s.seed})")
+    return ds
+  needs_samples = config.eval.protocol == "sampled"
+  ds = data_lib.load_dataset(config.data_dir, config.dataset, sample_dir=workdir,
+                             num_negatives=config.sample.num_negatives,
+                             sample_seed=config.sample.seed, need_samples=needs_samples, log=log)
+  log(f"dataset: {config.dataset} from {os.path.abspath(config.data_dir)} ({ds.num_users} users, "
+      f"{ds.max_item} items, {ds.num_interactions} interactions, {ds.max_attr} attributes)")
+  return ds
+
+
+def make_mesh(config: ml_collections.ConfigDict):
+  devices = jax.devices()
+  if config.num_devices:
+    if config.num_devices > len(devices):
+      raise ValueError(f"config.num_devices={config.num_devices} but only {len(devices)} devices exist")
+    devices = devices[:config.num_devices]
+  mesh = parallel.make_mesh(devices)
+  log(f"devices: {mesh.size} x {devices[0].platform} ({jax.process_count()} process(es))")
+  return mesh
+
+
+def model_config(config: ml_collections.ConfigDict, ds: data_lib.Dataset,
+                 head_names: tuple[str, ...] = ()) -> model_lib.ModelConfig:
+  m = config.model
+  return model_lib.ModelConfig(
+      item_size=ds.item_size, attribute_size=ds.attribute_size, hidden_size=m.hidden_size,
+      num_layers=m.num_layers, num_heads=m.num_heads, max_len=config.max_seq_length,
+      hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
+      initializer_range=m.initializer_range, head_names=tuple(head_names))
+
+
+def negative_high(config: ml_collections.ConfigDict, ds: data_lib.Dataset) -> int:
+  return ds.mask_id if config.negatives_include_mask_id else ds.max_item
+
+
+def base_key(config: ml_collections.ConfigDict, stream: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(config.seed), stream)
+
+
+def _progress(iterable, total: int, desc: str):
+  return tqdm(iterable, total=total, desc=desc, leave=False, disable=not is_main_process(),
+              file=sys.stderr, mininterval=1.0)
+
+
+# --- pre-training ------------------------------------------------------------
+
+
+def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: str, mesh) -> str:
+  """Runs config.pretrain.epochs of pre-training; returns the checkpoint folder.
+
+  Resumes from the latest complete checkpoint in workdir/pretrain, if any.
+  """
+  pc = config.pretrain
+  objectives = objectives_lib.resolve(pc.objectives.to_dict(), pc.form)
+  names = tuple(o.name for o, _ in objectives)
+  mcfg = model_config(config, ds, head_names=names)
+  batches = input_pipeline.PretrainBatches(
+      ds, input_pipeline.PretrainSettings(pc.batch_size, config.max_seq_length, pc.mask_p,
+                                          negative_high(config, ds)), config.seed)
+  parallel.check_divisible(pc.batch_size, mesh, "config.pretrain.batch_size")
+  options = objectives_lib.ObjectiveOptions(
+      mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
+      mip_num_negatives=pc.mip_num_negatives)
+  tx = train_steps.make_optimizer(pc.learning_rate, pc.adam_b1, pc.adam_b2, pc.weight_decay)
+  repl = parallel.replicated(mesh)
+  init_key = base_key(config, STREAM_PRETRAIN_INIT)
+  state = jax.device_put(train_steps.create_state(model_lib.init_params(mcfg, init_key), tx), repl)
+  tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
+  step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh)
+
+  ckpt_dir = os.path.join(workdir, PRETRAIN_DIR)
+  mngr = checkpointing.manager(ckpt_dir)
+  start_epoch = 0
+  latest = mngr.latest_step()
+  if latest is not None:
+    params, opt_state, meta = checkpointing.restore_full(mngr, latest, state.params,
+                                                         state.opt_state, repl)
+    state = state.replace(params=params, opt_state=opt_state,
+                          step=jax.device_put(np.int32(meta["global_step"]), repl))
+    start_epoch = int(meta["epoch"])
+    log(f"pre-training: resuming from {ckpt_dir}/{latest} (epoch {start_epoch})")
+  log(f"pre-training: {pc.epochs} epochs x {batches.steps_per_epoch} steps "
+      f"({batches.num_sequences} sequences, batch {pc.batch_size}); objectives "
+      + ", ".join(f"{o.name}[{o.form}] x{w:g}" for o, w in objectives))
+  jlog = JsonLog(workdir)
+  key = base_key(config, STREAM_PRETRAIN_KEY)
+  for epoch in range(start_epoch, pc.epochs):
+    t0 = time.time()
+    sums: dict[str, float] = {}
+    seen = 0
+    pending = []
+    bar = _progress(input_pipeline.prefetch(batches.epoch(epoch)), batches.steps_per_epoch,
+                    f"pretrain {epoch + 1}/{pc.epochs}")
+    for step, batch in enumerate(bar):
+      state, losses = step_fn(state, parallel.shard_batch(batch, mesh), tables,
+                              train_steps.step_key(key, epoch, step))
+      pending.append((losses, float(batch["weights"].sum())))
+      if len(pending) >= pc.log_every_steps or step == batches.steps_per_epoch - 1:
+        for losses_, n in jax.device_get(pending):
+          for name, value in losses_.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+          seen += n
+        pending = []
+        bar.set_postfix(loss=f"{sums['loss'] / max(seen, 1):.4f}")
+    averages = {name: value / max(seen, 1) for name, value in sums.items()}
+    elapsed = time.time() - t0
+    log(f"pretrain epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(averages.items()))
+        + f" ({elapsed:.1f}s, {batches.num_sequences / elapsed:.0f} seq/s)")
+    jlog.write(phase="pretrain", epoch=epoch + 1, seconds=elapsed, **averages)
+    if (epoch + 1) % pc.save_every_epochs == 0 or epoch + 1 == pc.epochs:
+      checkpointing.save(mngr, epoch + 1, state.params, opt_state=state.opt_state, meta={
+          "epoch": epoch + 1, "global_step": int(jax.device_get(state.step)),
+          "dataset": config.dataset, "item_size": ds.item_size,
+          "attribute_size": ds.attribute_size, "objectives": list(names), "form": pc.form})
+      log(f"pre-training: saved checkpoint {ckpt_dir}/{epoch + 1}")
+  mngr.close()
+  return ckpt_dir
+
+
+# --- fine-tuning and evaluation ---------------------------------------------
+
+
+class Evaluator:
+  """Jitted evaluation of one split under one protocol, users sharded over the mesh."""
+
+  def __init__(self, config, ds, splits, mcfg, mesh, protocol: str):
+    ec = config.eval
+    parallel.check_divisible(ec.batch_size, mesh, "config.eval.batch_size")
+    self.config, self.ds, self.splits, self.mesh, self.protocol = config, ds, splits, mesh, protocol
+    self.step = train_steps.make_eval_step(mcfg, protocol, mesh, num_items=ds.max_item,
+                                           chunk_size=ec.chunk_size, top_k=ec.top_k)
+
+  def __call__(self, params, split: str) -> dict[str, float]:
+    totals = None
+    for batch in input_pipeline.eval_batches(self.ds, self.splits, split, self.protocol,
+                                             self.config.eval.batch_size):
+      sums = self.step(params, parallel.shard_batch(batch, self.mesh))
+      totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
+    values = metrics_lib.finalize(jax.device_get(totals))
+    return {name: values[name] for name in train_steps.metric_names(self.protocol)}
+
+
+def early_stopping_metric(protocol: str) -> str:
+  return "MRR" if protocol == "sampled" else "NDCG@20"
+
+
+def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: str,
+                      mesh, init_checkpoint: str | None) -> dict:
+  """Fine-tunes with early stopping on validation; tests the best state."""
+  fc, protocol = config.finetune, config.eval.protocol
+  mcfg = model_config(config, ds)
+  splits = data_lib.finetune_splits(ds, config.max_seq_length)
+  parallel.check_divisible(fc.batch_size, mesh, "config.finetune.batch_size")
+  repl = parallel.replicated(mesh)
+  params = jax.device_put(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_KEY)), repl)
+  loaded = None
+  if init_checkpoint:
+    params, root, step = checkpointing.restore_encoder(init_checkpoint, params, repl)
+    loaded = {"path": os.path.join(root, str(step)), "step": step}
+    log(f"fine-tuning: loaded embeddings and encoder from {root} step {step} (heads not carried)")
+  else:
+    log("fine-tuning: no pre-training checkpoint: random initialisation (plain SASRec)")
+  tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2, fc.weight_decay)
+  state = jax.device_put(train_steps.create_state(params, tx), repl)
+  batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size, negative_high(config, ds),
+                                           config.seed)
+  step_fn = train_steps.make_finetune_step(mcfg, tx, mesh)
+  evaluate = Evaluator(config, ds, splits, mcfg, mesh, protocol)
+  target = early_stopping_metric(protocol)
+  best_mngr = checkpointing.manager(os.path.join(workdir, FINETUNE_BEST_DIR), max_to_keep=1)
+  key = base_key(config, STREAM_FINETUNE_KEY)
+  jlog = JsonLog(workdir)
+  best_score, best_epoch, best_valid, waited = -np.inf, -1, None, 0
+  for epoch in range(fc.epochs):
+    t0 = time.time()
+    losses = []
+    for step, batch in enumerate(input_pipeline.prefetch(batches.epoch(epoch))):
+      state, out = step_fn(state, parallel.shard_batch(batch, mesh),
+                           train_steps.step_key(key, epoch, step))
+      losses.append(out["loss"])
+    train_loss = float(np.mean(jax.device_get(losses)))
+    train_seconds = time.time() - t0
+    valid = evaluate(state.params, "valid")
+    improved = valid[target] > best_score
+    log(f"finetune epoch {epoch + 1}: loss={train_loss:.4f} ({train_seconds:.1f}s) valid "
+        + " ".join(f"{k}={v:.4f}" for k, v in valid.items()) + (" *" if improved else ""))
+    jlog.write(phase="finetune", epoch=epoch + 1, loss=train_loss, seconds=train_seconds,
+               valid=valid)
+    if improved:
+      best_score, best_epoch, best_valid, waited = valid[target], epoch + 1, valid, 0
+      checkpointing.save(best_mngr, epoch + 1, state.params, meta={
+          "epoch": epoch + 1, "valid": valid, "init_checkpoint": loaded,
+          "dataset": config.dataset, "protocol": protocol})
+    else:
+      waited += 1
+      if waited >= fc.patience:
+        log(f"early stopping: no {target} improvement for {fc.patience} epochs")
+        break
+  best_params = checkpointing.restore_params(best_mngr, best_epoch, state.params, repl)
+  best_mngr.close()
+  test = evaluate(best_params, "test")
+  log(f"test (best epoch {best_epoch}): " + " ".join(f"{k}={v:.4f}" for k, v in test.items()))
+  return {"test": test, "valid": best_valid, "best_epoch": best_epoch, "pretrain_checkpoint": loaded}
+
+
+def resolve_init_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                            pretrained_dir: str | None) -> str | None:
+  if config.finetune.init_checkpoint:
+    path = os.path.abspath(config.finetune.init_checkpoint)
+    checkpointing.resolve(path)  # fails loudly when it does not exist
+    return path
+  return pretrained_dir
+
+
+def results_payload(config: ml_collections.ConfigDict, outcome: dict) -> dict:
+  payload = dict(outcome["test"])
+  payload.update({
+      "protocol": config.eval.protocol, "dataset": config.dataset, "split": "test",
+      "test": outcome["test"], "valid": outcome["valid"], "best_epoch": outcome["best_epoch"],
+      "pretrain_checkpoint": outcome["pretrain_checkpoint"], "config": config.to_dict()})
+  return payload
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Pre-train (if asked), fine-tune, test; writes workdir/results.json atomically."""
+  config_validation.validate(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  t0 = time.time()
+  ds = load_data(config, workdir)
+  mesh = make_mesh(config)
+  pretrained = None
+  if config.pretrain.epochs > 0:
+    pretrained = pretrain(config, ds, workdir, mesh)
+  elif not config.finetune.init_checkpoint:
+    log("pre-training: epochs = 0, so this run is plain SASRec")
+  outcome = finetune_and_test(config, ds, workdir, mesh,
+                              resolve_init_checkpoint(config, workdir, pretrained))
+  payload = results_payload(config, outcome)
+  payload["wall_seconds"] = time.time() - t0
+  if is_main_process():
+    write_json_atomic(os.path.join(workdir, RESULTS_FILE), payload)
+  log(format_table(outcome["test"], f"test metrics ({config.dataset}, {config.eval.protocol})"))
+  return payload
+
+
+def evaluate_best(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, float]]:
+  """Re-evaluates the best fine-tuning checkpoint of workdir under config.eval.protocol."""
+  config_validation.validate(config)
+  workdir = os.path.abspath(workdir)
+  best_dir = os.path.join(workdir, FINETUNE_BEST_DIR)
+  root, step = checkpointing.resolve(best_dir)
+  ds = load_data(config, workdir)
+  mesh = make_mesh(config)
+  mcfg = model_config(config, ds)
+  repl = parallel.replicated(mesh)
+  params = jax.device_put(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_KEY)), repl)
+  mngr = checkpointing.manager(root, read_only=True)
+  params = checkpointing.restore_params(mngr, step, params, repl)
+  mngr.close()
+  log(f"evaluating {root}/{step} under the {config.eval.protocol} protocol")
+  evaluate = Evaluator(config, ds, data_lib.finetune_splits(ds, config.max_seq_length), mcfg,
+                       mesh, config.eval.protocol)
+  return {split: evaluate(params, split) for split in ("valid", "test")}
+
+
+def format_table(metrics: dict[str, float], title: str) -> str:
+  names = list(metrics)
+  width = max(8, *(len(n) for n in names))
+  header = " ".join(f"{n:>{width}}" for n in names)
+  values = " ".join(f"{metrics[n]:>{width}.4f}" for n in names)
+  return f"{title}\n{header}\n{values}"

@@ -1,0 +1,142 @@
+"""Jitted pre-training, fine-tuning and evaluation steps over a data-parallel mesh.
+
+The steps are pure: (state, batch, tables, key) -> (state, metrics). They are
+compiled with the batch sharded on the mesh's 'data' axis and everything else
+replicated, so losses are sums (or means over the global target count) over
+the GLOBAL batch whatever the number of devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from s3rec_jax import metrics as metrics_lib
+from s3rec_jax import model as model_lib
+from s3rec_jax import objectives as objectives_lib
+from s3rec_jax import parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def make_optimizer(learning_rate: float, b1: float, b2: float,
+                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """Adam as the reference: torch-style L2 (added to the gradient) when weight_decay > 0."""
+  adam = optax.adam(learning_rate, b1=b1, b2=b2, eps=1e-8)
+  if weight_decay:
+    return optax.chain(optax.add_decayed_weights(weight_decay), adam)
+  return adam
+
+
+def create_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def step_key(base_key: jax.Array, epoch: int, step: int) -> jax.Array:
+  """The PRNG key of one step, derived from (seed, epoch, step) only."""
+  return jax.random.fold_in(jax.random.fold_in(base_key, epoch), step)
+
+
+def _apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation) -> TrainState:
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state)
+
+
+# --- pre-training ------------------------------------------------------------
+
+
+def pretrain_loss(params: Any, batch: dict, tables: dict, key: jax.Array, *,
+                  model_config: model_lib.ModelConfig, objectives: Sequence,
+                  options: objectives_lib.ObjectiveOptions, train: bool = True):
+  """Joint pre-training loss; all views are encoded in ONE bidirectional pass."""
+  views = objectives_lib.views_of(objectives)
+  dropout_key, objective_key = jax.random.split(key)
+  # Stack the views next to each row (not after the batch) so the batch axis
+  # stays sharded the same way and no data moves between devices.
+  ids = jnp.stack([batch[v] for v in views], axis=1)                 # [B, V, L]
+  b, v, l = ids.shape
+  out = model_lib.encode(model_config, params, ids.reshape(b * v, l), causal=False,
+                         dropout_key=dropout_key if train else None)
+  out = out.reshape(b, v, l, -1)
+  outputs = {name: out[:, i] for i, name in enumerate(views)}
+  inputs = objectives_lib.ObjectiveInputs(outputs, params, batch, tables, objective_key, options)
+  return objectives_lib.joint_loss(objectives, inputs)
+
+
+def make_pretrain_step(model_config, objectives, options, tx, mesh) -> Callable:
+  def step(state: TrainState, batch: dict, tables: dict, key: jax.Array):
+    def loss_fn(params):
+      return pretrain_loss(params, batch, tables, key, model_config=model_config,
+                           objectives=objectives, options=options)
+    (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_gradients(state, grads, tx), dict(losses, loss=total)
+
+  repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  return jax.jit(step, in_shardings=(repl, data, repl, repl), out_shardings=(repl, repl),
+                 donate_argnums=(0,))
+
+
+# --- fine-tuning -------------------------------------------------------------
+
+
+def finetune_loss(params: Any, batch: dict, key: jax.Array | None, *,
+                  model_config: model_lib.ModelConfig) -> jax.Array:
+  """Mean over the global count of target positions of BCE(pos) + BCE(neg)."""
+  out = model_lib.encode(model_config, params, batch["inputs"], causal=True, dropout_key=key)
+  table = model_lib.item_table(params)
+  pos = jnp.sum(out * table[batch["targets"]], -1)
+  neg = jnp.sum(out * table[batch["negatives"]], -1)
+  is_target = (batch["targets"] > 0).astype(jnp.float32)
+  per_position = jax.nn.softplus(-pos) + jax.nn.softplus(neg)  # -log s(pos) - log(1 - s(neg))
+  return jnp.sum(per_position * is_target) / jnp.maximum(jnp.sum(is_target), 1.0)
+
+
+def make_finetune_step(model_config, tx, mesh) -> Callable:
+  def step(state: TrainState, batch: dict, key: jax.Array):
+    loss, grads = jax.value_and_grad(
+        lambda p: finetune_loss(p, batch, key, model_config=model_config))(state.params)
+    return _apply_gradients(state, grads, tx), {"loss": loss}
+
+  repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  return jax.jit(step, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+                 donate_argnums=(0,))
+
+
+# --- evaluation --------------------------------------------------------------
+
+
+def metric_names(protocol: str) -> tuple[str, ...]:
+  if protocol == "sampled":
+    return metrics_lib.SAMPLED_METRICS
+  if protocol == "full":
+    return metrics_lib.FULL_METRICS
+  raise ValueError(f"unknown evaluation protocol {protocol!r}; valid protocols: sampled, full")
+
+
+def make_eval_step(model_config, protocol: str, mesh, *, num_items: int, chunk_size: int,
+                   top_k: int = 20) -> Callable:
+  """(params, batch) -> per-metric sums over the batch's real users (and 'count')."""
+  names = metric_names(protocol)
+
+  def step(params: Any, batch: dict):
+    user = model_lib.encode(model_config, params, batch["inputs"], causal=True)[:, -1, :]
+    table = model_lib.item_table(params)
+    if protocol == "sampled":
+      ranks = metrics_lib.rank_of_first(metrics_lib.sampled_scores(user, table, batch["candidates"]))
+    else:
+      ranks, _, _ = metrics_lib.full_ranking(user, table, batch["answers"], batch["history"],
+                                             num_items=num_items, chunk_size=chunk_size, top_k=top_k)
+    return metrics_lib.metric_sums(ranks, batch["weights"], names)
+
+  repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+  return jax.jit(step, in_shardings=(repl, data), out_shardings=repl)

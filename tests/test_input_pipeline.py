@@ -1,0 +1,148 @@
+"""Pre-training, fine-tuning and evaluation batches: the reference's sampling, seeded."""
+
+import numpy as np
+import pytest
+
+from s3rec_jax import data
+from s3rec_jax import input_pipeline as ip
+
+L = 8
+
+
+@pytest.fixture(scope="module")
+def ds():
+  return data.synthetic_dataset(num_users=40, num_items=60, num_attributes=8, min_len=3,
+                                max_len=14, seed=3, num_negatives=20)
+
+
+@pytest.fixture(scope="module")
+def pre(ds):
+  return ip.PretrainBatches(ds, ip.PretrainSettings(batch_size=16, max_len=L, mask_p=0.2,
+                                                    negative_high=ds.mask_id), seed=7)
+
+
+def _prefix(ds, pre, i):
+  return ds.items[pre.starts[i]:pre.ends[i]]
+
+
+def test_epoch_visits_every_prefix_once(pre):
+  seen = np.concatenate([pre.order(0)[s * 16:(s + 1) * 16] for s in range(pre.steps_per_epoch)])
+  assert sorted(seen) == list(range(pre.num_sequences))
+  batches = list(pre.epoch(0))
+  assert len(batches) == pre.steps_per_epoch
+  assert sum(b["weights"].sum() for b in batches) == pre.num_sequences
+  last = batches[-1]
+  pad = last["weights"] == 0
+  if pad.any():  # padding rows are empty
+    for key in ("items", "masked_items", "segment_context", "segment_positive"):
+      assert (last[key][pad] == 0).all()
+
+
+def test_masked_item_batch_follows_the_reference(ds, pre):
+  order = pre.order(0)
+  masked_total = maskable_total = 0
+  for step, batch in enumerate(pre.epoch(0)):
+    for r, i in enumerate(order[step * 16:(step + 1) * 16]):
+      t = _prefix(ds, pre, i)
+      n = len(t)
+      items, masked, neg = batch["items"][r], batch["masked_items"][r], batch["negative_items"][r]
+      np.testing.assert_array_equal(items[L - n:], t)
+      assert (items[:L - n] == 0).all() and (masked[:L - n] == 0).all()
+      assert masked[-1] == ds.mask_id                               # the last item: always masked
+      is_mask = masked == ds.mask_id
+      np.testing.assert_array_equal(masked[~is_mask], items[~is_mask])  # the rest unchanged
+      assert ((neg[is_mask] >= 1) & (neg[is_mask] <= ds.mask_id)).all()
+      assert not np.isin(neg[is_mask], t).any()                     # never an item of t
+      assert (neg[~is_mask] == 0).all()
+      masked_total += is_mask[L - n:-1].sum()
+      maskable_total += n - 1
+  assert 0.15 < masked_total / maskable_total < 0.25
+
+
+def test_segment_views_follow_the_reference(ds, pre):
+  order = pre.order(1)
+  long = ds.items
+  spans = []
+  for step, batch in enumerate(pre.epoch(1)):
+    for r, i in enumerate(order[step * 16:(step + 1) * 16]):
+      t = _prefix(ds, pre, i)
+      n = len(t)
+      ctx, pos, neg = (batch[k][r][L - n:] for k in ("segment_context", "segment_positive",
+                                                       "segment_negative"))
+      for view in ("segment_context", "segment_positive", "segment_negative"):
+        assert (batch[view][r][:L - n] == 0).all()
+      if n < 2:
+        for view in (ctx, pos, neg):
+          np.testing.assert_array_equal(view, t)
+        continue
+      span = np.flatnonzero(ctx == ds.mask_id)
+      k = len(span)
+      assert 1 <= k <= n // 2 and (np.diff(span) == 1).all()
+      np.testing.assert_array_equal(np.delete(ctx, span), np.delete(t, span))
+      np.testing.assert_array_equal(pos[span], t[span])
+      assert (np.delete(pos, span) == ds.mask_id).all() and (np.delete(neg, span) == ds.mask_id).all()
+      # The negative span is a contiguous slice of the concatenated sequences.
+      window = np.lib.stride_tricks.sliding_window_view(long, k)
+      assert (window == neg[span]).all(axis=1).any()
+      spans.append((n, k, span[0]))
+  assert len({k for _, k, _ in spans}) > 1 and len({s for _, _, s in spans}) > 1
+
+
+def test_batches_are_a_function_of_seed_epoch_and_step(ds, pre):
+  a = list(pre.epoch(2))
+  b = list(pre.epoch(2, start_step=1))
+  for key in a[1]:
+    np.testing.assert_array_equal(a[1][key], b[0][key])
+  other = ip.PretrainBatches(ds, pre.settings, seed=8)
+  assert not np.array_equal(next(other.epoch(2))["masked_items"], a[0]["masked_items"])
+  assert not np.array_equal(next(pre.epoch(3))["items"], a[0]["items"])
+
+
+def test_negative_range_without_mask_token(ds):
+  pre = ip.PretrainBatches(ds, ip.PretrainSettings(16, L, 0.9, negative_high=ds.max_item), seed=1)
+  negs = np.concatenate([b["negative_items"].ravel() for b in pre.epoch(0)])
+  assert negs.max() <= ds.max_item and (negs > 0).sum() > 100
+
+
+def test_finetune_batches(ds):
+  splits = data.finetune_splits(ds, L)
+  fb = ip.FinetuneBatches(ds, splits, batch_size=16, negative_high=ds.max_item, seed=5)
+  rows = 0
+  order = ip.rng_for(5, ip.STREAM_FINETUNE_ORDER, 0).permutation(ds.num_users)
+  for step, batch in enumerate(fb.epoch(0)):
+    for r, u in enumerate(order[step * 16:(step + 1) * 16]):
+      np.testing.assert_array_equal(batch["inputs"][r], splits["train_inputs"][u])
+      np.testing.assert_array_equal(batch["targets"][r], splits["train_targets"][u])
+      neg = batch["negatives"][r]
+      has = batch["targets"][r] > 0
+      assert (neg[~has] == 0).all() and (neg[has] >= 1).all() and (neg[has] <= ds.max_item).all()
+      assert not np.isin(neg[has], ds.sequence(u)).any()   # outside the WHOLE sequence
+      rows += 1
+  assert rows == ds.num_users
+  again = next(fb.epoch(0))
+  np.testing.assert_array_equal(again["negatives"], next(fb.epoch(0))["negatives"])
+
+
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_eval_batches(ds, protocol):
+  splits = data.finetune_splits(ds, L)
+  batches = list(ip.eval_batches(ds, splits, "test", protocol, batch_size=16))
+  assert len(batches) == 3 and batches[-1]["weights"].sum() == ds.num_users - 32
+  first = batches[0]
+  np.testing.assert_array_equal(first["answers"], splits["test_answers"][:16])
+  if protocol == "sampled":
+    np.testing.assert_array_equal(first["candidates"][:, 0], first["answers"])
+    np.testing.assert_array_equal(first["candidates"][:, 1:], ds.sample_negatives[:16])
+  else:
+    np.testing.assert_array_equal(first["history"], splits["test_history"][:16])
+
+
+def test_prefetch_passes_items_and_errors():
+  assert list(ip.prefetch(iter(range(5)))) == list(range(5))
+
+  def broken():
+    yield 1
+    raise RuntimeError("boom")
+
+  with pytest.raises(RuntimeError, match="boom"):
+    list(ip.prefetch(broken()))

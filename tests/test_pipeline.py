@@ -1,0 +1,118 @@
+"""The whole pipeline on the built-in synthetic set: pre-train, hand-off, fine-tune, test, evaluate."""
+
+import json
+import os
+
+import pytest
+
+from configs import synthetic
+from s3rec_jax import checkpointing
+from s3rec_jax import config_validation
+from s3rec_jax import train_lib
+
+
+def tiny_config(**overrides):
+  c = synthetic.get_config()
+  c.synthetic.num_users = 120
+  c.synthetic.num_items = 60
+  c.synthetic.num_attributes = 12
+  c.sample.num_negatives = 20
+  c.max_seq_length = 12
+  c.model.hidden_size = 16
+  c.model.num_layers = 1
+  c.pretrain.epochs = 2
+  c.pretrain.batch_size = 64
+  c.finetune.epochs = 4
+  c.finetune.batch_size = 32
+  c.finetune.patience = 2
+  c.eval.batch_size = 64
+  c.eval.chunk_size = 32
+  for key, value in overrides.items():
+    target = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return c
+
+
+@pytest.mark.slow
+def test_full_pipeline_writes_results_and_reevaluates(tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  results = train_lib.run(tiny_config(), workdir)
+  out = capsys.readouterr().out
+  assert "pre-training: saved checkpoint" in out and "loaded embeddings and encoder" in out
+  with open(os.path.join(workdir, "results.json")) as f:
+    written = json.load(f)
+  assert written["protocol"] == "sampled" and written["dataset"] == "synthetic"
+  for name in ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR"):
+    assert 0.0 <= written[name] <= 1.0 and written[name] == written["test"][name]
+  assert set(written["valid"]) == set(written["test"])
+  assert written["pretrain_checkpoint"]["step"] == 2
+  assert written["pretrain_checkpoint"]["path"].endswith(os.path.join("pretrain", "2"))
+  assert written["config"]["pretrain"]["epochs"] == 2
+  assert results["HR@10"] == written["HR@10"]
+  # No temp files left next to the results.
+  assert not [f for f in os.listdir(workdir) if f.startswith(".tmp")]
+  # Pre-training losses were logged per epoch.
+  with open(os.path.join(workdir, "log.jsonl")) as f:
+    records = [json.loads(line) for line in f]
+  pre = [r for r in records if r["phase"] == "pretrain"]
+  assert [r["epoch"] for r in pre] == [1, 2]
+  assert all(set(r) >= {"aap", "mip", "map", "sp", "loss"} for r in pre)
+
+  # evaluate.py's path: the best checkpoint gives the same test metrics, under either protocol.
+  again = train_lib.evaluate_best(tiny_config(), workdir)
+  for name, value in written["test"].items():
+    assert again["test"][name] == pytest.approx(value, abs=1e-6)
+  full = train_lib.evaluate_best(tiny_config(**{"eval.protocol": "full"}), workdir)
+  assert set(full["test"]) == {"HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"}
+
+  # A second run fine-tunes from the first run's checkpoint folder, naming it explicitly.
+  other = train_lib.run(tiny_config(**{
+      "pretrain.epochs": 0, "finetune.epochs": 1,
+      "finetune.init_checkpoint": os.path.join(workdir, "pretrain")}), str(tmp_path / "run2"))
+  assert other["pretrain_checkpoint"]["step"] == 2
+
+
+@pytest.mark.slow
+def test_sasrec_without_pretraining_says_so(tmp_path, capsys):
+  results = train_lib.run(tiny_config(**{"pretrain.epochs": 0, "finetune.epochs": 2,
+                                         "eval.protocol": "full"}), str(tmp_path))
+  out = capsys.readouterr().out
+  assert "plain SASRec" in out
+  assert results["pretrain_checkpoint"] is None and results["protocol"] == "full"
+  assert "HR@20" in results and not os.path.exists(tmp_path / "pretrain")
+
+
+def test_missing_init_checkpoint_fails_before_training(tmp_path):
+  config = tiny_config(**{"pretrain.epochs": 0, "finetune.init_checkpoint": str(tmp_path / "nope")})
+  with pytest.raises(checkpointing.CheckpointError, match="does not exist"):
+    train_lib.run(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "results.json")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model.num_heads", 3, "divisible"),
+    ("pretrain.mask_p", 1.5, r"probability in \[0, 1\]"),
+    ("model.hidden_dropout", -0.1, "probability"),
+    ("eval.protocol", "loo", "valid protocols: sampled, full"),
+    ("pretrain.form", "nce", "valid forms: reference, infonce"),
+    ("pretrain.batch_size", 0, "positive integer"),
+    ("finetune.epochs", -1, "non-negative"),
+])
+def test_config_validation(field, value, message):
+  with pytest.raises(config_validation.ConfigError, match=message):
+    config_validation.validate(tiny_config(**{field: value}))
+
+
+def test_unknown_objective_is_named():
+  c = tiny_config()
+  c.pretrain.objectives.nsp = 1.0
+  with pytest.raises(config_validation.ConfigError, match="unknown objective 'nsp'.*aap, map, mip, sp"):
+    config_validation.validate(c)
+
+
+def test_batch_must_divide_by_devices(tmp_path):
+  with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+    train_lib.run(tiny_config(**{"pretrain.batch_size": 30}), str(tmp_path))

@@ -1,0 +1,132 @@
+"""Jitted steps: same losses on 1 and 4 devices, fine-tuning loss and evaluation by hand."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from s3rec_jax import data
+from s3rec_jax import input_pipeline as ip
+from s3rec_jax import metrics
+from s3rec_jax import model
+from s3rec_jax import objectives
+from s3rec_jax import parallel
+from s3rec_jax import train_steps
+
+L = 10
+
+
+@pytest.fixture(scope="module")
+def ds():
+  return data.synthetic_dataset(num_users=64, num_items=80, num_attributes=10, min_len=3,
+                                max_len=16, seed=1, num_negatives=20)
+
+
+def _config(ds, heads=()):
+  return model.ModelConfig(item_size=ds.item_size, attribute_size=ds.attribute_size,
+                           hidden_size=16, num_layers=1, num_heads=2, max_len=L, head_names=heads)
+
+
+@pytest.mark.parametrize("form", ["reference", "infonce"])
+def test_pretrain_losses_match_on_1_and_4_devices(ds, form):
+  assert len(jax.devices()) >= 4, "tests/conftest.py forces 4 CPU devices"
+  chosen = objectives.resolve({"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5}, form)
+  cfg = _config(ds, tuple(o.name for o, _ in chosen))
+  options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item,
+                                        mip_num_negatives=0)
+  batches = ip.PretrainBatches(ds, ip.PretrainSettings(16, L, 0.2, ds.mask_id), seed=0)
+  host_batches = list(batches.epoch(0))[:3]
+  tx = train_steps.make_optimizer(1e-2, 0.9, 0.999)
+  trajectories = []
+  for n in (1, 4):
+    mesh = parallel.make_mesh(jax.devices()[:n])
+    state = jax.device_put(train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx),
+                           parallel.replicated(mesh))
+    tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
+    step = train_steps.make_pretrain_step(cfg, chosen, options, tx, mesh)
+    losses = []
+    for i, batch in enumerate(host_batches):
+      state, out = step(state, parallel.shard_batch(batch, mesh), tables, jax.random.key(i))
+      losses.append(jax.device_get(out))
+    trajectories.append(losses)
+  for one, four in zip(*trajectories):
+    assert set(one) == {"loss", "aap", "mip", "map", "sp"}
+    for name in one:
+      np.testing.assert_allclose(one[name], four[name], rtol=2e-5, err_msg=name)
+  # Training moves: the losses are not constant.
+  assert trajectories[0][0]["loss"] != trajectories[0][2]["loss"]
+
+
+def test_finetune_losses_match_on_1_and_4_devices(ds):
+  cfg = _config(ds)
+  splits = data.finetune_splits(ds, L)
+  fb = ip.FinetuneBatches(ds, splits, batch_size=16, negative_high=ds.max_item, seed=0)
+  host_batches = list(fb.epoch(0))
+  tx = train_steps.make_optimizer(1e-2, 0.9, 0.999)
+  results = []
+  for n in (1, 4):
+    mesh = parallel.make_mesh(jax.devices()[:n])
+    state = jax.device_put(train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx),
+                           parallel.replicated(mesh))
+    step = train_steps.make_finetune_step(cfg, tx, mesh)
+    losses = []
+    for i, batch in enumerate(host_batches):
+      state, out = step(state, parallel.shard_batch(batch, mesh), jax.random.key(i))
+      losses.append(float(out["loss"]))
+    results.append(losses)
+  np.testing.assert_allclose(results[0], results[1], rtol=2e-5)
+
+
+def test_finetune_loss_by_hand(ds):
+  cfg = _config(ds)
+  params = model.init_params(cfg, jax.random.key(3))
+  batch = {"inputs": jnp.array([[0, 0, 0, 0, 0, 0, 0, 4, 5, 6], [0] * 7 + [0, 0, 9]]),
+           "targets": jnp.array([[0, 0, 0, 0, 0, 0, 0, 5, 6, 7], [0] * 7 + [0, 0, 11]]),
+           "negatives": jnp.array([[0, 0, 0, 0, 0, 0, 0, 20, 21, 22], [0] * 7 + [0, 0, 30]])}
+  out = np.asarray(model.encode(cfg, params, batch["inputs"], causal=True), np.float64)
+  table = np.asarray(params["item_embeddings"]["embedding"], np.float64)
+  sig = lambda x: 1 / (1 + np.exp(-x))
+  terms = []
+  for b, t in [(0, 7), (0, 8), (0, 9), (1, 9)]:
+    pos = out[b, t] @ table[int(batch["targets"][b, t])]
+    neg = out[b, t] @ table[int(batch["negatives"][b, t])]
+    terms.append(-np.log(sig(pos)) - np.log(1 - sig(neg)))
+  got = train_steps.finetune_loss(params, batch, None, model_config=cfg)
+  np.testing.assert_allclose(float(got), np.mean(terms), rtol=1e-5)
+
+
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_eval_step_matches_numpy_ranking(ds, protocol):
+  cfg = _config(ds)
+  params = model.init_params(cfg, jax.random.key(4))
+  splits = data.finetune_splits(ds, L)
+  mesh = parallel.make_mesh()
+  step = train_steps.make_eval_step(cfg, protocol, mesh, num_items=ds.max_item, chunk_size=32)
+  totals = None
+  for batch in ip.eval_batches(ds, splits, "valid", protocol, batch_size=24):
+    sums = jax.device_get(step(params, parallel.shard_batch(batch, mesh)))
+    totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
+  got = metrics.finalize(totals)
+
+  user = np.asarray(model.encode(cfg, params, splits["valid_inputs"], causal=True))[:, -1]
+  table = np.asarray(params["item_embeddings"]["embedding"])
+  ranks = []
+  for u in range(ds.num_users):
+    answer = splits["valid_answers"][u]
+    if protocol == "sampled":
+      candidates = np.concatenate([[answer], ds.sample_negatives[u]])
+    else:
+      history = set(ds.sequence(u)[:-2]) - {answer}
+      candidates = np.array([answer] + [i for i in range(1, ds.max_item + 1)
+                                        if i not in history and i != answer])
+    scores = table[candidates] @ user[u]
+    ranks.append(int((scores[1:] >= scores[0]).sum()))
+  ranks = np.array(ranks)
+  assert got["HR@10"] == pytest.approx(np.mean(ranks < 10), abs=1e-6)
+  assert got["NDCG@10"] == pytest.approx(np.mean((ranks < 10) / np.log2(ranks + 2)), abs=1e-5)
+  assert set(got) == set(train_steps.metric_names(protocol))
+
+
+def test_unknown_protocol():
+  with pytest.raises(ValueError, match="valid protocols: sampled, full"):
+    train_steps.metric_names("leave-one-out")

@@ -60,6 +60,111 @@ def sample_excluding(rng: np.random.Generator, low: int, high: int, shape, need:
   raise RuntimeError("negative sampling did not converge: is every item excluded for some row?")
 
 
+# --- packing -----------------------------------------------------------------
+
+
+def _round_up(x: int, multiple: int) -> int:
+  return -(-x // multiple) * multiple
+
+
+@dataclasses.dataclass(frozen=True)
+class Packer:
+  """Lays sequences out in rows of max_len tokens, several short ones per row.
+
+  A sequence of n items goes into a slot whose width is the smallest divisor
+  of max_len that holds it, so a row holds max_len / width slots and the
+  layout is computed with array operations only. Every token keeps its
+  absolute position (the newest item at max_len - 1) and a segment id that
+  keeps sequences of one row from attending to each other, so a packed batch
+  computes exactly what the padded one does with far fewer rows.
+  `pack=False` gives the reference's layout: one left-padded sequence per row.
+  """
+  max_len: int
+  pack: bool = True
+  row_multiple: int = 8   # rows are padded to a multiple of this (and of the device count)
+
+  @property
+  def widths(self) -> np.ndarray:
+    return np.array([w for w in range(1, self.max_len + 1) if self.max_len % w == 0])
+
+  def _slot_class(self, lengths: np.ndarray) -> np.ndarray:
+    return np.searchsorted(self.widths, np.maximum(lengths, 1))
+
+  def rows_needed(self, lengths: np.ndarray) -> np.ndarray:
+    """Rows needed by each batch; `lengths` is [num_batches, batch_size]."""
+    lengths = np.atleast_2d(lengths)
+    if not self.pack:
+      return np.full(len(lengths), lengths.shape[1])
+    widths = self.widths
+    cls = self._slot_class(lengths)
+    batch = np.repeat(np.arange(len(lengths)), lengths.shape[1])
+    real = lengths.ravel() > 0
+    counts = np.bincount(batch[real] * len(widths) + cls.ravel()[real],
+                         minlength=len(lengths) * len(widths)).reshape(len(lengths), len(widths))
+    per_row = self.max_len // widths
+    return (-(-counts // per_row[None, :])).sum(1)
+
+  def num_rows(self, lengths: np.ndarray, num_devices: int = 1) -> int:
+    """A static row count that fits every batch in `lengths` [num_batches, batch_size]."""
+    if not self.pack:
+      return np.atleast_2d(lengths).shape[1]
+    multiple = int(np.lcm(self.row_multiple, num_devices))
+    return _round_up(max(int(self.rows_needed(lengths).max()), 1), multiple)
+
+  def layout(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row, first column, index within its row) of each sequence; row -1 for empty ones."""
+    n = len(lengths)
+    if not self.pack:
+      return (np.where(lengths > 0, np.arange(n), -1), self.max_len - lengths, np.zeros(n, np.int64))
+    widths = self.widths
+    cls = self._slot_class(lengths)
+    real = lengths > 0
+    cls_real = np.where(real, cls, len(widths))                       # empties sort last
+    order = np.argsort(cls_real, kind="stable")
+    counts = np.bincount(cls_real, minlength=len(widths) + 1)[:len(widths)]
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - starts[cls_real[order]]              # rank within its class
+    per_row = self.max_len // widths
+    class_row0 = np.concatenate([[0], np.cumsum(-(-counts // per_row))])
+    c = np.minimum(cls, len(widths) - 1)
+    row = np.where(real, class_row0[c] + rank // per_row[c], -1)
+    slot = rank % per_row[c]
+    return row, slot * widths[c], slot
+
+  def apply(self, lengths: np.ndarray, arrays: dict[str, np.ndarray], num_rows: int) -> Batch:
+    """Packs left-padded [S, max_len] arrays into [num_rows, max_len] ones.
+
+    Adds segment_ids and positions (per token), is_last (the newest item of
+    each sequence) and last_index (each sequence's newest token in the
+    flattened [num_rows * max_len] layout; 0 for an empty sequence).
+    """
+    L = self.max_len
+    row, first, slot = self.layout(lengths)
+    if len(row) and row.max() >= num_rows:
+      raise ValueError(f"packing needs {row.max() + 1} rows but the batch has {num_rows}")
+    seq = np.repeat(np.arange(len(lengths)), lengths)                   # one entry per real token
+    step = np.arange(len(seq)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    src_col = L - lengths[seq] + step                                  # column in the padded array
+    dst = row[seq] * L + first[seq] + step                             # flat packed index
+    out = {}
+    for name, value in arrays.items():
+      packed = np.zeros(num_rows * L, value.dtype)
+      packed[dst] = value[seq, src_col]
+      out[name] = packed.reshape(num_rows, L)
+    segment = np.zeros(num_rows * L, np.int32)
+    segment[dst] = slot[seq] + 1
+    positions = np.zeros(num_rows * L, np.int32)
+    positions[dst] = src_col
+    is_last = np.zeros(num_rows * L, np.float32)
+    is_last[dst[src_col == L - 1]] = 1.0
+    out["segment_ids"] = segment.reshape(num_rows, L)
+    out["positions"] = positions.reshape(num_rows, L)
+    out["is_last"] = is_last.reshape(num_rows, L)
+    out["last_index"] = np.where(lengths > 0, row * L + first + lengths - 1, 0).astype(np.int32)
+    return out
+
+
 # --- pre-training ------------------------------------------------------------
 
 
@@ -68,17 +173,33 @@ class PretrainSettings:
   batch_size: int
   max_len: int
   mask_p: float
-  negative_high: int   # negatives are drawn from 1..negative_high
+  negative_high: int        # negatives are drawn from 1..negative_high
+  pack: bool = True         # several short sequences per row (same math, fewer rows)
+  num_devices: int = 1      # the row count must divide over the devices
+
+
+def _lengths_by_batch(lengths: np.ndarray, order: np.ndarray, batch_size: int) -> np.ndarray:
+  """[num_batches, batch_size] lengths in `order`, 0 where the last batch is short."""
+  padded = np.zeros(num_batches(len(order), batch_size) * batch_size, lengths.dtype)
+  padded[:len(order)] = lengths[order]
+  return padded.reshape(-1, batch_size)
 
 
 class PretrainBatches:
-  """The reference's pre-training batches, drawn afresh every epoch."""
+  """The reference's pre-training batches, drawn afresh every epoch.
+
+  A batch holds four views of each sequence (the masked sequence and the
+  three segment-prediction sequences) laid out identically by the packer,
+  plus the original items and one negative per masked position.
+  """
 
   def __init__(self, dataset: data_lib.Dataset, settings: PretrainSettings, seed: int):
     self.dataset = dataset
     self.settings = settings
     self.seed = seed
+    self.packer = Packer(settings.max_len, settings.pack)
     self.starts, self.ends = data_lib.pretrain_prefixes(dataset, settings.max_len)
+    self.lengths = self.ends - self.starts
 
   @property
   def num_sequences(self) -> int:
@@ -91,13 +212,20 @@ class PretrainBatches:
   def order(self, epoch: int) -> np.ndarray:
     return rng_for(self.seed, STREAM_PRETRAIN_ORDER, epoch).permutation(self.num_sequences)
 
+  def num_rows(self, epoch: int) -> int:
+    """One static row count for the whole epoch (one compiled step)."""
+    lengths = _lengths_by_batch(self.lengths, self.order(epoch), self.settings.batch_size)
+    return self.packer.num_rows(lengths, self.settings.num_devices)
+
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     order = self.order(epoch)
+    rows = self.num_rows(epoch)
     bs = self.settings.batch_size
     for step in range(start_step, self.steps_per_epoch):
-      yield self.batch(order[step * bs:(step + 1) * bs], rng_for(self.seed, STREAM_PRETRAIN_BATCH, epoch, step))
+      yield self.batch(order[step * bs:(step + 1) * bs],
+                       rng_for(self.seed, STREAM_PRETRAIN_BATCH, epoch, step), rows)
 
-  def batch(self, prefix_ids: np.ndarray, rng: np.random.Generator) -> Batch:
+  def batch(self, prefix_ids: np.ndarray, rng: np.random.Generator, num_rows: int) -> Batch:
     s, ds = self.settings, self.dataset
     rows, weights = _pad_rows(prefix_ids, s.batch_size)
     real_row = rows >= 0
@@ -135,32 +263,36 @@ class PretrainBatches:
     keep = ~has_span[:, None]
     context, positive, negative = (np.where(keep, items, v) for v in (context, positive, negative))
 
-    as_ids = lambda a: a.astype(np.int32)
-    return {
-        "items": as_ids(items),
-        "masked_items": as_ids(masked_items),
-        "negative_items": as_ids(negative_items),
-        "segment_context": as_ids(context),
-        "segment_positive": as_ids(positive),
-        "segment_negative": as_ids(negative),
-        "weights": weights,
+    views = {
+        "items": items, "masked_items": masked_items, "negative_items": negative_items,
+        "segment_context": context, "segment_positive": positive, "segment_negative": negative,
     }
+    batch = self.packer.apply(lengths, {k: v.astype(np.int32) for k, v in views.items()}, num_rows)
+    batch["weights"] = weights
+    return batch
 
 
 # --- fine-tuning -------------------------------------------------------------
+
+
+def _input_lengths(inputs: np.ndarray) -> np.ndarray:
+  return (inputs > 0).sum(1)
 
 
 class FinetuneBatches:
   """Next-item training batches: one negative per target position, outside the user's sequence."""
 
   def __init__(self, dataset: data_lib.Dataset, splits: dict, batch_size: int,
-               negative_high: int, seed: int):
+               negative_high: int, seed: int, pack: bool = True, num_devices: int = 1):
     self.dataset = dataset
     self.inputs = splits["train_inputs"]
     self.targets = splits["train_targets"]
+    self.lengths = _input_lengths(self.inputs)
     self.batch_size = batch_size
     self.negative_high = negative_high
     self.seed = seed
+    self.num_devices = num_devices
+    self.packer = Packer(self.inputs.shape[1], pack)
     # Sorted (user, item) keys answer "is item in user u's sequence" with one searchsorted.
     users = np.repeat(np.arange(dataset.num_users), np.diff(dataset.offsets))
     self._stride = dataset.item_size + 1
@@ -175,13 +307,19 @@ class FinetuneBatches:
     pos = np.minimum(np.searchsorted(self._keys, query), len(self._keys) - 1)
     return self._keys[pos] == query
 
+  def order(self, epoch: int) -> np.ndarray:
+    return rng_for(self.seed, STREAM_FINETUNE_ORDER, epoch).permutation(len(self.inputs))
+
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-    order = rng_for(self.seed, STREAM_FINETUNE_ORDER, epoch).permutation(len(self.inputs))
+    order = self.order(epoch)
+    rows = self.packer.num_rows(_lengths_by_batch(self.lengths, order, self.batch_size),
+                                self.num_devices)
     bs = self.batch_size
     for step in range(start_step, self.steps_per_epoch):
-      yield self.batch(order[step * bs:(step + 1) * bs], rng_for(self.seed, STREAM_FINETUNE_BATCH, epoch, step))
+      yield self.batch(order[step * bs:(step + 1) * bs],
+                       rng_for(self.seed, STREAM_FINETUNE_BATCH, epoch, step), rows)
 
-  def batch(self, users: np.ndarray, rng: np.random.Generator) -> Batch:
+  def batch(self, users: np.ndarray, rng: np.random.Generator, num_rows: int) -> Batch:
     rows, weights = _pad_rows(users, self.batch_size)
     real_row = rows >= 0
     safe = np.maximum(rows, 0)
@@ -190,27 +328,38 @@ class FinetuneBatches:
     negatives = sample_excluding(
         rng, 1, self.negative_high, targets.shape, targets > 0,
         lambda draws: self.in_sequence(safe[:, None], draws))
-    return {"inputs": inputs.astype(np.int32), "targets": targets.astype(np.int32),
-            "negatives": negatives.astype(np.int32), "weights": weights}
+    lengths = np.where(real_row, self.lengths[safe], 0)
+    batch = self.packer.apply(lengths, {"inputs": inputs.astype(np.int32),
+                                        "targets": targets.astype(np.int32),
+                                        "negatives": negatives.astype(np.int32)}, num_rows)
+    batch["weights"] = weights
+    return batch
 
 
 # --- evaluation --------------------------------------------------------------
 
 
 def eval_batches(dataset: data_lib.Dataset, splits: dict, split: str, protocol: str,
-                 batch_size: int) -> Iterator[Batch]:
-  """Users in file order; `candidates` (answer first) for sampled, `history` for full ranking."""
+                 batch_size: int, pack: bool = True, num_devices: int = 1) -> Iterator[Batch]:
+  """Users in file order, packed inputs with each user's last_index; `candidates`
+  (answer first) for the sampled protocol, `history` for full ranking."""
   inputs, answers = splits[f"{split}_inputs"], splits[f"{split}_answers"]
   history = splits[f"{split}_history"]
   if protocol == "sampled" and dataset.sample_negatives is None:
     raise ValueError("the sampled protocol needs sample negatives, but the dataset has none")
+  packer = Packer(inputs.shape[1], pack)
+  lengths = _input_lengths(inputs)
+  num_rows = packer.num_rows(_lengths_by_batch(lengths, np.arange(len(inputs)), batch_size),
+                             num_devices)
   for start in range(0, len(inputs), batch_size):
     rows, weights = _pad_rows(np.arange(start, min(start + batch_size, len(inputs))), batch_size)
     real_row = rows >= 0
     safe = np.maximum(rows, 0)
-    batch = {"inputs": np.where(real_row[:, None], inputs[safe], 0).astype(np.int32),
-             "answers": np.where(real_row, answers[safe], 1).astype(np.int32),
-             "weights": weights}
+    batch = packer.apply(np.where(real_row, lengths[safe], 0),
+                         {"inputs": np.where(real_row[:, None], inputs[safe], 0).astype(np.int32)},
+                         num_rows)
+    batch["answers"] = np.where(real_row, answers[safe], 1).astype(np.int32)
+    batch["weights"] = weights
     if protocol == "sampled":
       batch["candidates"] = np.concatenate(
           [batch["answers"][:, None], dataset.sample_negatives[safe]], axis=1).astype(np.int32)

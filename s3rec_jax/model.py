@@ -79,16 +79,21 @@ def _dense(features: int, std: float, name: str) -> nn.Dense:
                   bias_init=nn.initializers.zeros, name=name)
 
 
-def attention_bias(ids: jax.Array, causal: bool) -> jax.Array:
-  """Additive attention bias, [B, 1, Lq or 1, Lk], from left-padded item ids (0 = padding)."""
-  is_item = ids > 0
+def attention_bias(segment_ids: jax.Array, causal: bool) -> jax.Array:
+  """Additive attention bias [B, 1, L, L] from segment ids (0 = padding, k > 0 = k-th sequence of a row).
+
+  A query sees the keys of its own sequence: all of them when bidirectional
+  (pre-training; mask tokens are attended to), those at or before it when
+  causal (fine-tuning). With one sequence per row this is exactly the
+  reference's padding mask (-1e8) and causal mask (-10000); several packed
+  sequences in one row never see each other.
+  """
+  same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
   if not causal:
-    # Bidirectional (pre-training): only padding keys are hidden; mask tokens are attended to.
-    return jnp.where(is_item, 0.0, BIDIRECTIONAL_MASK_VALUE)[:, None, None, :]
-  length = ids.shape[1]
+    return jnp.where(same, 0.0, BIDIRECTIONAL_MASK_VALUE)[:, None]
+  length = segment_ids.shape[1]
   lower = jnp.tril(jnp.ones((length, length), dtype=bool))
-  allowed = is_item[:, None, :] & lower[None]
-  return jnp.where(allowed, 0.0, CAUSAL_MASK_VALUE)[:, None, :, :]
+  return jnp.where(same & lower[None], 0.0, CAUSAL_MASK_VALUE)[:, None]
 
 
 class SelfAttention(nn.Module):
@@ -176,22 +181,31 @@ class S3RecModel(nn.Module):
     self.encoder = Encoder(cfg)
     self.heads = Heads(cfg)
 
-  def encode(self, ids: jax.Array, causal: bool, deterministic: bool = True) -> jax.Array:
-    """Encodes left-padded ids [B, L] (L <= max_len) into [B, L, H].
+  def encode(self, ids: jax.Array, causal: bool, deterministic: bool = True,
+             segment_ids: jax.Array | None = None, positions: jax.Array | None = None) -> jax.Array:
+    """Encodes ids [B, L] (L <= max_len) into [B, L, H].
 
-    Positions are absolute in the max_len window, so the newest item always
-    sits at position max_len - 1; a batch trimmed of leading all-padding
-    columns therefore gives the same outputs at its real positions.
+    Without `segment_ids`/`positions` each row is one left-padded sequence
+    whose newest item sits at position max_len - 1 (a window trimmed of
+    leading padding keeps its absolute positions). Packed rows pass both:
+    segment ids tell the sequences of a row apart and positions give each
+    token its absolute position in its own max_len window.
     """
     cfg = self.config
     chex.assert_rank(ids, 2)
     length = ids.shape[1]
     if length > cfg.max_len:
       raise ValueError(f"sequence length {length} exceeds model.max_len={cfg.max_len}")
-    positions = self.position_embeddings.embedding[cfg.max_len - length:]
-    x = self.item_embeddings(ids) + positions[None]
+    if segment_ids is None:
+      segment_ids = (ids > 0).astype(jnp.int32)
+    if positions is None:
+      position_emb = self.position_embeddings.embedding[cfg.max_len - length:][None]
+    else:
+      chex.assert_equal_shape([ids, positions, segment_ids])
+      position_emb = self.position_embeddings(positions)
+    x = self.item_embeddings(ids) + position_emb
     x = self.input_dropout(self.input_norm(x), deterministic=deterministic)
-    return self.encoder(x, attention_bias(ids, causal), deterministic)
+    return self.encoder(x, attention_bias(segment_ids, causal), deterministic)
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """Touches every parameter (used by `init`); returns the bidirectional encoding."""
@@ -209,12 +223,13 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
 
 
 def encode(config: ModelConfig, params: dict, ids: jax.Array, *, causal: bool,
-           dropout_key: jax.Array | None = None) -> jax.Array:
+           dropout_key: jax.Array | None = None, segment_ids: jax.Array | None = None,
+           positions: jax.Array | None = None) -> jax.Array:
   """Pure encoder: dropout is on exactly when a key is given."""
   deterministic = dropout_key is None
   rngs = {} if deterministic else {"dropout": dropout_key}
-  return S3RecModel(config).apply({"params": params}, ids, causal, deterministic,
-                                  rngs=rngs, method=S3RecModel.encode)
+  return S3RecModel(config).apply({"params": params}, ids, causal, deterministic, segment_ids,
+                                  positions, rngs=rngs, method=S3RecModel.encode)
 
 
 def apply_head(head_params: dict, x: jax.Array) -> jax.Array:

@@ -40,9 +40,13 @@ class ObjectiveOptions:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveInputs:
-  outputs: Mapping[str, jax.Array]   # view name -> encoder output [B, L, H]
+  outputs: Mapping[str, jax.Array]   # view name -> encoder output [R, L, H]
   params: Mapping                    # full parameter tree (embeddings + heads)
-  batch: Mapping[str, jax.Array]     # pre-training batch (see input_pipeline)
+  # Pre-training batch (see input_pipeline.PretrainBatches): per-token [R, L]
+  # views laid out alike (one or several sequences per row), `is_last` [R, L]
+  # marking each sequence's newest token, and per-sequence `last_index` [B]
+  # (into the flattened R * L tokens) and `weights` [B] (0 = padding).
+  batch: Mapping[str, jax.Array]
   tables: Mapping[str, jax.Array]    # replicated lookup tables, e.g. 'attr_ids' [item_size, K]
   key: jax.Array                     # for objectives that sample on device
   options: ObjectiveOptions
@@ -93,10 +97,6 @@ def _head(inputs: ObjectiveInputs, name: str, x: jax.Array) -> jax.Array:
   return model_lib.apply_head(inputs.params["heads"][name], x)
 
 
-def _row_weights(inputs: ObjectiveInputs) -> jax.Array:
-  return inputs.batch["weights"]
-
-
 def _attribute_bce_sum(scores: jax.Array, attr_ids: jax.Array) -> jax.Array:
   """Sum over ALL attributes of BCE(sigmoid(score), multi-hot), as the reference does.
 
@@ -135,8 +135,7 @@ def _attribute_loss(inputs: ObjectiveInputs, head: str, position_mask: jax.Array
   else:
     per_position = _attribute_infonce(scores.reshape(b * l, -1), attr_ids.reshape(b * l, -1),
                                       inputs.options.temperature).reshape(b, l)
-  weights = position_mask * _row_weights(inputs)[:, None]
-  return jnp.sum(per_position * weights)
+  return jnp.sum(per_position * position_mask)
 
 
 def _is_masked(inputs: ObjectiveInputs) -> jax.Array:
@@ -191,8 +190,7 @@ def mip_reference(inputs: ObjectiveInputs) -> jax.Array:
   table = model_lib.item_table(inputs.params)
   pos = jnp.sum(query * table[inputs.batch["items"]], -1)
   neg = jnp.sum(query * table[inputs.batch["negative_items"]], -1)
-  weights = _is_masked(inputs) * _row_weights(inputs)[:, None]
-  return jnp.sum(_difference_of_sigmoids_loss(pos, neg) * weights)
+  return jnp.sum(_difference_of_sigmoids_loss(pos, neg) * _is_masked(inputs))
 
 
 @register("mip", "infonce", views=("masked_items",))
@@ -213,8 +211,8 @@ def mip_infonce(inputs: ObjectiveInputs) -> jax.Array:
     logits = query @ table[negatives].T                                 # [B, L, K]
     logits = jnp.where(negatives[None, None, :] == items[..., None], -jnp.inf, logits)
     per_position = jax.nn.softplus(jax.nn.logsumexp(logits, -1) - pos)
-  weights = _is_masked(inputs) * _row_weights(inputs)[:, None]
-  return jnp.sum(jnp.where(weights > 0, per_position, 0.0) * weights)
+  is_masked = _is_masked(inputs)
+  return jnp.sum(jnp.where(is_masked > 0, per_position, 0.0))
 
 
 # --- SP ---------------------------------------------------------------------
@@ -222,26 +220,30 @@ def mip_infonce(inputs: ObjectiveInputs) -> jax.Array:
 _SEGMENT_VIEWS = ("segment_context", "segment_positive", "segment_negative")
 
 
-def _segment_representations(inputs: ObjectiveInputs):
-  context, positive, negative = (inputs.outputs[v][:, -1, :] for v in _SEGMENT_VIEWS)
-  return _head(inputs, "sp", context), positive, negative
-
-
 @register("sp", "reference", views=_SEGMENT_VIEWS)
 def sp_reference(inputs: ObjectiveInputs) -> jax.Array:
-  """Segment prediction: context vs the true span and a random span of the same length."""
-  query, positive, negative = _segment_representations(inputs)
-  pos = jnp.sum(query * positive, -1)
-  neg = jnp.sum(query * negative, -1)
-  return jnp.sum(_difference_of_sigmoids_loss(pos, neg) * _row_weights(inputs))
+  """Segment prediction: context vs the true span and a random span of the same length.
+
+  Each sequence is represented by the output at its newest token; the three
+  views share a layout, so the pairs line up token for token.
+  """
+  query = _head(inputs, "sp", inputs.outputs["segment_context"])
+  pos = jnp.sum(query * inputs.outputs["segment_positive"], -1)
+  neg = jnp.sum(query * inputs.outputs["segment_negative"], -1)
+  return jnp.sum(_difference_of_sigmoids_loss(pos, neg) * inputs.batch["is_last"])
+
+
+def _last_tokens(inputs: ObjectiveInputs, view: str) -> jax.Array:
+  out = inputs.outputs[view]
+  return out.reshape(-1, out.shape[-1])[inputs.batch["last_index"]]        # [B, H]
 
 
 @register("sp", "infonce", views=_SEGMENT_VIEWS[:2])
 def sp_infonce(inputs: ObjectiveInputs) -> jax.Array:
   """Each context against its own span and the other sequences' spans of the global batch."""
-  query = _head(inputs, "sp", inputs.outputs["segment_context"][:, -1, :])
-  positive = inputs.outputs["segment_positive"][:, -1, :]
-  weights = _row_weights(inputs)
+  query = _head(inputs, "sp", _last_tokens(inputs, "segment_context"))
+  positive = _last_tokens(inputs, "segment_positive")
+  weights = inputs.batch["weights"]
   logits = (query @ positive.T) / inputs.options.temperature      # [B, B]
   logits = jnp.where(weights[None, :] > 0, logits, -jnp.inf)       # padding rows are no negatives
   per_row = jax.nn.logsumexp(logits, -1) - jnp.diagonal(logits)

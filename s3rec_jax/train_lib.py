@@ -147,7 +147,8 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   mcfg = model_config(config, ds, head_names=names)
   batches = input_pipeline.PretrainBatches(
       ds, input_pipeline.PretrainSettings(pc.batch_size, config.max_seq_length, pc.mask_p,
-                                          negative_high(config, ds)), config.seed)
+                                          negative_high(config, ds), config.pack_sequences,
+                                          mesh.size), config.seed)
   parallel.check_divisible(pc.batch_size, mesh, "config.pretrain.batch_size")
   options = objectives_lib.ObjectiveOptions(
       mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
@@ -224,7 +225,8 @@ class Evaluator:
   def __call__(self, params, split: str) -> dict[str, float]:
     totals = None
     for batch in input_pipeline.eval_batches(self.ds, self.splits, split, self.protocol,
-                                             self.config.eval.batch_size):
+                                             self.config.eval.batch_size,
+                                             self.config.pack_sequences, self.mesh.size):
       sums = self.step(params, parallel.shard_batch(batch, self.mesh))
       totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
     values = metrics_lib.finalize(jax.device_get(totals))
@@ -254,7 +256,7 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2, fc.weight_decay)
   state = jax.device_put(train_steps.create_state(params, tx), repl)
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size, negative_high(config, ds),
-                                           config.seed)
+                                           config.seed, config.pack_sequences, mesh.size)
   step_fn = train_steps.make_finetune_step(mcfg, tx, mesh)
   evaluate = Evaluator(config, ds, splits, mcfg, mesh, protocol)
   target = early_stopping_metric(protocol)

@@ -63,11 +63,14 @@ def pretrain_loss(params: Any, batch: dict, tables: dict, key: jax.Array, *,
   dropout_key, objective_key = jax.random.split(key)
   # Stack the views next to each row (not after the batch) so the batch axis
   # stays sharded the same way and no data moves between devices.
-  ids = jnp.stack([batch[v] for v in views], axis=1)                 # [B, V, L]
-  b, v, l = ids.shape
-  out = model_lib.encode(model_config, params, ids.reshape(b * v, l), causal=False,
-                         dropout_key=dropout_key if train else None)
-  out = out.reshape(b, v, l, -1)
+  ids = jnp.stack([batch[v] for v in views], axis=1)                 # [R, V, L]
+  r, v, l = ids.shape
+  per_view = lambda x: jnp.broadcast_to(x[:, None], (r, v, l)).reshape(r * v, l)
+  out = model_lib.encode(model_config, params, ids.reshape(r * v, l), causal=False,
+                         dropout_key=dropout_key if train else None,
+                         segment_ids=per_view(batch["segment_ids"]),
+                         positions=per_view(batch["positions"]))
+  out = out.reshape(r, v, l, -1)
   outputs = {name: out[:, i] for i, name in enumerate(views)}
   inputs = objectives_lib.ObjectiveInputs(outputs, params, batch, tables, objective_key, options)
   return objectives_lib.joint_loss(objectives, inputs)
@@ -92,7 +95,8 @@ def make_pretrain_step(model_config, objectives, options, tx, mesh) -> Callable:
 def finetune_loss(params: Any, batch: dict, key: jax.Array | None, *,
                   model_config: model_lib.ModelConfig) -> jax.Array:
   """Mean over the global count of target positions of BCE(pos) + BCE(neg)."""
-  out = model_lib.encode(model_config, params, batch["inputs"], causal=True, dropout_key=key)
+  out = model_lib.encode(model_config, params, batch["inputs"], causal=True, dropout_key=key,
+                         segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
   table = model_lib.item_table(params)
   pos = jnp.sum(out * table[batch["targets"]], -1)
   neg = jnp.sum(out * table[batch["negatives"]], -1)
@@ -129,7 +133,9 @@ def make_eval_step(model_config, protocol: str, mesh, *, num_items: int, chunk_s
   names = metric_names(protocol)
 
   def step(params: Any, batch: dict):
-    user = model_lib.encode(model_config, params, batch["inputs"], causal=True)[:, -1, :]
+    out = model_lib.encode(model_config, params, batch["inputs"], causal=True,
+                           segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
+    user = out.reshape(-1, out.shape[-1])[batch["last_index"]]          # [B, H]
     table = model_lib.item_table(params)
     if protocol == "sampled":
       ranks = metrics_lib.rank_of_first(metrics_lib.sampled_scores(user, table, batch["candidates"]))

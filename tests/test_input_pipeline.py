@@ -17,8 +17,9 @@ def ds():
 
 @pytest.fixture(scope="module")
 def pre(ds):
+  # The reference's layout (one sequence per row) makes rows easy to check.
   return ip.PretrainBatches(ds, ip.PretrainSettings(batch_size=16, max_len=L, mask_p=0.2,
-                                                    negative_high=ds.mask_id), seed=7)
+                                                    negative_high=ds.mask_id, pack=False), seed=7)
 
 
 def _prefix(ds, pre, i):
@@ -99,14 +100,15 @@ def test_batches_are_a_function_of_seed_epoch_and_step(ds, pre):
 
 
 def test_negative_range_without_mask_token(ds):
-  pre = ip.PretrainBatches(ds, ip.PretrainSettings(16, L, 0.9, negative_high=ds.max_item), seed=1)
+  pre = ip.PretrainBatches(ds, ip.PretrainSettings(16, L, 0.9, negative_high=ds.max_item,
+                                                   pack=False), seed=1)
   negs = np.concatenate([b["negative_items"].ravel() for b in pre.epoch(0)])
   assert negs.max() <= ds.max_item and (negs > 0).sum() > 100
 
 
 def test_finetune_batches(ds):
   splits = data.finetune_splits(ds, L)
-  fb = ip.FinetuneBatches(ds, splits, batch_size=16, negative_high=ds.max_item, seed=5)
+  fb = ip.FinetuneBatches(ds, splits, batch_size=16, negative_high=ds.max_item, seed=5, pack=False)
   rows = 0
   order = ip.rng_for(5, ip.STREAM_FINETUNE_ORDER, 0).permutation(ds.num_users)
   for step, batch in enumerate(fb.epoch(0)):
@@ -126,10 +128,12 @@ def test_finetune_batches(ds):
 @pytest.mark.parametrize("protocol", ["sampled", "full"])
 def test_eval_batches(ds, protocol):
   splits = data.finetune_splits(ds, L)
-  batches = list(ip.eval_batches(ds, splits, "test", protocol, batch_size=16))
+  batches = list(ip.eval_batches(ds, splits, "test", protocol, batch_size=16, pack=False))
   assert len(batches) == 3 and batches[-1]["weights"].sum() == ds.num_users - 32
   first = batches[0]
   np.testing.assert_array_equal(first["answers"], splits["test_answers"][:16])
+  np.testing.assert_array_equal(first["inputs"], splits["test_inputs"][:16])
+  np.testing.assert_array_equal(first["last_index"], np.arange(16) * L + L - 1)
   if protocol == "sampled":
     np.testing.assert_array_equal(first["candidates"][:, 0], first["answers"])
     np.testing.assert_array_equal(first["candidates"][:, 1:], ds.sample_negatives[:16])
@@ -146,3 +150,54 @@ def test_prefetch_passes_items_and_errors():
 
   with pytest.raises(RuntimeError, match="boom"):
     list(ip.prefetch(broken()))
+
+
+def _unpack(batch, name, lengths, max_len):
+  """Rebuilds the left-padded [S, max_len] array of one packed field from last_index."""
+  flat = batch[name].reshape(-1)
+  out = np.zeros((len(lengths), max_len), flat.dtype)
+  for s, n in enumerate(lengths):
+    if n:
+      end = batch["last_index"][s]
+      out[s, max_len - n:] = flat[end - n + 1:end + 1]
+  return out
+
+
+@pytest.mark.parametrize("max_len", [8, 12, 50])
+def test_packer_round_trip_and_metadata(max_len):
+  rng = np.random.default_rng(max_len)
+  lengths = rng.integers(0, max_len + 1, size=40)
+  padded = np.zeros((40, max_len), np.int32)
+  for s, n in enumerate(lengths):
+    padded[s, max_len - n:] = rng.integers(1, 100, size=n)
+  packer = ip.Packer(max_len)
+  rows = packer.num_rows(lengths[None], num_devices=4)
+  assert rows % 8 == 0 and rows < 40
+  batch = packer.apply(lengths, {"x": padded}, rows)
+  np.testing.assert_array_equal(_unpack(batch, "x", lengths, max_len), padded)
+  seg, pos = batch["segment_ids"].ravel(), batch["positions"].ravel()
+  assert (seg > 0).sum() == lengths.sum() == (batch["x"] > 0).sum()
+  assert batch["is_last"].sum() == (lengths > 0).sum()
+  for s, n in enumerate(lengths):
+    if n:
+      end = batch["last_index"][s]
+      np.testing.assert_array_equal(pos[end - n + 1:end + 1], np.arange(max_len - n, max_len))
+      assert len(set(seg[end - n + 1:end + 1])) == 1                  # one segment per sequence
+      assert batch["is_last"].ravel()[end] == 1
+  # Unpacked layout: one left-padded sequence per row.
+  flat = ip.Packer(max_len, pack=False).apply(lengths, {"x": padded}, 40)
+  np.testing.assert_array_equal(flat["x"], padded)
+  with pytest.raises(ValueError, match="needs"):
+    packer.apply(lengths, {"x": padded}, 1)
+
+
+def test_packed_pretraining_batch_holds_the_same_views(ds):
+  settings = dict(batch_size=64, max_len=L, mask_p=0.2, negative_high=ds.mask_id)
+  padded = ip.PretrainBatches(ds, ip.PretrainSettings(**settings, pack=False), seed=7)
+  packed = ip.PretrainBatches(ds, ip.PretrainSettings(**settings, pack=True), seed=7)
+  a, b = next(padded.epoch(0)), next(packed.epoch(0))
+  assert b["items"].shape[0] < a["items"].shape[0]
+  lengths = (a["items"] > 0).sum(1)
+  for name in ("items", "masked_items", "negative_items", "segment_context",
+               "segment_positive", "segment_negative"):
+    np.testing.assert_array_equal(_unpack(b, name, lengths, L), a[name], err_msg=name)

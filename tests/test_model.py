@@ -68,11 +68,30 @@ def test_positions_are_absolute(params):
 
 
 def test_attention_bias_values():
-  ids = jnp.array([[0, 2, 3]])
-  bi = model.attention_bias(ids, causal=False)
-  np.testing.assert_array_equal(bi[0, 0, 0], [-1e8, 0.0, 0.0])
-  causal = model.attention_bias(ids, causal=True)[0, 0]
-  np.testing.assert_array_equal(causal, [[-1e4, -1e4, -1e4], [-1e4, 0, -1e4], [-1e4, 0, 0]])
+  segments = jnp.array([[0, 1, 1]])
+  bi = model.attention_bias(segments, causal=False)[0, 0]
+  np.testing.assert_array_equal(bi[1:], [[-1e8, 0.0, 0.0]] * 2)   # padding keys hidden
+  causal = model.attention_bias(segments, causal=True)[0, 0]
+  np.testing.assert_array_equal(causal[1:], [[-1e4, 0, -1e4], [-1e4, 0, 0]])
+  # Two packed sequences in a row never see each other.
+  packed = model.attention_bias(jnp.array([[1, 1, 2, 2, 0]]), causal=False)[0, 0]
+  np.testing.assert_array_equal(packed[:4, :4] == 0, [[1, 1, 0, 0], [1, 1, 0, 0],
+                                                     [0, 0, 1, 1], [0, 0, 1, 1]])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_packed_rows_equal_one_sequence_per_row(params, causal):
+  """Several sequences packed in one row, each with its absolute positions, encode as if alone."""
+  a = jnp.array([[0, 0, 0, 0, 0, 3, 7, 29]])
+  b = jnp.array([[0, 0, 0, 0, 0, 0, 11, 12]])
+  alone_a = model.encode(CFG, params, a, causal=causal)[0, 5:]
+  alone_b = model.encode(CFG, params, b, causal=causal)[0, 6:]
+  packed = jnp.array([[3, 7, 29, 11, 12, 0, 0, 0]])
+  segments = jnp.array([[1, 1, 1, 2, 2, 0, 0, 0]])
+  positions = jnp.array([[5, 6, 7, 6, 7, 0, 0, 0]])
+  out = model.encode(CFG, params, packed, causal=causal, segment_ids=segments, positions=positions)
+  np.testing.assert_allclose(out[0, :3], alone_a, atol=1e-5)
+  np.testing.assert_allclose(out[0, 3:5], alone_b, atol=1e-5)
 
 
 def test_dropout_is_driven_by_the_key(params):

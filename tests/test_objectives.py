@@ -31,6 +31,9 @@ def _setup(seed=0):
       "segment_positive": rng.integers(0, MASK + 1, (2, L)).astype(np.int32),
       "segment_negative": rng.integers(0, MASK + 1, (2, L)).astype(np.int32),
       "weights": np.array([1.0, 1.0], np.float32),
+      # One sequence per row: the newest token is the last column.
+      "is_last": np.array([[0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1]], np.float32),
+      "last_index": np.array([L - 1, 2 * L - 1], np.int32),
   }
   # Attribute sets (deduplicated, 0-padded), some items with none.
   attr_sets = {1: [1, 2], 2: [3], 3: [2, 4, 6], 4: [], 5: [5], 6: [1, 6], 7: [4], 8: [2, 3], 9: [6]}
@@ -179,9 +182,15 @@ def test_padding_rows_contribute_nothing():
   for (name, form) in objectives.REGISTRY:
     full = float(objectives.get(name, form).fn(_inputs(batch, attr_ids, params, outputs)))
     one = {k: v[:1] for k, v in batch.items()}
+    one["last_index"] = batch["last_index"][:1]
     outs = {k: v[:1] for k, v in outputs.items()}
     only_first = float(objectives.get(name, form).fn(_inputs(one, attr_ids, params, outs)))
-    batch_w = dict(batch, weights=np.array([1.0, 0.0], np.float32))
+    # Row 1 emptied: no tokens, weight 0 (what the pipeline makes of a padding row).
+    empty = {k: (v.copy() if v.ndim == 2 else v) for k, v in batch.items()}
+    for k in ("items", "masked_items", "negative_items", "segment_context", "segment_positive",
+              "segment_negative", "is_last"):
+      empty[k][1] = 0
+    batch_w = dict(empty, weights=np.array([1.0, 0.0], np.float32))
     masked_out = float(objectives.get(name, form).fn(_inputs(batch_w, attr_ids, params, outputs)))
     if (name, form) != ("sp", "infonce"):  # in-batch negatives: checked above
       assert full != pytest.approx(only_first)

@@ -130,3 +130,44 @@ def test_eval_step_matches_numpy_ranking(ds, protocol):
 def test_unknown_protocol():
   with pytest.raises(ValueError, match="valid protocols: sampled, full"):
     train_steps.metric_names("leave-one-out")
+
+
+@pytest.mark.parametrize("form", ["reference", "infonce"])
+def test_packed_and_padded_batches_give_the_same_losses(ds, form):
+  """Packing changes the layout, not the math: same sequences, masks, negatives -> same losses."""
+  chosen = objectives.resolve({"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5}, form)
+  cfg = _config(ds, tuple(o.name for o, _ in chosen))
+  params = model.init_params(cfg, jax.random.key(5))
+  options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item)
+  tables = {"attr_ids": jnp.asarray(ds.attr_ids)}
+  losses = {}
+  for pack in (False, True):
+    batches = ip.PretrainBatches(ds, ip.PretrainSettings(48, L, 0.2, ds.mask_id, pack=pack), seed=2)
+    batch = next(batches.epoch(0))
+    _, losses[pack] = train_steps.pretrain_loss(
+        params, batch, tables, jax.random.key(0), model_config=cfg, objectives=chosen,
+        options=options, train=False)
+    losses[pack]["rows"] = batch["items"].shape[0]
+  assert losses[True]["rows"] < losses[False]["rows"]
+  for name in ("aap", "mip", "map", "sp"):
+    np.testing.assert_allclose(losses[True][name], losses[False][name], rtol=1e-5, err_msg=name)
+
+
+def test_packed_and_padded_finetuning_and_eval_agree(ds):
+  cfg = _config(ds)
+  params = model.init_params(cfg, jax.random.key(6))
+  splits = data.finetune_splits(ds, L)
+  values = {}
+  for pack in (False, True):
+    fb = ip.FinetuneBatches(ds, splits, 32, ds.max_item, seed=0, pack=pack)
+    batch = next(fb.epoch(0))
+    loss = train_steps.finetune_loss(params, batch, None, model_config=cfg)
+    step = train_steps.make_eval_step(cfg, "full", parallel.make_mesh(), num_items=ds.max_item,
+                                      chunk_size=32)
+    mesh = parallel.make_mesh()
+    sums = [jax.device_get(step(params, parallel.shard_batch(b, mesh)))
+            for b in ip.eval_batches(ds, splits, "test", "full", 32, pack=pack)]
+    values[pack] = (float(loss), metrics.finalize({k: sum(s[k] for s in sums) for k in sums[0]}))
+  np.testing.assert_allclose(values[True][0], values[False][0], rtol=1e-5)
+  for name, value in values[False][1].items():
+    assert values[True][1][name] == pytest.approx(value, abs=1e-6), name

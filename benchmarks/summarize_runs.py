@@ -41,8 +41,9 @@ def summarize(workdir: str) -> str:
                  f"best epoch {results['best_epoch']}")
   lines.append("test: " + ", ".join(f"{k} {v:.4f}" for k, v in results["test"].items()))
   lines.append("valid (best epoch): " + ", ".join(f"{k} {v:.4f}" for k, v in results["valid"].items()))
-  if "wall_seconds" in results:
-    lines.append(f"wall time: {results['wall_seconds'] / 60:.1f} min")
+  done = [r for r in records if r["phase"] == "done"]
+  if done:
+    lines.append(f"wall time: {done[-1]['wall_seconds'] / 60:.1f} min")
   return "\n".join(lines)
 
 

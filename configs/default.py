@@ -59,7 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.pretrain.form = "reference"     # "reference" (sigmoid forms) or "infonce"
   c.pretrain.infonce_temperature = 1.0
   c.pretrain.mip_num_negatives = 0  # infonce MIP: 0 = whole catalogue, K = K sampled items
-  c.pretrain.save_every_epochs = 10
+  c.pretrain.save_every_epochs = 10   # hand-off checkpoints WORKDIR/pretrain/EPOCH
+  c.pretrain.checkpoint_every_steps = 500  # resume checkpoints within an epoch (0 = epoch ends only)
   c.pretrain.log_every_steps = 50
 
   c.finetune = ml_collections.ConfigDict()

@@ -26,14 +26,15 @@ def _abs(path: str) -> str:
   return os.path.abspath(os.path.expanduser(path))
 
 
-def manager(directory: str, *, max_to_keep: int | None = None, read_only: bool = False,
-            best_metric: str | None = None) -> ocp.CheckpointManager:
+def manager(directory: str, *, max_to_keep: int | None = None,
+            read_only: bool = False) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, read_only=read_only, create=not read_only,
-      best_fn=(lambda m: m[best_metric]) if best_metric else None, best_mode="max",
       enable_async_checkpointing=False)
-  return ocp.CheckpointManager(_abs(directory), options=options,
-                               item_names=("params", "opt_state", "meta"))
+  return ocp.CheckpointManager(_abs(directory), options=options, item_handlers={
+      "params": ocp.StandardCheckpointHandler(),
+      "opt_state": ocp.StandardCheckpointHandler(),
+      "meta": ocp.JsonCheckpointHandler()})
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params: Any, meta: dict,
@@ -120,12 +121,43 @@ def restore_encoder(path: str, params: Any, sharding) -> tuple[Any, str, int]:
 
 def restore_full(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,
                  sharding) -> tuple[Any, Any, dict]:
-  """Restores params, optimiser state and meta of `step` into the given structures."""
+  """Restores params, optimiser state and meta of `step` into the given structures.
+
+  A checkpoint of another model or dataset is a CheckpointError naming the tensor.
+  """
+  where = f"checkpoint {mngr.directory}/{step}"
+  saved = mngr.item_metadata(step)
+  _check_shapes(saved["params"], params, where)
   restored = mngr.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(_abstract(params, sharding)),
       opt_state=ocp.args.StandardRestore(_abstract(opt_state, sharding)),
       meta=ocp.args.JsonRestore()))
   return restored["params"], restored["opt_state"], restored["meta"]
+
+
+def restore_latest_good(mngr: ocp.CheckpointManager, params: Any, opt_state: Any, sharding,
+                        warn) -> tuple[int, Any, Any, dict] | None:
+  """The newest checkpoint that restores, falling back over damaged ones with a warning.
+
+  Returns None when the manager has no checkpoint; raises CheckpointError when
+  it has some but none restores. A model mismatch is raised at once (an older
+  checkpoint would not fit either).
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
+    return None
+  failures = []
+  for step in steps:
+    try:
+      return (step, *restore_full(mngr, step, params, opt_state, sharding))
+    except CheckpointError:
+      raise
+    except Exception as e:  # damaged files surface as many different errors
+      failures.append(f"{step}: {type(e).__name__}: {str(e)[:200]}")
+      warn(f"WARNING: checkpoint {mngr.directory}/{step} cannot be restored "
+           f"({type(e).__name__}); trying an older one")
+  raise CheckpointError(f"no checkpoint in {mngr.directory} can be restored:\n  "
+                        + "\n  ".join(failures))
 
 
 def restore_params(mngr: ocp.CheckpointManager, step: int, params: Any, sharding) -> Any:

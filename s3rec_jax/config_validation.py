@@ -61,3 +61,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       objectives_lib.resolve(config.pretrain.objectives.to_dict(), config.pretrain.form)
     except ValueError as e:
       raise ConfigError(f"config.pretrain.objectives: {e}") from None
+
+
+def validate_for_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Global batches are split evenly over the devices of the mesh."""
+  for field in ("pretrain.batch_size", "finetune.batch_size", "eval.batch_size"):
+    value = _get(config, field)
+    if value % num_devices:
+      raise ConfigError(f"config.{field}={value} is not divisible by the {num_devices} devices "
+                        f"of the mesh; use a multiple of {num_devices} or set config.num_devices")

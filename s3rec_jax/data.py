@@ -128,8 +128,11 @@ def _parse_int_lines(path: PathLike, data: bytes, what: str, id_name: str) -> li
   """Parses lines of positive integers, raising DataError on the first bad one."""
   rows = []
   for lineno, line in enumerate(_lines(data), start=1):
-    if _INT_LINE.fullmatch(line):
-      row = [int(token) for token in line.split()]
+    try:
+      row = [int(token) for token in line.split()] if _INT_LINE.fullmatch(line) else None
+    except ValueError:  # More digits than int() takes; the slow path says so.
+      row = None
+    if row is not None:
       # The pattern admits only unsigned digits, so 0 is the one bad value left.
       if 0 in row:
         raise DataError(f"{path}:{lineno}: non-positive {id_name} 0; "
@@ -144,8 +147,13 @@ def _parse_int_lines(path: PathLike, data: bytes, what: str, id_name: str) -> li
       if not _SIGNED_INT.fullmatch(token):
         raise DataError(f"{path}:{lineno}: malformed line {shown!r} (token "
                         f"{token.decode('utf-8', 'replace')!r} is not an integer); expected {what}")
-      if int(token) <= 0:
-        raise DataError(f"{path}:{lineno}: non-positive {id_name} {int(token)}; "
+      try:
+        value = int(token)
+      except ValueError:  # More than sys.get_int_max_str_digits() digits.
+        raise DataError(f"{path}:{lineno}: integer of {len(token)} characters is too long; "
+                        f"expected {what}") from None
+      if value <= 0:
+        raise DataError(f"{path}:{lineno}: non-positive {id_name} {value}; "
                         f"expected positive integer ids in {what}")
     raise DataError(f"{path}:{lineno}: malformed line {shown!r}; expected {what}")
   return rows
@@ -214,6 +222,14 @@ def _build_attr_table(item_idx: np.ndarray, attr_idx: np.ndarray, max_item: int)
   return table
 
 
+def _show_json(value: object) -> str:
+  """The start of `value` as JSON, for messages."""
+  try:
+    return json.dumps(value)[:60]
+  except RecursionError:
+    return "a deeply nested value"
+
+
 def read_item_attributes(path: PathLike, max_item: int) -> tuple[np.ndarray, int]:
   """Reads `{"item_id": [attribute ids]}`.
 
@@ -232,22 +248,27 @@ def read_item_attributes(path: PathLike, max_item: int) -> tuple[np.ndarray, int
                     f"expected {expected}") from None
   except UnicodeDecodeError:
     raise DataError(f"{path}: not UTF-8 text; expected {expected}") from None
+  except ValueError:  # A number with more digits than int() takes.
+    raise DataError(f"{path}: integer too long to parse; expected {expected}") from None
+  except RecursionError:
+    raise DataError(f"{path}: JSON nested too deeply; expected {expected}") from None
   if not isinstance(doc, _Pairs):
     raise DataError(f"{path}: top level is a JSON {type(doc).__name__}; expected {expected}")
   item_idx, attr_idx, seen = [], [], set()
   for key, value in doc:
     if not _JSON_KEY.fullmatch(key):
       raise DataError(f"{path}: key {key!r} is not a positive integer item id; expected {expected}")
+    # Length first: int() refuses keys of thousands of digits.
+    if len(key) > len(str(_MAX_ITEM_ID)) or int(key) > _MAX_ITEM_ID:
+      raise DataError(f"{path}: key {key!r} too large; expected item ids at most {_MAX_ITEM_ID}")
     item = int(key)
     if item in seen:
       raise DataError(f"{path}: key {key!r} appears twice; expected each item once")
     seen.add(item)
-    if item > _MAX_ITEM_ID:
-      raise DataError(f"{path}: key {key!r} too large; expected item ids at most {_MAX_ITEM_ID}")
     # bool is an int subclass in Python, but `true` is no attribute id.
     if type(value) is not list or any(
         type(a) is not int or a <= 0 or a > _MAX_ATTR_ID for a in value):
-      raise DataError(f"{path}: key {key!r} maps to {json.dumps(value)[:60]}; expected a list of "
+      raise DataError(f"{path}: key {key!r} maps to {_show_json(value)}; expected a list of "
                       f"positive integer attribute ids")
     item_idx.extend([item] * len(value))
     attr_idx.extend(value)
@@ -431,8 +452,12 @@ def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None =
     if found is not None:
       negatives = read_sample_negatives(found, user_ids, num_negatives, max_item=max_item)
     else:
-      negatives = generate_sample_negatives((offsets, items), num_negatives,
-                                            np.random.default_rng(sample_seed))
+      try:
+        negatives = generate_sample_negatives((offsets, items), num_negatives,
+                                              np.random.default_rng(sample_seed))
+      except DataError as e:
+        raise DataError(f"{data_dir / f'{name}.txt'}: {e} (no {sample_name} was found, so "
+                        f"negatives are drawn from this file)") from None
       where = _write_generated(sample_name, data_dir, sample_dir, user_ids, negatives)
       log(f"generated {num_negatives} sampled negatives per user for {name} with seed "
           f"{sample_seed}; " + (f"written to {where}" if where else "kept in memory only "

@@ -132,12 +132,15 @@ class Packer:
     slot = rank % per_row[c]
     return row, slot * widths[c], slot
 
-  def apply(self, lengths: np.ndarray, arrays: dict[str, np.ndarray], num_rows: int) -> Batch:
+  def apply(self, lengths: np.ndarray, arrays: dict[str, np.ndarray], num_rows: int,
+            first_sequence: int = 0) -> Batch:
     """Packs left-padded [S, max_len] arrays into [num_rows, max_len] ones.
 
-    Adds segment_ids and positions (per token), is_last (the newest item of
-    each sequence) and last_index (each sequence's newest token in the
-    flattened [num_rows * max_len] layout; 0 for an empty sequence).
+    Adds segment_ids and positions (per token), token_ids (sequence index in
+    the global batch * max_len + position: what dropout keys on, so it does
+    not depend on the layout), is_last (the newest item of each sequence) and
+    last_index (each sequence's newest token in the flattened
+    [num_rows * max_len] layout; 0 for an empty sequence).
     """
     L = self.max_len
     row, first, slot = self.layout(lengths)
@@ -156,10 +159,13 @@ class Packer:
     segment[dst] = slot[seq] + 1
     positions = np.zeros(num_rows * L, np.int32)
     positions[dst] = src_col
+    token_ids = np.zeros(num_rows * L, np.int32)
+    token_ids[dst] = (first_sequence + seq) * L + src_col
     is_last = np.zeros(num_rows * L, np.float32)
     is_last[dst[src_col == L - 1]] = 1.0
     out["segment_ids"] = segment.reshape(num_rows, L)
     out["positions"] = positions.reshape(num_rows, L)
+    out["token_ids"] = token_ids.reshape(num_rows, L)
     out["is_last"] = is_last.reshape(num_rows, L)
     out["last_index"] = np.where(lengths > 0, row * L + first + lengths - 1, 0).astype(np.int32)
     return out

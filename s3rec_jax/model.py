@@ -96,12 +96,56 @@ def attention_bias(segment_ids: jax.Array, causal: bool) -> jax.Array:
   return jnp.where(same & lower[None], 0.0, CAUSAL_MASK_VALUE)[:, None]
 
 
+def _mix32(x: jax.Array) -> jax.Array:
+  """A bijective avalanche of uint32 values (the MurmurHash3 finaliser)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def element_bits(seed: jax.Array, first: jax.Array, second: jax.Array) -> jax.Array:
+  """Pseudo-random uint32 per (first, second) id pair under a 2-word seed."""
+  h = _mix32(first.astype(jnp.uint32) ^ seed[0])
+  return _mix32(h + second.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + seed[1])
+
+
+class TokenDropout(nn.Module):
+  """Dropout whose mask is a function of (site key, token identity, element), not of the layout.
+
+  Each element's keep decision hashes the token's id (its sequence in the
+  global batch and its position) with the element's index under a per-site
+  seed drawn from the 'dropout' PRNG stream. The same token therefore gets the
+  same mask whether its sequence is padded alone in a row or packed with
+  others, and whichever device or process holds it: packing, device count and
+  process count change the layout but not the random draws.
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, first: jax.Array, second: jax.Array,
+               deterministic: bool) -> jax.Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    seed = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+    threshold = jnp.uint32(min(int(self.rate * 2.0**32), 2**32 - 1))
+    keep = element_bits(seed, first, second) >= threshold
+    return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+
+
+def _hidden_dropout(rate, x, token_ids, deterministic, name=None):
+  features = jnp.arange(x.shape[-1], dtype=jnp.uint32)
+  return TokenDropout(rate, name=name)(x, token_ids[..., None], features, deterministic)
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention with the reference's additive mask; returns the projected context."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, bias: jax.Array, token_ids: jax.Array,
+               positions: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
     batch, length, hidden = x.shape
     head_dim = hidden // cfg.num_heads
@@ -113,7 +157,12 @@ class SelfAttention(nn.Module):
     query, key, value = project("query"), project("key"), project("value")
     scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
     probs = jax.nn.softmax(scores + bias, axis=-1)
-    probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+    # Attention weight (query token, key position, head): keys of other
+    # sequences are masked out, so a key is identified by its position.
+    key_ids = (positions[:, None, None, :] * cfg.num_heads
+               + jnp.arange(cfg.num_heads)[None, :, None, None])
+    probs = TokenDropout(cfg.attention_dropout)(probs, token_ids[:, None, :, None], key_ids,
+                                                deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, value).reshape(batch, length, hidden)
     return _dense(hidden, cfg.initializer_range, "output")(context)
 
@@ -134,13 +183,14 @@ class TransformerLayer(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, bias: jax.Array, token_ids: jax.Array, positions: jax.Array,
+               deterministic: bool) -> jax.Array:
     cfg = self.config
-    attended = SelfAttention(cfg, name="attention")(x, bias, deterministic)
-    attended = nn.Dropout(cfg.hidden_dropout)(attended, deterministic=deterministic)
+    attended = SelfAttention(cfg, name="attention")(x, bias, token_ids, positions, deterministic)
+    attended = _hidden_dropout(cfg.hidden_dropout, attended, token_ids, deterministic)
     x = _layer_norm("attention_norm")(x + attended)
     transformed = FeedForward(cfg, name="feed_forward")(x)
-    transformed = nn.Dropout(cfg.hidden_dropout)(transformed, deterministic=deterministic)
+    transformed = _hidden_dropout(cfg.hidden_dropout, transformed, token_ids, deterministic)
     return _layer_norm("feed_forward_norm")(x + transformed)
 
 
@@ -148,9 +198,11 @@ class Encoder(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x: jax.Array, bias: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, bias: jax.Array, token_ids: jax.Array, positions: jax.Array,
+               deterministic: bool) -> jax.Array:
     for i in range(self.config.num_layers):
-      x = TransformerLayer(self.config, name=f"layer_{i}")(x, bias, deterministic)
+      x = TransformerLayer(self.config, name=f"layer_{i}")(x, bias, token_ids, positions,
+                                                          deterministic)
     return x
 
 
@@ -177,35 +229,40 @@ class S3RecModel(nn.Module):
                                          embedding_init=embed_init)
     self.position_embeddings = nn.Embed(cfg.max_len, cfg.hidden_size, embedding_init=embed_init)
     self.input_norm = _layer_norm("input_norm")
-    self.input_dropout = nn.Dropout(cfg.hidden_dropout)
+    self.input_dropout = TokenDropout(cfg.hidden_dropout)
     self.encoder = Encoder(cfg)
     self.heads = Heads(cfg)
 
   def encode(self, ids: jax.Array, causal: bool, deterministic: bool = True,
-             segment_ids: jax.Array | None = None, positions: jax.Array | None = None) -> jax.Array:
+             segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
+             token_ids: jax.Array | None = None) -> jax.Array:
     """Encodes ids [B, L] (L <= max_len) into [B, L, H].
 
     Without `segment_ids`/`positions` each row is one left-padded sequence
     whose newest item sits at position max_len - 1 (a window trimmed of
     leading padding keeps its absolute positions). Packed rows pass both:
     segment ids tell the sequences of a row apart and positions give each
-    token its absolute position in its own max_len window.
+    token its absolute position in its own max_len window. `token_ids` name
+    each token for dropout (default: its place in this array).
     """
     cfg = self.config
     chex.assert_rank(ids, 2)
-    length = ids.shape[1]
+    batch, length = ids.shape
     if length > cfg.max_len:
       raise ValueError(f"sequence length {length} exceeds model.max_len={cfg.max_len}")
     if segment_ids is None:
       segment_ids = (ids > 0).astype(jnp.int32)
     if positions is None:
-      position_emb = self.position_embeddings.embedding[cfg.max_len - length:][None]
-    else:
-      chex.assert_equal_shape([ids, positions, segment_ids])
-      position_emb = self.position_embeddings(positions)
-    x = self.item_embeddings(ids) + position_emb
-    x = self.input_dropout(self.input_norm(x), deterministic=deterministic)
-    return self.encoder(x, attention_bias(segment_ids, causal), deterministic)
+      positions = jnp.broadcast_to(jnp.arange(cfg.max_len - length, cfg.max_len), ids.shape)
+    chex.assert_equal_shape([ids, positions, segment_ids])
+    if token_ids is None:
+      token_ids = jnp.arange(batch)[:, None] * cfg.max_len + positions
+    x = self.item_embeddings(ids) + self.position_embeddings(positions)
+    x = self.input_norm(x)
+    features = jnp.arange(cfg.hidden_size, dtype=jnp.uint32)
+    x = self.input_dropout(x, token_ids[..., None], features, deterministic)
+    return self.encoder(x, attention_bias(segment_ids, causal), token_ids, positions,
+                        deterministic)
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """Touches every parameter (used by `init`); returns the bidirectional encoding."""
@@ -224,12 +281,12 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
 
 def encode(config: ModelConfig, params: dict, ids: jax.Array, *, causal: bool,
            dropout_key: jax.Array | None = None, segment_ids: jax.Array | None = None,
-           positions: jax.Array | None = None) -> jax.Array:
+           positions: jax.Array | None = None, token_ids: jax.Array | None = None) -> jax.Array:
   """Pure encoder: dropout is on exactly when a key is given."""
   deterministic = dropout_key is None
   rngs = {} if deterministic else {"dropout": dropout_key}
   return S3RecModel(config).apply({"params": params}, ids, causal, deterministic, segment_ids,
-                                  positions, rngs=rngs, method=S3RecModel.encode)
+                                  positions, token_ids, rngs=rngs, method=S3RecModel.encode)
 
 
 def apply_head(head_params: dict, x: jax.Array) -> jax.Array:

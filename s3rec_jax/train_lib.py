@@ -7,6 +7,7 @@ and results; every process takes part in checkpointing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -36,6 +37,7 @@ RESULTS_FILE = "results.json"
 STREAM_PRETRAIN_INIT = 10
 STREAM_PRETRAIN_KEY = 11
 STREAM_FINETUNE_KEY = 12
+STREAM_FINETUNE_INIT = 13
 
 
 def is_main_process() -> bool:
@@ -133,13 +135,38 @@ def _progress(iterable, total: int, desc: str):
               file=sys.stderr, mininterval=1.0)
 
 
+# --- numerical faults and checkpoint helpers ----------------------------------
+
+
+class NumericalError(FloatingPointError):
+  """A loss or gradient became NaN or Inf."""
+
+
+def _first_non_finite(records):
+  """(epoch, step, metrics) of the first record whose step was not finite, or None."""
+  for record in records:
+    if not bool(record[2]["finite"]):
+      return record
+  return None
+
+
+def _save_once(mngr, step: int, params, meta: dict, opt_state=None) -> None:
+  # A resumed run may redo an epoch whose checkpoint was already written; the
+  # content would be identical, so the existing one is kept.
+  if step not in mngr.all_steps():
+    checkpointing.save(mngr, step, params, meta, opt_state=opt_state)
+
+
 # --- pre-training ------------------------------------------------------------
 
 
 def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: str, mesh) -> str:
   """Runs config.pretrain.epochs of pre-training; returns the checkpoint folder.
 
-  Resumes from the latest complete checkpoint in workdir/pretrain, if any.
+  Hand-off checkpoints go to workdir/pretrain/EPOCH. A rolling resume
+  checkpoint (workdir/pretrain_resume/GLOBAL_STEP) is written every
+  `checkpoint_every_steps` steps and at every epoch end; a restarted run
+  continues from it at the exact step, with the same batches and keys.
   """
   pc = config.pretrain
   objectives = objectives_lib.resolve(pc.objectives.to_dict(), pc.form)
@@ -149,7 +176,6 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
       ds, input_pipeline.PretrainSettings(pc.batch_size, config.max_seq_length, pc.mask_p,
                                           negative_high(config, ds), config.pack_sequences,
                                           mesh.size), config.seed)
-  parallel.check_divisible(pc.batch_size, mesh, "config.pretrain.batch_size")
   options = objectives_lib.ObjectiveOptions(
       mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
       mip_num_negatives=pc.mip_num_negatives)
@@ -161,51 +187,88 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh)
 
   ckpt_dir = os.path.join(workdir, PRETRAIN_DIR)
-  mngr = checkpointing.manager(ckpt_dir)
-  start_epoch = 0
-  latest = mngr.latest_step()
-  if latest is not None:
-    params, opt_state, meta = checkpointing.restore_full(mngr, latest, state.params,
-                                                         state.opt_state, repl)
+  handoff = checkpointing.manager(ckpt_dir)
+  resume = checkpointing.manager(os.path.join(workdir, PRETRAIN_DIR + "_resume"), max_to_keep=2)
+  start_epoch, start_step, carried = 0, 0, {"sums": {}, "seen": 0}
+  restored = checkpointing.restore_latest_good(resume, state.params, state.opt_state, repl, log)
+  if restored is not None:
+    global_step, params, opt_state, meta = restored
     state = state.replace(params=params, opt_state=opt_state,
-                          step=jax.device_put(np.int32(meta["global_step"]), repl))
-    start_epoch = int(meta["epoch"])
-    log(f"pre-training: resuming from {ckpt_dir}/{latest} (epoch {start_epoch})")
+                          step=jax.device_put(np.int32(global_step), repl))
+    start_epoch, start_step, carried = meta["epoch"], meta["step"], meta["partial"]
+    log(f"pre-training: resuming at epoch {start_epoch + 1} step {start_step} "
+        f"(global step {global_step})")
   log(f"pre-training: {pc.epochs} epochs x {batches.steps_per_epoch} steps "
       f"({batches.num_sequences} sequences, batch {pc.batch_size}); objectives "
       + ", ".join(f"{o.name}[{o.form}] x{w:g}" for o, w in objectives))
   jlog = JsonLog(workdir)
   key = base_key(config, STREAM_PRETRAIN_KEY)
+
+  def diagnose(epoch, step, batch):
+    per_objective = jax.jit(functools.partial(
+        train_steps.objective_gradient_norms, model_config=mcfg, objectives=objectives,
+        options=options))(state.params, parallel.shard_batch(batch, mesh), tables,
+                          train_steps.step_key(key, epoch, step))
+    bad = [name for name, (loss, norm) in jax.device_get(per_objective).items()
+           if not (np.isfinite(loss) and np.isfinite(norm))]
+    return bad or ["(the joint loss; no single objective)"]
+
   for epoch in range(start_epoch, pc.epochs):
     t0 = time.time()
-    sums: dict[str, float] = {}
-    seen = 0
+    sums, seen = dict(carried["sums"]), carried["seen"]
+    first_step = start_step if epoch == start_epoch else 0
     pending = []
-    bar = _progress(input_pipeline.prefetch(batches.epoch(epoch)), batches.steps_per_epoch,
-                    f"pretrain {epoch + 1}/{pc.epochs}")
-    for step, batch in enumerate(bar):
-      state, losses = step_fn(state, parallel.shard_batch(batch, mesh), tables,
-                              train_steps.step_key(key, epoch, step))
-      pending.append((losses, float(batch["weights"].sum())))
-      if len(pending) >= pc.log_every_steps or step == batches.steps_per_epoch - 1:
-        for losses_, n in jax.device_get(pending):
-          for name, value in losses_.items():
-            sums[name] = sums.get(name, 0.0) + float(value)
-          seen += n
-        pending = []
+
+    def flush():
+      nonlocal seen
+      records = jax.device_get(pending)
+      bad = _first_non_finite(records)
+      if bad is not None:
+        b_epoch, b_step, b_metrics, b_batch = bad
+        culprits = [k for k in names if not np.isfinite(b_metrics[k])] or diagnose(
+            b_epoch, b_step, b_batch)
+        raise NumericalError(
+            f"pre-training: non-finite loss or gradient at epoch {b_epoch + 1} step {b_step} "
+            f"(objective: {', '.join(culprits)}); the last good checkpoints in "
+            f"{resume.directory} and {ckpt_dir} are intact")
+      for _, _, metrics, batch in records:
+        for name in (*names, "loss"):
+          sums[name] = sums.get(name, 0.0) + float(metrics[name])
+        seen += float(batch["weights"].sum())
+      pending.clear()
+
+    bar = _progress(input_pipeline.prefetch(batches.epoch(epoch, first_step)),
+                    batches.steps_per_epoch - first_step, f"pretrain {epoch + 1}/{pc.epochs}")
+    for step, batch in enumerate(bar, start=first_step):
+      state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), tables,
+                               train_steps.step_key(key, epoch, step))
+      pending.append((epoch, step, metrics, batch))
+      last = step == batches.steps_per_epoch - 1
+      global_step = epoch * batches.steps_per_epoch + step + 1
+      periodic = pc.checkpoint_every_steps and global_step % pc.checkpoint_every_steps == 0
+      if len(pending) >= pc.log_every_steps or last or periodic:
+        flush()
         bar.set_postfix(loss=f"{sums['loss'] / max(seen, 1):.4f}")
+      if periodic and not last:
+        _save_once(resume, global_step, state.params, opt_state=state.opt_state, meta={
+            "epoch": epoch, "step": step + 1, "partial": {"sums": sums, "seen": seen}})
+    carried = {"sums": {}, "seen": 0}
     averages = {name: value / max(seen, 1) for name, value in sums.items()}
     elapsed = time.time() - t0
     log(f"pretrain epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(averages.items()))
         + f" ({elapsed:.1f}s, {batches.num_sequences / elapsed:.0f} seq/s)")
     jlog.write(phase="pretrain", epoch=epoch + 1, seconds=elapsed, **averages)
+    global_step = (epoch + 1) * batches.steps_per_epoch
     if (epoch + 1) % pc.save_every_epochs == 0 or epoch + 1 == pc.epochs:
-      checkpointing.save(mngr, epoch + 1, state.params, opt_state=state.opt_state, meta={
-          "epoch": epoch + 1, "global_step": int(jax.device_get(state.step)),
-          "dataset": config.dataset, "item_size": ds.item_size,
-          "attribute_size": ds.attribute_size, "objectives": list(names), "form": pc.form})
+      _save_once(handoff, epoch + 1, state.params, opt_state=state.opt_state, meta={
+          "epoch": epoch + 1, "global_step": global_step, "dataset": config.dataset,
+          "item_size": ds.item_size, "attribute_size": ds.attribute_size,
+          "objectives": list(names), "form": pc.form})
       log(f"pre-training: saved checkpoint {ckpt_dir}/{epoch + 1}")
-  mngr.close()
+    _save_once(resume, global_step, state.params, opt_state=state.opt_state, meta={
+        "epoch": epoch + 1, "step": 0, "partial": carried})
+  handoff.close()
+  resume.close()
   return ckpt_dir
 
 
@@ -217,7 +280,6 @@ class Evaluator:
 
   def __init__(self, config, ds, splits, mcfg, mesh, protocol: str):
     ec = config.eval
-    parallel.check_divisible(ec.batch_size, mesh, "config.eval.batch_size")
     self.config, self.ds, self.splits, self.mesh, self.protocol = config, ds, splits, mesh, protocol
     self.step = train_steps.make_eval_step(mcfg, protocol, mesh, num_items=ds.max_item,
                                            chunk_size=ec.chunk_size, top_k=ec.top_k)
@@ -239,13 +301,16 @@ def early_stopping_metric(protocol: str) -> str:
 
 def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: str,
                       mesh, init_checkpoint: str | None) -> dict:
-  """Fine-tunes with early stopping on validation; tests the best state."""
+  """Fine-tunes with early stopping on validation; tests the best state.
+
+  The state and the early-stopping record are saved after every epoch
+  (workdir/finetune_resume), so a restarted run continues where it stopped.
+  """
   fc, protocol = config.finetune, config.eval.protocol
   mcfg = model_config(config, ds)
   splits = data_lib.finetune_splits(ds, config.max_seq_length)
-  parallel.check_divisible(fc.batch_size, mesh, "config.finetune.batch_size")
   repl = parallel.replicated(mesh)
-  params = jax.device_put(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_KEY)), repl)
+  params = jax.device_put(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)), repl)
   loaded = None
   if init_checkpoint:
     params, root, step = checkpointing.restore_encoder(init_checkpoint, params, repl)
@@ -261,39 +326,64 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   evaluate = Evaluator(config, ds, splits, mcfg, mesh, protocol)
   target = early_stopping_metric(protocol)
   best_mngr = checkpointing.manager(os.path.join(workdir, FINETUNE_BEST_DIR), max_to_keep=1)
+  resume = checkpointing.manager(os.path.join(workdir, FINETUNE_BEST_DIR.replace("best", "resume")),
+                                 max_to_keep=2)
   key = base_key(config, STREAM_FINETUNE_KEY)
   jlog = JsonLog(workdir)
-  best_score, best_epoch, best_valid, waited = -np.inf, -1, None, 0
-  for epoch in range(fc.epochs):
+  record = {"epoch": 0, "best_score": None, "best_epoch": -1, "best_valid": None, "waited": 0,
+            "done": False}
+  restored = checkpointing.restore_latest_good(resume, state.params, state.opt_state, repl, log)
+  if restored is not None:
+    _, params, opt_state, record = restored
+    state = state.replace(params=params, opt_state=opt_state,
+                          step=jax.device_put(np.int32(record["global_step"]), repl))
+    log(f"fine-tuning: resuming after epoch {record['epoch']}"
+        + (" (already finished)" if record["done"] else ""))
+  epoch = record["epoch"]
+  while not record["done"] and epoch < fc.epochs:
     t0 = time.time()
-    losses = []
+    metrics = []
     for step, batch in enumerate(input_pipeline.prefetch(batches.epoch(epoch))):
       state, out = step_fn(state, parallel.shard_batch(batch, mesh),
                            train_steps.step_key(key, epoch, step))
-      losses.append(out["loss"])
-    train_loss = float(np.mean(jax.device_get(losses)))
+      metrics.append((epoch, step, out))
+    metrics = jax.device_get(metrics)
+    bad = _first_non_finite(metrics)
+    if bad is not None:
+      raise NumericalError(
+          f"fine-tuning: non-finite loss or gradient at epoch {bad[0] + 1} step {bad[1]} "
+          f"(objective: finetune); the last good checkpoints in {resume.directory} and "
+          f"{best_mngr.directory} are intact")
+    train_loss = float(np.mean([m["loss"] for _, _, m in metrics]))
     train_seconds = time.time() - t0
     valid = evaluate(state.params, "valid")
-    improved = valid[target] > best_score
-    log(f"finetune epoch {epoch + 1}: loss={train_loss:.4f} ({train_seconds:.1f}s) valid "
+    epoch += 1
+    best = record["best_score"]
+    improved = best is None or valid[target] > best
+    log(f"finetune epoch {epoch}: loss={train_loss:.4f} ({train_seconds:.1f}s) valid "
         + " ".join(f"{k}={v:.4f}" for k, v in valid.items()) + (" *" if improved else ""))
-    jlog.write(phase="finetune", epoch=epoch + 1, loss=train_loss, seconds=train_seconds,
-               valid=valid)
+    jlog.write(phase="finetune", epoch=epoch, loss=train_loss, seconds=train_seconds, valid=valid)
     if improved:
-      best_score, best_epoch, best_valid, waited = valid[target], epoch + 1, valid, 0
-      checkpointing.save(best_mngr, epoch + 1, state.params, meta={
-          "epoch": epoch + 1, "valid": valid, "init_checkpoint": loaded,
-          "dataset": config.dataset, "protocol": protocol})
+      record.update(best_score=valid[target], best_epoch=epoch, best_valid=valid, waited=0)
+      _save_once(best_mngr, epoch, state.params, meta={
+          "epoch": epoch, "valid": valid, "init_checkpoint": loaded, "dataset": config.dataset,
+          "protocol": protocol})
     else:
-      waited += 1
-      if waited >= fc.patience:
+      record["waited"] += 1
+      if record["waited"] >= fc.patience:
         log(f"early stopping: no {target} improvement for {fc.patience} epochs")
-        break
-  best_params = checkpointing.restore_params(best_mngr, best_epoch, state.params, repl)
+        record["done"] = True
+    record.update(epoch=epoch, done=record["done"] or epoch >= fc.epochs,
+                  global_step=int(jax.device_get(state.step)))
+    _save_once(resume, epoch, state.params, opt_state=state.opt_state, meta=record)
+  best_params = checkpointing.restore_params(best_mngr, record["best_epoch"], state.params, repl)
   best_mngr.close()
+  resume.close()
   test = evaluate(best_params, "test")
-  log(f"test (best epoch {best_epoch}): " + " ".join(f"{k}={v:.4f}" for k, v in test.items()))
-  return {"test": test, "valid": best_valid, "best_epoch": best_epoch, "pretrain_checkpoint": loaded}
+  log(f"test (best epoch {record['best_epoch']}): "
+      + " ".join(f"{k}={v:.4f}" for k, v in test.items()))
+  return {"test": test, "valid": record["best_valid"], "best_epoch": record["best_epoch"],
+          "pretrain_checkpoint": loaded}
 
 
 def resolve_init_checkpoint(config: ml_collections.ConfigDict, workdir: str,
@@ -320,19 +410,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
-  ds = load_data(config, workdir)
   mesh = make_mesh(config)
+  config_validation.validate_for_devices(config, mesh.size)
+  init_checkpoint = resolve_init_checkpoint(config, workdir, None)
+  ds = load_data(config, workdir)
   pretrained = None
   if config.pretrain.epochs > 0:
     pretrained = pretrain(config, ds, workdir, mesh)
   elif not config.finetune.init_checkpoint:
     log("pre-training: epochs = 0, so this run is plain SASRec")
-  outcome = finetune_and_test(config, ds, workdir, mesh,
-                              resolve_init_checkpoint(config, workdir, pretrained))
+  outcome = finetune_and_test(config, ds, workdir, mesh, init_checkpoint or pretrained)
   payload = results_payload(config, outcome)
-  payload["wall_seconds"] = time.time() - t0
   if is_main_process():
     write_json_atomic(os.path.join(workdir, RESULTS_FILE), payload)
+  # Timing stays out of results.json, which a resumed run must reproduce exactly.
+  JsonLog(workdir).write(phase="done", wall_seconds=time.time() - t0)
   log(format_table(outcome["test"], f"test metrics ({config.dataset}, {config.eval.protocol})"))
   return payload
 
@@ -343,11 +435,12 @@ def evaluate_best(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   workdir = os.path.abspath(workdir)
   best_dir = os.path.join(workdir, FINETUNE_BEST_DIR)
   root, step = checkpointing.resolve(best_dir)
-  ds = load_data(config, workdir)
   mesh = make_mesh(config)
+  config_validation.validate_for_devices(config, mesh.size)
+  ds = load_data(config, workdir)
   mcfg = model_config(config, ds)
   repl = parallel.replicated(mesh)
-  params = jax.device_put(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_KEY)), repl)
+  params = jax.device_put(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)), repl)
   mngr = checkpointing.manager(root, read_only=True)
   params = checkpointing.restore_params(mngr, step, params, repl)
   mngr.close()

@@ -46,10 +46,22 @@ def step_key(base_key: jax.Array, epoch: int, step: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(base_key, epoch), step)
 
 
-def _apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation) -> TrainState:
+def _apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation,
+                     losses: dict) -> tuple[TrainState, dict]:
+  """One optimiser update, skipped when any loss or the gradient is not finite.
+
+  Skipping keeps the state at the last good step, so the host can stop the
+  run with the step and objective named while everything saved stays usable.
+  """
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(grad_norm)
+  for value in losses.values():
+    finite &= jnp.isfinite(value)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state)
+  new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                      opt_state=opt_state)
+  new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state)
+  return new, dict(losses, grad_norm=grad_norm, finite=finite)
 
 
 # --- pre-training ------------------------------------------------------------
@@ -66,10 +78,13 @@ def pretrain_loss(params: Any, batch: dict, tables: dict, key: jax.Array, *,
   ids = jnp.stack([batch[v] for v in views], axis=1)                 # [R, V, L]
   r, v, l = ids.shape
   per_view = lambda x: jnp.broadcast_to(x[:, None], (r, v, l)).reshape(r * v, l)
+  # Each view of a token is a distinct token for dropout.
+  token_ids = batch["token_ids"][:, None] * v + jnp.arange(v)[None, :, None]
   out = model_lib.encode(model_config, params, ids.reshape(r * v, l), causal=False,
                          dropout_key=dropout_key if train else None,
                          segment_ids=per_view(batch["segment_ids"]),
-                         positions=per_view(batch["positions"]))
+                         positions=per_view(batch["positions"]),
+                         token_ids=token_ids.reshape(r * v, l))
   out = out.reshape(r, v, l, -1)
   outputs = {name: out[:, i] for i, name in enumerate(views)}
   inputs = objectives_lib.ObjectiveInputs(outputs, params, batch, tables, objective_key, options)
@@ -82,11 +97,25 @@ def make_pretrain_step(model_config, objectives, options, tx, mesh) -> Callable:
       return pretrain_loss(params, batch, tables, key, model_config=model_config,
                            objectives=objectives, options=options)
     (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return _apply_gradients(state, grads, tx), dict(losses, loss=total)
+    return _apply_gradients(state, grads, tx, dict(losses, loss=total))
 
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
   return jax.jit(step, in_shardings=(repl, data, repl, repl), out_shardings=(repl, repl),
                  donate_argnums=(0,))
+
+
+def objective_gradient_norms(params: Any, batch: dict, tables: dict, key: jax.Array, *,
+                             model_config, objectives, options) -> dict[str, jax.Array]:
+  """Each objective's loss and gradient norm on its own: names the culprit of a NaN."""
+  out = {}
+  for objective, weight in objectives:
+    def loss_fn(p, objective=objective, weight=weight):
+      total, _ = pretrain_loss(p, batch, tables, key, model_config=model_config,
+                               objectives=((objective, weight),), options=options)
+      return total
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    out[objective.name] = (loss, optax.global_norm(grads))
+  return out
 
 
 # --- fine-tuning -------------------------------------------------------------
@@ -96,7 +125,8 @@ def finetune_loss(params: Any, batch: dict, key: jax.Array | None, *,
                   model_config: model_lib.ModelConfig) -> jax.Array:
   """Mean over the global count of target positions of BCE(pos) + BCE(neg)."""
   out = model_lib.encode(model_config, params, batch["inputs"], causal=True, dropout_key=key,
-                         segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
+                         segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
+                         token_ids=batch.get("token_ids"))
   table = model_lib.item_table(params)
   pos = jnp.sum(out * table[batch["targets"]], -1)
   neg = jnp.sum(out * table[batch["negatives"]], -1)
@@ -109,7 +139,7 @@ def make_finetune_step(model_config, tx, mesh) -> Callable:
   def step(state: TrainState, batch: dict, key: jax.Array):
     loss, grads = jax.value_and_grad(
         lambda p: finetune_loss(p, batch, key, model_config=model_config))(state.params)
-    return _apply_gradients(state, grads, tx), {"loss": loss}
+    return _apply_gradients(state, grads, tx, {"loss": loss})
 
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
   return jax.jit(step, in_shardings=(repl, data, repl), out_shardings=(repl, repl),

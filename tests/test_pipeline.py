@@ -114,5 +114,5 @@ def test_unknown_objective_is_named():
 
 
 def test_batch_must_divide_by_devices(tmp_path):
-  with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+  with pytest.raises(ValueError, match="batch_size=30 is not divisible by the 4 devices"):
     train_lib.run(tiny_config(**{"pretrain.batch_size": 30}), str(tmp_path))

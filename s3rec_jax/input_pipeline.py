@@ -63,6 +63,15 @@ def sample_excluding(rng: np.random.Generator, low: int, high: int, shape, need:
 # --- packing -----------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Shards:
+  """A global batch is split into `count` equal shards, one per device of the
+  mesh; this process builds shards first_local .. first_local + num_local - 1."""
+  count: int = 1
+  first_local: int = 0
+  num_local: int = 1
+
+
 def _round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
@@ -81,7 +90,7 @@ class Packer:
   """
   max_len: int
   pack: bool = True
-  row_multiple: int = 8   # rows are padded to a multiple of this (and of the device count)
+  row_multiple: int = 4   # rows are padded to a multiple of this (fewer distinct shapes)
 
   @property
   def widths(self) -> np.ndarray:
@@ -104,12 +113,61 @@ class Packer:
     per_row = self.max_len // widths
     return (-(-counts // per_row[None, :])).sum(1)
 
-  def num_rows(self, lengths: np.ndarray, num_devices: int = 1) -> int:
-    """A static row count that fits every batch in `lengths` [num_batches, batch_size]."""
+  def num_rows(self, lengths: np.ndarray) -> int:
+    """A static row count that fits every group in `lengths` [num_groups, group_size]."""
     if not self.pack:
       return np.atleast_2d(lengths).shape[1]
-    multiple = int(np.lcm(self.row_multiple, num_devices))
-    return _round_up(max(int(self.rows_needed(lengths).max()), 1), multiple)
+    return _round_up(max(int(self.rows_needed(lengths).max()), 1), self.row_multiple)
+
+  @staticmethod
+  def shard_assignment(lengths: np.ndarray, num_shards: int) -> np.ndarray:
+    """Sequence indices in shard order: shard s holds entries s*per .. (s+1)*per - 1.
+
+    Longest first, dealt to the shards in a snake (0..S-1, S-1..0, ...), so
+    every shard gets a similar number of tokens and the per-shard row count
+    (the maximum over shards) stays close to the average. Works on [..., B].
+    """
+    batch = lengths.shape[-1]
+    per = batch // num_shards
+    by_length = np.argsort(-lengths, axis=-1, kind="stable")
+    rank = np.arange(batch)
+    rnd, pos = rank // num_shards, rank % num_shards
+    shard = np.where(rnd % 2 == 0, pos, num_shards - 1 - pos)
+    slot = shard * per + rnd                                # where the rank-th longest goes
+    order = np.empty_like(by_length)
+    np.put_along_axis(order, np.broadcast_to(slot, by_length.shape), by_length, axis=-1)
+    return order
+
+  def rows_per_shard(self, lengths_by_batch: np.ndarray, num_shards: int) -> int:
+    """Rows each shard needs so that every batch of `lengths_by_batch` [steps, B] fits."""
+    per_shard = lengths_by_batch.shape[1] // num_shards
+    if self.pack and num_shards > 1:
+      order = self.shard_assignment(lengths_by_batch, num_shards)
+      lengths_by_batch = np.take_along_axis(lengths_by_batch, order, axis=1)
+    return self.num_rows(lengths_by_batch.reshape(-1, per_shard))
+
+  def pack_shards(self, lengths: np.ndarray, token_arrays: dict[str, np.ndarray],
+                  sequence_arrays: dict[str, np.ndarray], rows_per_shard: int,
+                  shards: "Shards") -> Batch:
+    """Packs this process's shards of a global batch, each shard on its own rows.
+
+    The B sequences of the global batch are split into `shards.count` equal
+    shards (one per device; balanced by token count when packing); each is
+    packed into `rows_per_shard` rows, so `last_index` indexes the shard's own
+    tokens and a device never needs another device's rows. Per-sequence
+    arrays follow their sequences; token ids stay those of the global batch.
+    """
+    per = len(lengths) // shards.count
+    order = (self.shard_assignment(lengths, shards.count) if self.pack and shards.count > 1
+             else np.arange(len(lengths)))
+    parts = []
+    for shard in range(shards.first_local, shards.first_local + shards.num_local):
+      members = order[shard * per:(shard + 1) * per]
+      part = self.apply(lengths[members], {k: v[members] for k, v in token_arrays.items()},
+                        rows_per_shard, sequence_ids=members)
+      part.update({k: v[members] for k, v in sequence_arrays.items()})
+      parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
   def layout(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, first column, index within its row) of each sequence; row -1 for empty ones."""
@@ -133,7 +191,7 @@ class Packer:
     return row, slot * widths[c], slot
 
   def apply(self, lengths: np.ndarray, arrays: dict[str, np.ndarray], num_rows: int,
-            first_sequence: int = 0) -> Batch:
+            sequence_ids: np.ndarray | None = None) -> Batch:
     """Packs left-padded [S, max_len] arrays into [num_rows, max_len] ones.
 
     Adds segment_ids and positions (per token), token_ids (sequence index in
@@ -160,7 +218,8 @@ class Packer:
     positions = np.zeros(num_rows * L, np.int32)
     positions[dst] = src_col
     token_ids = np.zeros(num_rows * L, np.int32)
-    token_ids[dst] = (first_sequence + seq) * L + src_col
+    ids = np.arange(len(lengths)) if sequence_ids is None else np.asarray(sequence_ids)
+    token_ids[dst] = ids[seq] * L + src_col
     is_last = np.zeros(num_rows * L, np.float32)
     is_last[dst[src_col == L - 1]] = 1.0
     out["segment_ids"] = segment.reshape(num_rows, L)
@@ -181,7 +240,6 @@ class PretrainSettings:
   mask_p: float
   negative_high: int        # negatives are drawn from 1..negative_high
   pack: bool = True         # several short sequences per row (same math, fewer rows)
-  num_devices: int = 1      # the row count must divide over the devices
 
 
 def _lengths_by_batch(lengths: np.ndarray, order: np.ndarray, batch_size: int) -> np.ndarray:
@@ -199,10 +257,12 @@ class PretrainBatches:
   plus the original items and one negative per masked position.
   """
 
-  def __init__(self, dataset: data_lib.Dataset, settings: PretrainSettings, seed: int):
+  def __init__(self, dataset: data_lib.Dataset, settings: PretrainSettings, seed: int,
+               shards: Shards = Shards()):
     self.dataset = dataset
     self.settings = settings
     self.seed = seed
+    self.shards = shards
     self.packer = Packer(settings.max_len, settings.pack)
     self.starts, self.ends = data_lib.pretrain_prefixes(dataset, settings.max_len)
     self.lengths = self.ends - self.starts
@@ -219,9 +279,9 @@ class PretrainBatches:
     return rng_for(self.seed, STREAM_PRETRAIN_ORDER, epoch).permutation(self.num_sequences)
 
   def num_rows(self, epoch: int) -> int:
-    """One static row count for the whole epoch (one compiled step)."""
+    """Rows per shard, one static count for the whole epoch (one compiled step)."""
     lengths = _lengths_by_batch(self.lengths, self.order(epoch), self.settings.batch_size)
-    return self.packer.num_rows(lengths, self.settings.num_devices)
+    return self.packer.rows_per_shard(lengths, self.shards.count)
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     order = self.order(epoch)
@@ -273,9 +333,8 @@ class PretrainBatches:
         "items": items, "masked_items": masked_items, "negative_items": negative_items,
         "segment_context": context, "segment_positive": positive, "segment_negative": negative,
     }
-    batch = self.packer.apply(lengths, {k: v.astype(np.int32) for k, v in views.items()}, num_rows)
-    batch["weights"] = weights
-    return batch
+    return self.packer.pack_shards(lengths, {k: v.astype(np.int32) for k, v in views.items()},
+                                   {"weights": weights}, num_rows, self.shards)
 
 
 # --- fine-tuning -------------------------------------------------------------
@@ -289,7 +348,7 @@ class FinetuneBatches:
   """Next-item training batches: one negative per target position, outside the user's sequence."""
 
   def __init__(self, dataset: data_lib.Dataset, splits: dict, batch_size: int,
-               negative_high: int, seed: int, pack: bool = True, num_devices: int = 1):
+               negative_high: int, seed: int, pack: bool = True, shards: Shards = Shards()):
     self.dataset = dataset
     self.inputs = splits["train_inputs"]
     self.targets = splits["train_targets"]
@@ -297,7 +356,7 @@ class FinetuneBatches:
     self.batch_size = batch_size
     self.negative_high = negative_high
     self.seed = seed
-    self.num_devices = num_devices
+    self.shards = shards
     self.packer = Packer(self.inputs.shape[1], pack)
     # Sorted (user, item) keys answer "is item in user u's sequence" with one searchsorted.
     users = np.repeat(np.arange(dataset.num_users), np.diff(dataset.offsets))
@@ -318,8 +377,8 @@ class FinetuneBatches:
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     order = self.order(epoch)
-    rows = self.packer.num_rows(_lengths_by_batch(self.lengths, order, self.batch_size),
-                                self.num_devices)
+    rows = self.packer.rows_per_shard(_lengths_by_batch(self.lengths, order, self.batch_size),
+                                      self.shards.count)
     bs = self.batch_size
     for step in range(start_step, self.steps_per_epoch):
       yield self.batch(order[step * bs:(step + 1) * bs],
@@ -335,18 +394,17 @@ class FinetuneBatches:
         rng, 1, self.negative_high, targets.shape, targets > 0,
         lambda draws: self.in_sequence(safe[:, None], draws))
     lengths = np.where(real_row, self.lengths[safe], 0)
-    batch = self.packer.apply(lengths, {"inputs": inputs.astype(np.int32),
-                                        "targets": targets.astype(np.int32),
-                                        "negatives": negatives.astype(np.int32)}, num_rows)
-    batch["weights"] = weights
-    return batch
+    return self.packer.pack_shards(
+        lengths, {"inputs": inputs.astype(np.int32), "targets": targets.astype(np.int32),
+                  "negatives": negatives.astype(np.int32)}, {"weights": weights}, num_rows,
+        self.shards)
 
 
 # --- evaluation --------------------------------------------------------------
 
 
 def eval_batches(dataset: data_lib.Dataset, splits: dict, split: str, protocol: str,
-                 batch_size: int, pack: bool = True, num_devices: int = 1) -> Iterator[Batch]:
+                 batch_size: int, pack: bool = True, shards: Shards = Shards()) -> Iterator[Batch]:
   """Users in file order, packed inputs with each user's last_index; `candidates`
   (answer first) for the sampled protocol, `history` for full ranking."""
   inputs, answers = splits[f"{split}_inputs"], splits[f"{split}_answers"]
@@ -355,23 +413,23 @@ def eval_batches(dataset: data_lib.Dataset, splits: dict, split: str, protocol: 
     raise ValueError("the sampled protocol needs sample negatives, but the dataset has none")
   packer = Packer(inputs.shape[1], pack)
   lengths = _input_lengths(inputs)
-  num_rows = packer.num_rows(_lengths_by_batch(lengths, np.arange(len(inputs)), batch_size),
-                             num_devices)
+  num_rows = packer.rows_per_shard(_lengths_by_batch(lengths, np.arange(len(inputs)), batch_size),
+                                   shards.count)
   for start in range(0, len(inputs), batch_size):
     rows, weights = _pad_rows(np.arange(start, min(start + batch_size, len(inputs))), batch_size)
     real_row = rows >= 0
     safe = np.maximum(rows, 0)
-    batch = packer.apply(np.where(real_row, lengths[safe], 0),
-                         {"inputs": np.where(real_row[:, None], inputs[safe], 0).astype(np.int32)},
-                         num_rows)
-    batch["answers"] = np.where(real_row, answers[safe], 1).astype(np.int32)
-    batch["weights"] = weights
+    answers_ = np.where(real_row, answers[safe], 1).astype(np.int32)
+    per_user = {"answers": answers_, "weights": weights}
     if protocol == "sampled":
-      batch["candidates"] = np.concatenate(
-          [batch["answers"][:, None], dataset.sample_negatives[safe]], axis=1).astype(np.int32)
+      per_user["candidates"] = np.concatenate(
+          [answers_[:, None], dataset.sample_negatives[safe]], axis=1).astype(np.int32)
     else:
-      batch["history"] = np.where(real_row[:, None], history[safe], 0).astype(np.int32)
-    yield batch
+      per_user["history"] = np.where(real_row[:, None], history[safe], 0).astype(np.int32)
+    yield packer.pack_shards(
+        np.where(real_row, lengths[safe], 0),
+        {"inputs": np.where(real_row[:, None], inputs[safe], 0).astype(np.int32)},
+        per_user, num_rows, shards)
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:

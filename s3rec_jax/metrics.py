@@ -253,7 +253,6 @@ def full_ranking(
   answer_rows = jnp.take(item_table, answers, axis=0)  # [B, H]
   answer_score = jnp.sum(user_repr * answer_rows, axis=-1)
   answer_fp = row_fingerprints(answer_rows)  # [B, 2]
-  table_fp = row_fingerprints(item_table)  # [item_size, 2], cheap next to the scan
 
   def step_fn(carry, step):
     count, top_scores, top_items = carry
@@ -263,7 +262,9 @@ def full_ranking(
     offset = jnp.minimum(start, item_size - chunk)
     rows = lax.dynamic_slice_in_dim(item_table, offset, chunk, axis=0)
     scores = lax.dot_general(user_repr, rows, (((1,), (1,)), ((), ())))  # [B, chunk]
-    fps = lax.dynamic_slice_in_dim(table_fp, offset, chunk, axis=0)
+    # Fingerprinted per chunk: a whole-table fingerprint would need scratch
+    # memory the size of the table, whatever the chunk size.
+    fps = row_fingerprints(rows)
     same_as_answer = _same_row(fps[None, :, :], answer_fp[:, None, :])
     scores = jnp.where(same_as_answer, answer_score[:, None], scores)
 

@@ -36,6 +36,7 @@ class ObjectiveOptions:
   num_items: int                 # real items are 1..num_items
   temperature: float = 1.0       # infonce forms
   mip_num_negatives: int = 0     # infonce MIP: 0 = every other item, K = K shared samples
+  axis_name: str | None = None   # set inside a shard_map: the batch is split over this axis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,9 +245,15 @@ def sp_infonce(inputs: ObjectiveInputs) -> jax.Array:
   query = _head(inputs, "sp", _last_tokens(inputs, "segment_context"))
   positive = _last_tokens(inputs, "segment_positive")
   weights = inputs.batch["weights"]
-  logits = (query @ positive.T) / inputs.options.temperature      # [B, B]
-  logits = jnp.where(weights[None, :] > 0, logits, -jnp.inf)       # padding rows are no negatives
-  per_row = jax.nn.logsumexp(logits, -1) - jnp.diagonal(logits)
+  all_positive, all_weights, own = positive, weights, jnp.arange(len(weights))
+  axis = inputs.options.axis_name
+  if axis is not None:  # negatives come from the whole global batch
+    all_positive = jax.lax.all_gather(positive, axis, tiled=True)
+    all_weights = jax.lax.all_gather(weights, axis, tiled=True)
+    own = own + jax.lax.axis_index(axis) * len(weights)
+  logits = (query @ all_positive.T) / inputs.options.temperature  # [B_local, B_global]
+  logits = jnp.where(all_weights[None, :] > 0, logits, -jnp.inf)   # padding rows are no negatives
+  per_row = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, own[:, None], 1)[:, 0]
   return jnp.sum(jnp.where(weights > 0, per_row, 0.0) * weights)
 
 

@@ -31,9 +31,17 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_divisible(global_batch: int, mesh: Mesh, what: str) -> None:
-  if global_batch % mesh.size:
-    raise ValueError(f"{what}={global_batch} is not divisible by the {mesh.size} devices of the mesh")
+def local_shards(mesh: Mesh) -> tuple[int, int, int]:
+  """(number of data shards, first shard of this process, number of its shards).
+
+  Shard i of a batch lives on the mesh's i-th device; a process owns the
+  consecutive shards of its own devices.
+  """
+  devices = list(mesh.devices.flat)
+  mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
+  if mine != list(range(mine[0], mine[0] + len(mine))):
+    raise ValueError("this process's devices are not consecutive in the mesh")
+  return len(devices), mine[0], len(mine)
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

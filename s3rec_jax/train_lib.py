@@ -7,7 +7,6 @@ and results; every process takes part in checkpointing.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -122,6 +121,10 @@ def model_config(config: ml_collections.ConfigDict, ds: data_lib.Dataset,
       initializer_range=m.initializer_range, head_names=tuple(head_names))
 
 
+def shards(mesh) -> input_pipeline.Shards:
+  return input_pipeline.Shards(*parallel.local_shards(mesh))
+
+
 def negative_high(config: ml_collections.ConfigDict, ds: data_lib.Dataset) -> int:
   return ds.mask_id if config.negatives_include_mask_id else ds.max_item
 
@@ -174,8 +177,8 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   mcfg = model_config(config, ds, head_names=names)
   batches = input_pipeline.PretrainBatches(
       ds, input_pipeline.PretrainSettings(pc.batch_size, config.max_seq_length, pc.mask_p,
-                                          negative_high(config, ds), config.pack_sequences,
-                                          mesh.size), config.seed)
+                                          negative_high(config, ds), config.pack_sequences),
+      config.seed, shards(mesh))
   options = objectives_lib.ObjectiveOptions(
       mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
       mip_num_negatives=pc.mip_num_negatives)
@@ -205,10 +208,9 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   key = base_key(config, STREAM_PRETRAIN_KEY)
 
   def diagnose(epoch, step, batch):
-    per_objective = jax.jit(functools.partial(
-        train_steps.objective_gradient_norms, model_config=mcfg, objectives=objectives,
-        options=options))(state.params, parallel.shard_batch(batch, mesh), tables,
-                          train_steps.step_key(key, epoch, step))
+    per_objective = train_steps.make_objective_diagnosis(mcfg, objectives, options, mesh)(
+        state.params, parallel.shard_batch(batch, mesh), tables,
+        train_steps.step_key(key, epoch, step))
     bad = [name for name, (loss, norm) in jax.device_get(per_objective).items()
            if not (np.isfinite(loss) and np.isfinite(norm))]
     return bad or ["(the joint loss; no single objective)"]
@@ -288,7 +290,7 @@ class Evaluator:
     totals = None
     for batch in input_pipeline.eval_batches(self.ds, self.splits, split, self.protocol,
                                              self.config.eval.batch_size,
-                                             self.config.pack_sequences, self.mesh.size):
+                                             self.config.pack_sequences, shards(self.mesh)):
       sums = self.step(params, parallel.shard_batch(batch, self.mesh))
       totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
     values = metrics_lib.finalize(jax.device_get(totals))
@@ -321,7 +323,7 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2, fc.weight_decay)
   state = jax.device_put(train_steps.create_state(params, tx), repl)
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size, negative_high(config, ds),
-                                           config.seed, config.pack_sequences, mesh.size)
+                                           config.seed, config.pack_sequences, shards(mesh))
   step_fn = train_steps.make_finetune_step(mcfg, tx, mesh)
   evaluate = Evaluator(config, ds, splits, mcfg, mesh, protocol)
   target = early_stopping_metric(protocol)

@@ -1,24 +1,51 @@
 """Jitted pre-training, fine-tuning and evaluation steps over a data-parallel mesh.
 
-The steps are pure: (state, batch, tables, key) -> (state, metrics). They are
-compiled with the batch sharded on the mesh's 'data' axis and everything else
-replicated, so losses are sums (or means over the global target count) over
-the GLOBAL batch whatever the number of devices.
+The steps are pure: (state, batch, tables, key) -> (state, metrics). Each is
+`jax.jit` of a `shard_map` over the mesh's 'data' axis: the batch is sharded
+(every device holds its own packed shard, see input_pipeline.Shards), the
+state and tables are replicated. Every device computes the loss terms and
+gradients of its shard; the gradients are then summed over devices in ONE
+all-reduce of a flat buffer (one collective per step instead of one per
+parameter array) and the loss terms are summed the same way, so losses are
+sums (or means over the global target count) over the GLOBAL batch whatever
+the number of devices or processes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import flax
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
 from s3rec_jax import metrics as metrics_lib
 from s3rec_jax import model as model_lib
 from s3rec_jax import objectives as objectives_lib
 from s3rec_jax import parallel
+
+AXIS = parallel.DATA_AXIS
+
+
+def _psum_flat(tree: Any) -> Any:
+  """Sums a pytree over the data axis with a single collective."""
+  flat, unravel = jax.flatten_util.ravel_pytree(tree)
+  return unravel(jax.lax.psum(flat, AXIS))
+
+
+def _data_parallel(body: Callable, mesh, num_replicated_before: int, num_replicated_after: int,
+                   out_specs, donate: tuple[int, ...] = ()) -> Callable:
+  """jit(shard_map(body)) with args (replicated..., batch, replicated...)."""
+  in_specs = ((P(),) * num_replicated_before + (P(AXIS),) + (P(),) * num_replicated_after)
+  # check_vma=False: gradients taken inside the body stay per-device, so the
+  # single flat psum above is the only reduction.
+  mapped = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                         check_vma=False)
+  return jax.jit(mapped, donate_argnums=donate)
 
 
 @flax.struct.dataclass
@@ -53,7 +80,7 @@ def _apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransforma
   Skipping keeps the state at the last good step, so the host can stop the
   run with the step and objective named while everything saved stays usable.
   """
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(grad_norm)
   for value in losses.values():
     finite &= jnp.isfinite(value)
@@ -92,38 +119,47 @@ def pretrain_loss(params: Any, batch: dict, tables: dict, key: jax.Array, *,
 
 
 def make_pretrain_step(model_config, objectives, options, tx, mesh) -> Callable:
+  options = dataclasses.replace(options, axis_name=AXIS)
+
   def step(state: TrainState, batch: dict, tables: dict, key: jax.Array):
     def loss_fn(params):
       return pretrain_loss(params, batch, tables, key, model_config=model_config,
                            objectives=objectives, options=options)
     (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return _apply_gradients(state, grads, tx, dict(losses, loss=total))
+    grads, losses = _psum_flat((grads, dict(losses, loss=total)))
+    return _apply_gradients(state, grads, tx, losses)
 
-  repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  return jax.jit(step, in_shardings=(repl, data, repl, repl), out_shardings=(repl, repl),
-                 donate_argnums=(0,))
+  return _data_parallel(step, mesh, 1, 2, out_specs=(P(), P()), donate=(0,))
 
 
-def objective_gradient_norms(params: Any, batch: dict, tables: dict, key: jax.Array, *,
-                             model_config, objectives, options) -> dict[str, jax.Array]:
-  """Each objective's loss and gradient norm on its own: names the culprit of a NaN."""
-  out = {}
-  for objective, weight in objectives:
-    def loss_fn(p, objective=objective, weight=weight):
-      total, _ = pretrain_loss(p, batch, tables, key, model_config=model_config,
-                               objectives=((objective, weight),), options=options)
-      return total
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    out[objective.name] = (loss, optax.global_norm(grads))
-  return out
+def make_objective_diagnosis(model_config, objectives, options, mesh) -> Callable:
+  """(params, batch, tables, key) -> {objective: (loss, gradient norm)}, each on its own.
+
+  Run only after a non-finite step, to name the objective that caused it.
+  """
+  options = dataclasses.replace(options, axis_name=AXIS)
+
+  def diagnose(params, batch, tables, key):
+    out = {}
+    for objective, weight in objectives:
+      def loss_fn(p, objective=objective, weight=weight):
+        total, _ = pretrain_loss(p, batch, tables, key, model_config=model_config,
+                                 objectives=((objective, weight),), options=options)
+        return total
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      loss, grads = _psum_flat((loss, grads))
+      out[objective.name] = (loss, optax.tree.norm(grads))
+    return out
+
+  return _data_parallel(diagnose, mesh, 1, 2, out_specs=P())
 
 
 # --- fine-tuning -------------------------------------------------------------
 
 
-def finetune_loss(params: Any, batch: dict, key: jax.Array | None, *,
-                  model_config: model_lib.ModelConfig) -> jax.Array:
-  """Mean over the global count of target positions of BCE(pos) + BCE(neg)."""
+def finetune_loss_terms(params: Any, batch: dict, key: jax.Array | None, *,
+                        model_config: model_lib.ModelConfig) -> tuple[jax.Array, jax.Array]:
+  """(sum over target positions of BCE(pos) + BCE(neg), number of target positions)."""
   out = model_lib.encode(model_config, params, batch["inputs"], causal=True, dropout_key=key,
                          segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
                          token_ids=batch.get("token_ids"))
@@ -132,18 +168,30 @@ def finetune_loss(params: Any, batch: dict, key: jax.Array | None, *,
   neg = jnp.sum(out * table[batch["negatives"]], -1)
   is_target = (batch["targets"] > 0).astype(jnp.float32)
   per_position = jax.nn.softplus(-pos) + jax.nn.softplus(neg)  # -log s(pos) - log(1 - s(neg))
-  return jnp.sum(per_position * is_target) / jnp.maximum(jnp.sum(is_target), 1.0)
+  return jnp.sum(per_position * is_target), jnp.sum(is_target)
+
+
+def finetune_loss(params: Any, batch: dict, key: jax.Array | None, *,
+                  model_config: model_lib.ModelConfig) -> jax.Array:
+  """Mean over the target positions of BCE(pos) + BCE(neg) (one device's view)."""
+  total, count = finetune_loss_terms(params, batch, key, model_config=model_config)
+  return total / jnp.maximum(count, 1.0)
 
 
 def make_finetune_step(model_config, tx, mesh) -> Callable:
   def step(state: TrainState, batch: dict, key: jax.Array):
-    loss, grads = jax.value_and_grad(
-        lambda p: finetune_loss(p, batch, key, model_config=model_config))(state.params)
+    # The mean is over the GLOBAL count of targets: devices hold different numbers.
+    _, count = finetune_loss_terms(state.params, batch, None, model_config=model_config)
+    global_count = jnp.maximum(jax.lax.psum(jax.lax.stop_gradient(count), AXIS), 1.0)
+
+    def loss_fn(params):
+      total, _ = finetune_loss_terms(params, batch, key, model_config=model_config)
+      return total / global_count
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    grads, loss = _psum_flat((grads, loss))
     return _apply_gradients(state, grads, tx, {"loss": loss})
 
-  repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  return jax.jit(step, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
-                 donate_argnums=(0,))
+  return _data_parallel(step, mesh, 1, 1, out_specs=(P(), P()), donate=(0,))
 
 
 # --- evaluation --------------------------------------------------------------
@@ -164,15 +212,14 @@ def make_eval_step(model_config, protocol: str, mesh, *, num_items: int, chunk_s
 
   def step(params: Any, batch: dict):
     out = model_lib.encode(model_config, params, batch["inputs"], causal=True,
-                           segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
-    user = out.reshape(-1, out.shape[-1])[batch["last_index"]]          # [B, H]
+                           segment_ids=batch["segment_ids"], positions=batch["positions"])
+    user = out.reshape(-1, out.shape[-1])[batch["last_index"]]          # [B_local, H]
     table = model_lib.item_table(params)
     if protocol == "sampled":
       ranks = metrics_lib.rank_of_first(metrics_lib.sampled_scores(user, table, batch["candidates"]))
     else:
       ranks, _, _ = metrics_lib.full_ranking(user, table, batch["answers"], batch["history"],
                                              num_items=num_items, chunk_size=chunk_size, top_k=top_k)
-    return metrics_lib.metric_sums(ranks, batch["weights"], names)
+    return _psum_flat(metrics_lib.metric_sums(ranks, batch["weights"], names))
 
-  repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-  return jax.jit(step, in_shardings=(repl, data), out_shardings=repl)
+  return _data_parallel(step, mesh, 1, 0, out_specs=P())

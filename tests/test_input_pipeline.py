@@ -171,8 +171,8 @@ def test_packer_round_trip_and_metadata(max_len):
   for s, n in enumerate(lengths):
     padded[s, max_len - n:] = rng.integers(1, 100, size=n)
   packer = ip.Packer(max_len)
-  rows = packer.num_rows(lengths[None], num_devices=4)
-  assert rows % 8 == 0 and rows < 40
+  rows = packer.num_rows(lengths[None])
+  assert rows % packer.row_multiple == 0 and rows < 40
   batch = packer.apply(lengths, {"x": padded}, rows)
   np.testing.assert_array_equal(_unpack(batch, "x", lengths, max_len), padded)
   seg, pos = batch["segment_ids"].ravel(), batch["positions"].ravel()
@@ -201,3 +201,23 @@ def test_packed_pretraining_batch_holds_the_same_views(ds):
   for name in ("items", "masked_items", "negative_items", "segment_context",
                "segment_positive", "segment_negative"):
     np.testing.assert_array_equal(_unpack(b, name, lengths, L), a[name], err_msg=name)
+
+
+def test_shards_are_balanced_and_cover_the_batch(ds):
+  settings = ip.PretrainSettings(batch_size=32, max_len=L, mask_p=0.2, negative_high=ds.mask_id)
+  whole = ip.PretrainBatches(ds, settings, seed=4)
+  parts = [ip.PretrainBatches(ds, settings, seed=4, shards=ip.Shards(4, s, 1)) for s in range(4)]
+  rows = whole.num_rows(0)
+  assert parts[0].num_rows(0) * 4 <= rows + 16          # balanced shards need few extra rows
+  one = next(whole.epoch(0))
+  pieces = [next(p.epoch(0)) for p in parts]
+  # Every sequence lands in exactly one shard, with all its tokens, under its global token ids.
+  ids = np.concatenate([p["token_ids"][p["segment_ids"] > 0] for p in pieces])
+  np.testing.assert_array_equal(np.sort(ids), np.sort(one["token_ids"][one["segment_ids"] > 0]))
+  for name in ("items", "masked_items", "segment_context"):
+    got = np.concatenate([p[name][p["segment_ids"] > 0] for p in pieces])
+    order = np.argsort(ids)
+    want = one[name][one["segment_ids"] > 0][np.argsort(one["token_ids"][one["segment_ids"] > 0])]
+    np.testing.assert_array_equal(got[order], want)
+  tokens = [int((p["segment_ids"] > 0).sum()) for p in pieces]
+  assert max(tokens) - min(tokens) <= L                  # within one longest sequence

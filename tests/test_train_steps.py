@@ -34,12 +34,14 @@ def test_pretrain_losses_match_on_1_and_4_devices(ds, form):
   cfg = _config(ds, tuple(o.name for o, _ in chosen))
   options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item,
                                         mip_num_negatives=0)
-  batches = ip.PretrainBatches(ds, ip.PretrainSettings(16, L, 0.2, ds.mask_id), seed=0)
-  host_batches = list(batches.epoch(0))[:3]
   tx = train_steps.make_optimizer(1e-2, 0.9, 0.999)
   trajectories = []
   for n in (1, 4):
     mesh = parallel.make_mesh(jax.devices()[:n])
+    # Each device gets its own packed shard: the layouts differ, the math does not.
+    batches = ip.PretrainBatches(ds, ip.PretrainSettings(16, L, 0.2, ds.mask_id), seed=0,
+                                 shards=ip.Shards(*parallel.local_shards(mesh)))
+    host_batches = list(batches.epoch(0))[:3]
     state = jax.device_put(train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx),
                            parallel.replicated(mesh))
     tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
@@ -61,12 +63,13 @@ def test_pretrain_losses_match_on_1_and_4_devices(ds, form):
 def test_finetune_losses_match_on_1_and_4_devices(ds):
   cfg = _config(ds)
   splits = data.finetune_splits(ds, L)
-  fb = ip.FinetuneBatches(ds, splits, batch_size=16, negative_high=ds.max_item, seed=0)
-  host_batches = list(fb.epoch(0))
   tx = train_steps.make_optimizer(1e-2, 0.9, 0.999)
   results = []
   for n in (1, 4):
     mesh = parallel.make_mesh(jax.devices()[:n])
+    fb = ip.FinetuneBatches(ds, splits, batch_size=16, negative_high=ds.max_item, seed=0,
+                            shards=ip.Shards(*parallel.local_shards(mesh)))
+    host_batches = list(fb.epoch(0))
     state = jax.device_put(train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx),
                            parallel.replicated(mesh))
     step = train_steps.make_finetune_step(cfg, tx, mesh)
@@ -104,7 +107,8 @@ def test_eval_step_matches_numpy_ranking(ds, protocol):
   mesh = parallel.make_mesh()
   step = train_steps.make_eval_step(cfg, protocol, mesh, num_items=ds.max_item, chunk_size=32)
   totals = None
-  for batch in ip.eval_batches(ds, splits, "valid", protocol, batch_size=24):
+  for batch in ip.eval_batches(ds, splits, "valid", protocol, batch_size=24,
+                               shards=ip.Shards(*parallel.local_shards(mesh))):
     sums = jax.device_get(step(params, parallel.shard_batch(batch, mesh)))
     totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
   got = metrics.finalize(totals)
@@ -167,11 +171,11 @@ def test_packed_and_padded_finetuning_and_eval_agree(ds):
     fb = ip.FinetuneBatches(ds, splits, 32, ds.max_item, seed=0, pack=pack)
     batch = next(fb.epoch(0))
     loss = train_steps.finetune_loss(params, batch, jax.random.key(9), model_config=cfg)
-    step = train_steps.make_eval_step(cfg, "full", parallel.make_mesh(), num_items=ds.max_item,
-                                      chunk_size=32)
     mesh = parallel.make_mesh()
+    step = train_steps.make_eval_step(cfg, "full", mesh, num_items=ds.max_item, chunk_size=32)
     sums = [jax.device_get(step(params, parallel.shard_batch(b, mesh)))
-            for b in ip.eval_batches(ds, splits, "test", "full", 32, pack=pack)]
+            for b in ip.eval_batches(ds, splits, "test", "full", 32, pack=pack,
+                                     shards=ip.Shards(*parallel.local_shards(mesh)))]
     values[pack] = (float(loss), metrics.finalize({k: sum(s[k] for s in sums) for k in sums[0]}))
   np.testing.assert_allclose(values[True][0], values[False][0], rtol=1e-5)
   for name, value in values[False][1].items():

@@ -1,0 +1,454 @@
+"""Speed of pre-training, fine-tuning and evaluation, packed vs padded layout.
+
+  python benchmarks/speed.py --dataset Beauty --devices 4 --steps 50
+
+Uses the reference hyper-parameters of configs/default.py (pre-training batch
+100, L 50, hidden 64, 2 layers, 2 heads; fine-tuning batch 256). For each
+layout (`packed`, this project's default, and `padded`, one sequence per row
+as in the reference) it prints:
+
+- pre-training: sequences/s over --steps timed steps, run serially (host
+  batch building and device steps timed apart) and with
+  `input_pipeline.prefetch` as train.py runs them; seconds per epoch; the jit
+  compile time; XLA's FLOP count of the step and the FLOP/s it reaches, also
+  as a fraction of a dense [2048, 2048] x [2048, 2048] float32 matmul on the
+  same devices;
+- fine-tuning: seconds of one full epoch (compile excluded);
+- evaluation: seconds of one validation pass, full ranking and sampled
+  (second of two passes, so compile is excluded);
+- the process's peak RSS.
+
+Then a markdown table, the command to reproduce and the machine.
+"""
+
+import argparse
+import os
+import shlex
+import sys
+
+
+def _force_host_devices(argv) -> None:
+  """Sets XLA's forced host device count from --devices; must run before JAX starts."""
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument("--devices", type=int, default=0)
+  count = parser.parse_known_args(argv)[0].devices
+  if count > 0:
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count=")]
+    flags.append(f"--xla_force_host_platform_device_count={count}")
+    os.environ["XLA_FLAGS"] = " ".join(flags)
+
+
+_force_host_devices(sys.argv[1:])
+
+# pylint: disable=wrong-import-position
+import dataclasses  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import default as default_config  # noqa: E402
+from s3rec_jax import data as data_lib  # noqa: E402
+from s3rec_jax import input_pipeline  # noqa: E402
+from s3rec_jax import model as model_lib  # noqa: E402
+from s3rec_jax import objectives as objectives_lib  # noqa: E402
+from s3rec_jax import parallel  # noqa: E402
+from s3rec_jax import train_lib  # noqa: E402
+from s3rec_jax import train_steps  # noqa: E402
+
+LAYOUTS = ("packed", "padded")
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--dataset", default="Beauty", help="NAME of NAME.txt in --data_dir, or synthetic")
+  p.add_argument("--data_dir", default="../shared/data")
+  p.add_argument("--devices", type=int, default=0,
+                 help="XLA CPU host devices (set before JAX starts); on GPU/TPU the first N "
+                      "visible devices; 0 = all visible devices")
+  p.add_argument("--steps", type=int, default=50, help="timed pre-training steps")
+  p.add_argument("--warmup", type=int, default=3, help="untimed pre-training steps after compiling")
+  group = p.add_mutually_exclusive_group()
+  group.add_argument("--layouts", default="packed,padded", help="comma list of packed, padded")
+  group.add_argument("--pack", dest="layouts", action="store_const", const="packed",
+                     help="only the packed layout")
+  group.add_argument("--no-pack", dest="layouts", action="store_const", const="padded",
+                     help="only the padded (reference) layout")
+  p.add_argument("--form", default="reference", choices=objectives_lib.FORMS)
+  p.add_argument("--skip_finetune", action="store_true")
+  p.add_argument("--skip_eval", action="store_true")
+  args = p.parse_args(argv)
+  args.layouts = tuple(x.strip() for x in args.layouts.split(",") if x.strip())
+  bad = [x for x in args.layouts if x not in LAYOUTS]
+  if bad or not args.layouts:
+    p.error(f"--layouts: unknown {bad}; valid: {', '.join(LAYOUTS)}")
+  if args.steps < 1 or args.warmup < 0:
+    p.error("--steps must be >= 1 and --warmup >= 0")
+  return args
+
+
+def say(message: str) -> None:
+  print(message, flush=True)
+
+
+def peak_rss_gib() -> float:
+  """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def xla_flops(compiled) -> float:
+  """XLA's FLOP count of a compiled computation, per device (dict or list-of-dict result)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", float("nan")))
+
+
+def block(tree) -> None:
+  jax.block_until_ready(tree)
+
+
+# --- setup -------------------------------------------------------------------
+
+
+def load_dataset(args) -> data_lib.Dataset:
+  """The dataset, with sampled-protocol negatives generated in memory if the file is absent."""
+  if args.dataset != "synthetic":
+    path = os.path.join(args.data_dir, f"{args.dataset}.txt")
+    if not os.path.exists(path):
+      say(f"note: {path} not found; falling back to --dataset synthetic")
+      args.dataset = "synthetic"
+  if args.dataset == "synthetic":
+    return data_lib.synthetic_dataset()
+  has_samples = os.path.exists(os.path.join(args.data_dir, f"{args.dataset}_sample.txt"))
+  ds = data_lib.load_dataset(args.data_dir, args.dataset, need_samples=has_samples, log=say)
+  if not has_samples:
+    # Generated as load_dataset would, but never written into the shared data folder.
+    negatives = data_lib.generate_sample_negatives(ds, 99, np.random.default_rng(12345))
+    ds = dataclasses.replace(ds, sample_negatives=negatives)
+    say(f"note: no {args.dataset}_sample.txt; sampled negatives generated in memory (seed 12345)")
+  return ds
+
+
+def pick_devices(requested: int) -> list:
+  devices = jax.devices()
+  if requested and devices[0].platform != "cpu":
+    if requested > len(devices):
+      say(f"note: --devices {requested} but {len(devices)} visible; using all")
+    devices = devices[:requested]
+  return devices
+
+
+def make_config(args):
+  config = default_config.get_config()
+  config.dataset = args.dataset
+  config.data_dir = args.data_dir
+  config.pretrain.form = args.form
+  return config
+
+
+def matmul_flops_per_s(mesh, n: int = 2048, repeats: int = 5) -> float:
+  """Median FLOP/s of a jitted [n, n] x [n, n] float32 matmul, rows split over the mesh."""
+  rows = max(mesh.size, n // mesh.size * mesh.size)
+  data, repl = parallel.data_sharded(mesh), parallel.replicated(mesh)
+  make = jax.jit(lambda k: (jax.random.normal(k, (rows, n)), jax.random.normal(k, (n, n))),
+                 out_shardings=(data, repl))
+  a, b = make(jax.random.key(0))
+  matmul = jax.jit(lambda x, y: x @ y, in_shardings=(data, repl), out_shardings=data)
+  block(matmul(a, b))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    block(matmul(a, b))
+    times.append(time.perf_counter() - t0)
+  return 2.0 * rows * n * n / statistics.median(times)
+
+
+def sharding_kwargs(mesh) -> dict:
+  """How the batch classes are told about the mesh.
+
+  Newer input pipelines pack each device's shard of the global batch on its own
+  rows (`input_pipeline.Shards`); older ones took a device count.
+  """
+  if hasattr(train_lib, "shards"):
+    return {"shards": train_lib.shards(mesh)}
+  if hasattr(input_pipeline, "Shards"):
+    return {"shards": input_pipeline.Shards(count=mesh.size, first_local=0, num_local=mesh.size)}
+  return {"num_devices": mesh.size}
+
+
+def pretrain_settings(config, ds, pack: bool, mesh) -> input_pipeline.PretrainSettings:
+  pc = config.pretrain
+  kwargs = dict(batch_size=pc.batch_size, max_len=config.max_seq_length, mask_p=pc.mask_p,
+                negative_high=train_lib.negative_high(config, ds), pack=pack)
+  names = {f.name for f in dataclasses.fields(input_pipeline.PretrainSettings)}
+  if "num_devices" in names:
+    kwargs["num_devices"] = mesh.size
+  return input_pipeline.PretrainSettings(**kwargs)
+
+
+# --- pre-training ------------------------------------------------------------
+
+
+def pretrain_stream(batches: input_pipeline.PretrainBatches, steps, rows: int):
+  """Host batches of epoch 0 for the given step indices (wrapping), one static row count."""
+  order = batches.order(0)
+  bs = batches.settings.batch_size
+  for i in steps:
+    s = i % batches.steps_per_epoch
+    rng = input_pipeline.rng_for(batches.seed, input_pipeline.STREAM_PRETRAIN_BATCH, 0, s)
+    yield batches.batch(order[s * bs:(s + 1) * bs], rng, rows)
+
+
+def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
+  pc = config.pretrain
+  objectives = objectives_lib.resolve(pc.objectives.to_dict(), pc.form)
+  mcfg = train_lib.model_config(config, ds, head_names=tuple(o.name for o, _ in objectives))
+  extra = {k: v for k, v in sharding_kwargs(mesh).items() if k != "num_devices"}
+  batches = input_pipeline.PretrainBatches(ds, pretrain_settings(config, ds, pack, mesh),
+                                           config.seed, **extra)
+  options = objectives_lib.ObjectiveOptions(
+      mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
+      mip_num_negatives=pc.mip_num_negatives)
+  tx = train_steps.make_optimizer(pc.learning_rate, pc.adam_b1, pc.adam_b2, pc.weight_decay)
+  repl = parallel.replicated(mesh)
+  params = model_lib.init_params(mcfg, jax.random.key(config.seed))
+  state = jax.device_put(train_steps.create_state(params, tx), repl)
+  tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
+  step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh)
+  rows = batches.num_rows(0)
+  k, w = args.steps, args.warmup
+  base = jax.random.key(config.seed + 1)
+  keys = [jax.device_put(train_steps.step_key(base, 0, i), repl) for i in range(w + k)]
+
+  first = next(pretrain_stream(batches, [0], rows))
+  global_rows = first["items"].shape[0]   # num_rows may count one shard's rows
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, parallel.shard_batch(first, mesh), tables, keys[0]).compile()
+  compile_s = time.perf_counter() - t0
+  flops_step = xla_flops(compiled) * mesh.size
+
+  for i, batch in enumerate(pretrain_stream(batches, range(w), rows)):
+    state, losses = compiled(state, parallel.shard_batch(batch, mesh), tables, keys[i])
+  block(state)
+
+  # Serial: host batch building and device steps timed apart.
+  build_s = step_s = 0.0
+  stream = pretrain_stream(batches, range(w, w + k), rows)
+  for i in range(w, w + k):
+    t0 = time.perf_counter()
+    batch = next(stream)
+    t1 = time.perf_counter()
+    state, losses = compiled(state, parallel.shard_batch(batch, mesh), tables, keys[i])
+    block((state, losses))
+    t2 = time.perf_counter()
+    build_s += t1 - t0
+    step_s += t2 - t1
+
+  # As train.py runs: batches built on a background thread, steps dispatched asynchronously.
+  pending = []
+  t0 = time.perf_counter()
+  stream = input_pipeline.prefetch(pretrain_stream(batches, range(w, w + k), rows))
+  for i, batch in enumerate(stream, start=w):
+    state, losses = compiled(state, parallel.shard_batch(batch, mesh), tables, keys[i])
+    pending.append(losses)
+  block((state, pending))
+  prefetch_s = time.perf_counter() - t0
+
+  seqs = k * pc.batch_size
+  seq_per_s = seqs / prefetch_s
+  flops_per_s = flops_step * k / step_s
+  return {
+      "rows": global_rows, "steps_per_epoch": batches.steps_per_epoch,
+      "num_sequences": batches.num_sequences, "compile_s": compile_s,
+      "build_s": build_s, "step_s": step_s, "prefetch_s": prefetch_s,
+      "serial_seq_per_s": seqs / (build_s + step_s), "device_seq_per_s": seqs / step_s,
+      "seq_per_s": seq_per_s, "epoch_s": batches.num_sequences / seq_per_s,
+      "build_share": build_s / (build_s + step_s),
+      # Time the prefetched run saved over the serial one, as a share of the build
+      # time, capped to [0, 1]: async dispatch also saves the per-step sync, so the
+      # raw ratio can exceed 1, and thread contention can make it negative.
+      "hidden": min(max((build_s + step_s - prefetch_s) / build_s, 0.0), 1.0) if build_s else 0.0,
+      "exposed_share": max(prefetch_s - step_s, 0.0) / prefetch_s,
+      "flops_step": flops_step, "flops_per_s": flops_per_s,
+      "tokens": global_rows * config.max_seq_length, "state": state,
+  }
+
+
+# --- fine-tuning and evaluation ---------------------------------------------
+
+
+def bench_finetune(config, ds, splits, mesh, pack: bool) -> dict:
+  fc = config.finetune
+  mcfg = train_lib.model_config(config, ds)
+  repl = parallel.replicated(mesh)
+  tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2, fc.weight_decay)
+  params = model_lib.init_params(mcfg, jax.random.key(config.seed))
+  state = jax.device_put(train_steps.create_state(params, tx), repl)
+  batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size,
+                                           train_lib.negative_high(config, ds), config.seed,
+                                           pack, **sharding_kwargs(mesh))
+  step_fn = train_steps.make_finetune_step(mcfg, tx, mesh)
+  base = jax.random.key(config.seed + 2)
+  keys = [jax.device_put(train_steps.step_key(base, 0, i), repl)
+          for i in range(batches.steps_per_epoch)]
+  first = next(batches.epoch(0))
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, parallel.shard_batch(first, mesh), keys[0]).compile()
+  compile_s = time.perf_counter() - t0
+  losses = []
+  t0 = time.perf_counter()
+  for step, batch in enumerate(input_pipeline.prefetch(batches.epoch(0))):
+    state, out = compiled(state, parallel.shard_batch(batch, mesh), keys[step])
+    losses.append(out["loss"])
+  block((state, losses))
+  return {"epoch_s": time.perf_counter() - t0, "steps": batches.steps_per_epoch,
+          "rows": first["inputs"].shape[0], "compile_s": compile_s, "params": state.params,
+          "loss": float(np.mean(jax.device_get(losses)))}
+
+
+def bench_eval(config, ds, splits, mesh, params, protocol: str) -> dict:
+  mcfg = train_lib.model_config(config, ds)
+  evaluate = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol)
+  times = []
+  for _ in range(2):
+    t0 = time.perf_counter()
+    metrics = evaluate(params, "valid")
+    times.append(time.perf_counter() - t0)
+  return {"first_s": times[0], "seconds": times[1], "metrics": metrics}
+
+
+# --- reporting ---------------------------------------------------------------
+
+
+def reproduce_command(args) -> str:
+  parts = ["python", "benchmarks/speed.py", "--dataset", args.dataset, "--data_dir", args.data_dir,
+           "--devices", str(args.devices), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--layouts", ",".join(args.layouts), "--form", args.form]
+  parts += ["--skip_finetune"] if args.skip_finetune else []
+  parts += ["--skip_eval"] if args.skip_eval else []
+  return " ".join(shlex.quote(p) for p in parts)
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def fmt(x: float | None, spec: str) -> str:
+  return "-" if x is None else format(x, spec)
+
+
+def main(argv) -> int:
+  args = parse_args(argv)
+  ds = load_dataset(args)
+  config = make_config(args)
+  devices = pick_devices(args.devices)
+  mesh = parallel.make_mesh(devices)
+  say(f"dataset {args.dataset}: {ds.num_users} users, {ds.max_item} items, "
+      f"{ds.num_interactions} interactions, {ds.max_attr} attributes")
+  say(f"devices: {mesh.size} x {devices[0].platform}; form {args.form}; layouts "
+      f"{', '.join(args.layouts)}; pre-training batch {config.pretrain.batch_size}, "
+      f"L {config.max_seq_length}, hidden {config.model.hidden_size}, "
+      f"{config.model.num_layers} layers, {config.model.num_heads} heads; "
+      f"fine-tuning batch {config.finetune.batch_size}")
+  for what, size in (("pre-training", config.pretrain.batch_size),
+                     ("fine-tuning", config.finetune.batch_size),
+                     ("evaluation", config.eval.batch_size)):
+    if size % mesh.size:
+      say(f"error: the {what} batch {size} does not divide over {mesh.size} devices; "
+          f"choose --devices among the divisors")
+      return 2
+
+  peak = matmul_flops_per_s(mesh)
+  say(f"dense matmul [2048,2048]x[2048,2048] f32 on {mesh.size} device(s): "
+      f"{peak / 1e9:.1f} GFLOP/s (median of 5)")
+  splits = data_lib.finetune_splits(ds, config.max_seq_length)
+  results = {}
+  for layout in args.layouts:
+    pack = layout == "packed"
+    config.pack_sequences = pack
+    r = bench_pretrain(config, ds, mesh, pack, args)
+    say(f"[{layout}] pre-training: {r['seq_per_s']:.0f} seq/s with prefetch "
+        f"({args.steps} steps x {config.pretrain.batch_size} sequences in {r['prefetch_s']:.2f}s; "
+        f"{r['rows']} rows of {config.max_seq_length} per step); "
+        f"epoch of {r['num_sequences']} sequences ({r['steps_per_epoch']} steps) "
+        f"~ {r['epoch_s']:.1f}s")
+    say(f"[{layout}] pre-training serial: {r['serial_seq_per_s']:.0f} seq/s "
+        f"(device only {r['device_seq_per_s']:.0f} seq/s); batch building "
+        f"{1e3 * r['build_s'] / args.steps:.1f} ms/step vs device step "
+        f"{1e3 * r['step_s'] / args.steps:.1f} ms/step = {100 * r['build_share']:.1f}% of serial time")
+    say(f"[{layout}] pre-training overlap: prefetched {r['prefetch_s']:.2f}s vs serial "
+        f"{r['build_s'] + r['step_s']:.2f}s (build {r['build_s']:.2f}s + device {r['step_s']:.2f}s): "
+        f"prefetch hid {100 * r['hidden']:.0f}% of the build time (capped at 100%); "
+        f"input-bound share of the prefetched run {100 * r['exposed_share']:.1f}%")
+    say(f"[{layout}] pre-training compile: {r['compile_s']:.2f}s; XLA flops/step "
+        f"{r['flops_step'] / 1e9:.3f} GFLOP (summed over devices; "
+        f"{r['flops_step'] / config.pretrain.batch_size / 1e6:.2f} MFLOP/sequence); achieved "
+        f"{r['flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * r['flops_per_s'] / peak:.1f}% of the matmul")
+    r.pop("state")
+    if not args.skip_finetune:
+      f = bench_finetune(config, ds, splits, mesh, pack)
+      r["finetune_s"] = f["epoch_s"]
+      say(f"[{layout}] fine-tuning: one epoch of {f['steps']} steps ({f['rows']} rows per step) "
+          f"in {f['epoch_s']:.2f}s (compile {f['compile_s']:.2f}s excluded; mean loss "
+          f"{f['loss']:.4f})")
+      params = f["params"]
+    else:
+      mcfg = train_lib.model_config(config, ds)
+      params = jax.device_put(model_lib.init_params(mcfg, jax.random.key(config.seed)),
+                              parallel.replicated(mesh))
+    if not args.skip_eval:
+      for protocol in ("full", "sampled"):
+        e = bench_eval(config, ds, splits, mesh, params, protocol)
+        r[f"eval_{protocol}_s"] = e["seconds"]
+        main_metric = train_lib.early_stopping_metric(protocol)
+        say(f"[{layout}] evaluation ({protocol}): validation pass over {ds.num_users} users in "
+            f"{e['seconds']:.2f}s (first pass with compile {e['first_s']:.2f}s; "
+            f"{main_metric}={e['metrics'][main_metric]:.4f})")
+    say(f"[{layout}] peak RSS so far: {peak_rss_gib():.2f} GiB")
+    results[layout] = r
+
+  if {"packed", "padded"} <= set(results):
+    pk, pd = results["packed"], results["padded"]
+    say(f"XLA flops per pre-training step: padded {pd['flops_step'] / 1e9:.3f} GFLOP vs packed "
+        f"{pk['flops_step'] / 1e9:.3f} GFLOP (padded/packed = "
+        f"{pd['flops_step'] / pk['flops_step']:.2f}x); tokens per step {pd['tokens']} vs "
+        f"{pk['tokens']}; pre-training speed-up of packing {pk['seq_per_s'] / pd['seq_per_s']:.2f}x")
+  rss = peak_rss_gib()
+  say(f"peak RSS of the process: {rss:.2f} GiB (ru_maxrss, whole run)")
+
+  say("")
+  say("| dataset | devices | layout | pretrain seq/s | s/epoch | build share (serial) | "
+      "build hidden by prefetch | compile s | GFLOP/step | GFLOP/s | % of matmul | "
+      "finetune epoch s | eval full s | eval sampled s | peak RSS GiB |")
+  say("|" + " --- |" * 15)
+  for layout, r in results.items():
+    say(f"| {args.dataset} | {mesh.size} x {devices[0].platform} | {layout} | "
+        f"{r['seq_per_s']:.0f} | {r['epoch_s']:.1f} | {100 * r['build_share']:.1f}% | "
+        f"{100 * r['hidden']:.0f}% | {r['compile_s']:.1f} | {r['flops_step'] / 1e9:.3f} | "
+        f"{r['flops_per_s'] / 1e9:.2f} | {100 * r['flops_per_s'] / peak:.1f}% | "
+        f"{fmt(r.get('finetune_s'), '.2f')} | {fmt(r.get('eval_full_s'), '.2f')} | "
+        f"{fmt(r.get('eval_sampled_s'), '.2f')} | {rss:.2f} |")
+  say("")
+  say(f"reproduce: {reproduce_command(args)}")
+  say(f"machine: {platform.platform()}; {cpu_model()}; os.cpu_count()={os.cpu_count()}; "
+      f"jax {jax.__version__}, platform {devices[0].platform}; XLA_FLAGS="
+      f"{os.environ.get('XLA_FLAGS', '')!r}")
+  say(f"jax.devices(): {jax.devices()}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

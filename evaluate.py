@@ -4,24 +4,18 @@
 """
 
 from absl import app
-from absl import flags
-from absl import logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The workdir of a finished train.py run.")
-flags.mark_flags_as_required(["config", "workdir"])
+from s3rec_jax import cli
 
 
 def main(argv):
   del argv
-  # Orbax logs every file operation at INFO; keep the console to our own lines.
-  logging.set_verbosity(logging.WARNING)
-  from s3rec_jax import train_lib
-  results = train_lib.evaluate_best(_CONFIG.value, _WORKDIR.value)
-  for split, metrics in results.items():
-    print(train_lib.format_table(metrics, f"{split} metrics ({_CONFIG.value.eval.protocol})"))
+  cli.start()
+  from s3rec_jax import train_lib  # pylint: disable=g-import-not-at-top
+  config = cli.CONFIG.value
+  for split, metrics in train_lib.evaluate_best(config, cli.WORKDIR.value).items():
+    if train_lib.is_main_process():
+      print(train_lib.format_table(metrics, f"{split} metrics ({config.eval.protocol})"))
 
 
 if __name__ == "__main__":

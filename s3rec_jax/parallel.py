@@ -17,6 +17,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
+def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
+                           process_id: int | None, *, auto: bool = False,
+                           timeout_seconds: int = 300) -> None:
+  """Starts JAX's multi-process runtime, before any other JAX call.
+
+  With a coordinator address, every process passes the same address and
+  process count and its own id. With `auto`, JAX detects the cluster itself
+  (Cloud TPU pod slices, SLURM, Open MPI). Otherwise this is one process.
+  """
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise ValueError("--coordinator_address needs --num_processes and --process_id")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"--process_id={process_id} must be in [0, {num_processes})")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=timeout_seconds)
+  elif auto:
+    jax.distributed.initialize(initialization_timeout=timeout_seconds)
+
+
 def make_mesh(devices=None) -> Mesh:
   """A 1-D mesh over all devices of all processes (Auto axes)."""
   devices = jax.devices() if devices is None else devices
@@ -54,7 +75,8 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  return jax.device_put(tree, replicated(mesh))
+  """Copies a host (or single-device) pytree onto every device of the mesh, in any process."""
+  return jax.device_put(jax.tree_util.tree_map(np.asarray, tree), replicated(mesh))
 
 
 def to_host(tree: Any) -> Any:

@@ -185,7 +185,8 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   tx = train_steps.make_optimizer(pc.learning_rate, pc.adam_b1, pc.adam_b2, pc.weight_decay)
   repl = parallel.replicated(mesh)
   init_key = base_key(config, STREAM_PRETRAIN_INIT)
-  state = jax.device_put(train_steps.create_state(model_lib.init_params(mcfg, init_key), tx), repl)
+  state = parallel.replicate(train_steps.create_state(model_lib.init_params(mcfg, init_key), tx),
+                             mesh)
   tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
   step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh)
 
@@ -197,7 +198,7 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   if restored is not None:
     global_step, params, opt_state, meta = restored
     state = state.replace(params=params, opt_state=opt_state,
-                          step=jax.device_put(np.int32(global_step), repl))
+                          step=parallel.replicate(np.int32(global_step), mesh))
     start_epoch, start_step, carried = meta["epoch"], meta["step"], meta["partial"]
     log(f"pre-training: resuming at epoch {start_epoch + 1} step {start_step} "
         f"(global step {global_step})")
@@ -233,10 +234,10 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
             f"pre-training: non-finite loss or gradient at epoch {b_epoch + 1} step {b_step} "
             f"(objective: {', '.join(culprits)}); the last good checkpoints in "
             f"{resume.directory} and {ckpt_dir} are intact")
-      for _, _, metrics, batch in records:
+      for _, _, metrics, _ in records:
         for name in (*names, "loss"):
           sums[name] = sums.get(name, 0.0) + float(metrics[name])
-        seen += float(batch["weights"].sum())
+        seen += float(metrics["sequences"])  # global: a process holds only its shards
       pending.clear()
 
     bar = _progress(input_pipeline.prefetch(batches.epoch(epoch, first_step)),
@@ -312,7 +313,8 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   mcfg = model_config(config, ds)
   splits = data_lib.finetune_splits(ds, config.max_seq_length)
   repl = parallel.replicated(mesh)
-  params = jax.device_put(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)), repl)
+  params = parallel.replicate(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)),
+                              mesh)
   loaded = None
   if init_checkpoint:
     params, root, step = checkpointing.restore_encoder(init_checkpoint, params, repl)
@@ -321,7 +323,9 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   else:
     log("fine-tuning: no pre-training checkpoint: random initialisation (plain SASRec)")
   tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2, fc.weight_decay)
-  state = jax.device_put(train_steps.create_state(params, tx), repl)
+  state = train_steps.create_state(params, tx)
+  state = state.replace(opt_state=parallel.replicate(state.opt_state, mesh),
+                        step=parallel.replicate(state.step, mesh))
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size, negative_high(config, ds),
                                            config.seed, config.pack_sequences, shards(mesh))
   step_fn = train_steps.make_finetune_step(mcfg, tx, mesh)
@@ -338,7 +342,7 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   if restored is not None:
     _, params, opt_state, record = restored
     state = state.replace(params=params, opt_state=opt_state,
-                          step=jax.device_put(np.int32(record["global_step"]), repl))
+                          step=parallel.replicate(np.int32(record["global_step"]), mesh))
     log(f"fine-tuning: resuming after epoch {record['epoch']}"
         + (" (already finished)" if record["done"] else ""))
   epoch = record["epoch"]
@@ -442,7 +446,8 @@ def evaluate_best(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   ds = load_data(config, workdir)
   mcfg = model_config(config, ds)
   repl = parallel.replicated(mesh)
-  params = jax.device_put(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)), repl)
+  params = parallel.replicate(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)),
+                              mesh)
   mngr = checkpointing.manager(root, read_only=True)
   params = checkpointing.restore_params(mngr, step, params, repl)
   mngr.close()

@@ -126,8 +126,10 @@ def make_pretrain_step(model_config, objectives, options, tx, mesh) -> Callable:
       return pretrain_loss(params, batch, tables, key, model_config=model_config,
                            objectives=objectives, options=options)
     (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads, losses = _psum_flat((grads, dict(losses, loss=total)))
-    return _apply_gradients(state, grads, tx, losses)
+    grads, losses, sequences = _psum_flat((grads, dict(losses, loss=total),
+                                           jnp.sum(batch["weights"])))
+    new_state, metrics = _apply_gradients(state, grads, tx, losses)
+    return new_state, dict(metrics, sequences=sequences)
 
   return _data_parallel(step, mesh, 1, 2, out_specs=(P(), P()), donate=(0,))
 

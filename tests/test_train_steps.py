@@ -52,7 +52,7 @@ def test_pretrain_losses_match_on_1_and_4_devices(ds, form):
       losses.append(jax.device_get(out))
     trajectories.append(losses)
   for one, four in zip(*trajectories):
-    assert set(one) == {"loss", "aap", "mip", "map", "sp", "grad_norm", "finite"}
+    assert set(one) == {"loss", "aap", "mip", "map", "sp", "grad_norm", "finite", "sequences"}
     assert one["finite"]
     for name in ("loss", "aap", "mip", "map", "sp", "grad_norm"):
       np.testing.assert_allclose(one[name], four[name], rtol=2e-5, err_msg=name)

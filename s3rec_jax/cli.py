@@ -1,0 +1,29 @@
+"""Command-line plumbing shared by train.py and evaluate.py: flags and process start-up."""
+
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                         lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.json.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# Multi-process runs (one process per host) use JAX's own distributed runtime.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, the same for every process.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
+_AUTO = flags.DEFINE_bool("distributed", False,
+                          "Let JAX detect the cluster (Cloud TPU pod slices, SLURM, Open MPI).")
+_TIMEOUT = flags.DEFINE_integer("distributed_timeout", 300,
+                                "Seconds to wait for every process to join.")
+
+
+def start() -> None:
+  """Quietens library logging and joins the distributed runtime when asked (before any JAX op)."""
+  # Orbax logs every file operation at INFO; keep the console to our own lines.
+  logging.set_verbosity(logging.WARNING)
+  from s3rec_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                  auto=_AUTO.value, timeout_seconds=_TIMEOUT.value)

@@ -21,3 +21,13 @@ def shared_data_dir():
   if not (SHARED_DATA / "LastFM.txt").exists():
     pytest.skip(f"real datasets not found at {SHARED_DATA} (CI and developers have them at ../shared/data)")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_reference_run(tmp_path_factory):
+  """One uninterrupted single-process train.py run of tests/cli_runs.TINY on 4 CPU devices."""
+  import cli_runs  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("reference") / "run")
+  result = cli_runs.run(workdir, devices=4)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir

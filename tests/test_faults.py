@@ -1,0 +1,116 @@
+"""Numerical and checkpoint faults: stop with the step and objective named, fall back, never corrupt."""
+
+import glob
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from s3rec_jax import checkpointing
+from s3rec_jax import data
+from s3rec_jax import objectives
+from s3rec_jax import train_lib
+from test_pipeline import tiny_config
+
+
+def _partial_batch_config(name):
+  """A config whose pre-training epoch ends with a partial batch, plus objective `name`."""
+  c = tiny_config(**{"pretrain.epochs": 1, "pretrain.checkpoint_every_steps": 2,
+                     "finetune.epochs": 1})
+  ds = data.synthetic_dataset(num_users=c.synthetic.num_users, num_items=c.synthetic.num_items,
+                              num_attributes=c.synthetic.num_attributes, seed=c.synthetic.seed,
+                              num_negatives=None)
+  prefixes = len(data.pretrain_prefixes(ds, c.max_seq_length)[0])
+  c.pretrain.batch_size = next(b for b in range(64, 4, -4) if prefixes % b)
+  c.pretrain.objectives[name] = 1.0
+  return c, -(-prefixes // c.pretrain.batch_size) - 1   # the last step's index
+
+
+@pytest.fixture
+def probe():
+  """Registers a test objective; `mode` picks a NaN loss or a NaN gradient on the partial batch."""
+  registered = []
+
+  def register(name, mode):
+    @objectives.register(name, "reference", views=("masked_items",))
+    def _probe(inputs):
+      partial = jnp.min(inputs.batch["weights"]) < 1.0
+      out = inputs.outputs["masked_items"]
+      if mode == "loss":
+        return jnp.where(partial, jnp.nan, 0.0) + 0.0 * jnp.sum(out)
+      # Finite loss, NaN gradient: sqrt at 0 has an infinite derivative.
+      return jnp.sqrt(0.0 * jnp.sum(out) + jnp.where(partial, 0.0, 1.0))
+    registered.append(name)
+
+  yield register
+  for name in registered:
+    del objectives.REGISTRY[(name, "reference")]
+
+
+@pytest.mark.parametrize("mode", ["loss", "gradient"])
+def test_non_finite_stops_with_step_and_objective(tmp_path, probe, mode):
+  name = f"nan_{mode}"
+  probe(name, mode)
+  config, last_step = _partial_batch_config(name)
+  with pytest.raises(train_lib.NumericalError) as error:
+    train_lib.run(config, str(tmp_path))
+  message = str(error.value)
+  assert f"epoch 1 step {last_step}" in message and name in message
+  assert "mip" not in message.split("objective:")[1]
+  assert not os.path.exists(tmp_path / "results.json")
+  # The last good (mid-epoch) checkpoint restores, with finite parameters.
+  mngr = checkpointing.manager(str(tmp_path / "pretrain_resume"))
+  steps = mngr.all_steps()
+  assert steps and max(steps) <= last_step
+  meta = checkpointing.read_meta(str(tmp_path / "pretrain_resume"), max(steps))
+  assert meta["epoch"] == 0 and meta["step"] == max(steps)
+  mngr.close()
+
+
+def _corrupt(step_dir):
+  for path in glob.glob(os.path.join(step_dir, "params", "**", "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "r+b") as f:
+        f.truncate(max(os.path.getsize(path) // 3, 1))
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
+  config = tiny_config(**{"pretrain.epochs": 1, "pretrain.checkpoint_every_steps": 1,
+                          "finetune.epochs": 1})
+  first = train_lib.run(config, str(tmp_path / "a"))
+  # The same run, as if killed at the end of pre-training with its newest checkpoint damaged.
+  workdir = tmp_path / "b"
+  train_lib.run(config, str(workdir))
+  for folder in ("finetune_resume", "finetune_best"):
+    shutil.rmtree(workdir / folder)
+  os.remove(workdir / "results.json")
+  steps = sorted(int(s) for s in os.listdir(workdir / "pretrain_resume") if s.isdigit())
+  assert len(steps) == 2
+  _corrupt(str(workdir / "pretrain_resume" / str(steps[-1])))
+  capsys.readouterr()
+  again = train_lib.run(config, str(workdir))
+  out = capsys.readouterr().out
+  assert "cannot be restored" in out
+  assert again["test"] == first["test"]
+
+
+def test_no_restorable_checkpoint_is_a_clear_error(tmp_path):
+  config = tiny_config(**{"pretrain.epochs": 1, "finetune.epochs": 1})
+  train_lib.run(config, str(tmp_path))
+  for step in glob.glob(str(tmp_path / "pretrain_resume" / "*")):
+    _corrupt(step)
+  config.pretrain.epochs = 2  # more pre-training wanted: it must resume from a damaged folder
+  with pytest.raises(checkpointing.CheckpointError, match="can be restored"):
+    train_lib.run(config, str(tmp_path))
+
+
+def test_restoring_into_another_model_names_the_tensor(tmp_path):
+  config = tiny_config(**{"pretrain.epochs": 1, "finetune.epochs": 1})
+  train_lib.run(config, str(tmp_path))
+  config.model.hidden_size = 8
+  config.pretrain.epochs = 2
+  with pytest.raises(checkpointing.CheckpointError, match=r"tensor .* has shape .*16.*expects.*8"):
+    train_lib.run(config, str(tmp_path))

@@ -28,15 +28,13 @@ import sys
 
 
 def _force_host_devices(argv) -> None:
-  """Sets XLA's forced host device count from --devices; must run before JAX starts."""
+  """--devices N splits the CPU into N XLA devices; must run before JAX starts."""
   parser = argparse.ArgumentParser(add_help=False)
   parser.add_argument("--devices", type=int, default=0)
   count = parser.parse_known_args(argv)[0].devices
   if count > 0:
-    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
-             if not f.startswith("--xla_force_host_platform_device_count=")]
-    flags.append(f"--xla_force_host_platform_device_count={count}")
-    os.environ["XLA_FLAGS"] = " ".join(flags)
+    from s3rec_jax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.force_host_devices(count)
 
 
 _force_host_devices(sys.argv[1:])

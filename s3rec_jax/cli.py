@@ -18,12 +18,25 @@ _AUTO = flags.DEFINE_bool("distributed", False,
                           "Let JAX detect the cluster (Cloud TPU pod slices, SLURM, Open MPI).")
 _TIMEOUT = flags.DEFINE_integer("distributed_timeout", 300,
                                 "Seconds to wait for every process to join.")
+_HOST_DEVICES = flags.DEFINE_integer(
+    "host_devices", -1, "On a CPU-only host: split the CPU into this many XLA devices. "
+    "-1 = choose (the largest count up to 2 x cores dividing every batch size); 0 = leave "
+    "XLA_FLAGS alone.")
 
 
 def start() -> None:
-  """Quietens library logging and joins the distributed runtime when asked (before any JAX op)."""
+  """Before any JAX op: quiet library logging, pick CPU host devices, join the distributed runtime."""
   # Orbax logs every file operation at INFO; keep the console to our own lines.
   logging.set_verbosity(logging.WARNING)
   from s3rec_jax import parallel  # pylint: disable=g-import-not-at-top
+  config = CONFIG.value
+  if parallel.cpu_device_count_flag() is None and not parallel.has_accelerator_plugin():
+    count = _HOST_DEVICES.value
+    if count < 0:
+      count = parallel.auto_host_devices(
+          (config.pretrain.batch_size, config.finetune.batch_size, config.eval.batch_size))
+      print(f"CPU host: using {count} XLA host devices (--host_devices to change)", flush=True)
+    if count > 0:
+      parallel.force_host_devices(count)
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                   auto=_AUTO.value, timeout_seconds=_TIMEOUT.value)

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from s3rec_jax import hashing
+
 SAMPLED_METRICS = ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR")
 FULL_METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
@@ -127,15 +129,6 @@ _FP_MULT = (0x9E3779B1, 0x85EBCA77)
 _FP_SALT = (0x7FEB352D, 0x846CA68B)
 
 
-def _mix32(x: jax.Array) -> jax.Array:
-  """A murmur3-style finaliser on uint32 (wrapping arithmetic)."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x85EBCA6B)
-  x = x ^ (x >> 13)
-  x = x * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
-
-
 def row_fingerprints(rows: jax.Array) -> jax.Array:
   """[..., H] float rows -> [..., 2] uint32; equal rows get equal fingerprints.
 
@@ -150,7 +143,7 @@ def row_fingerprints(rows: jax.Array) -> jax.Array:
   halves = []
   for mult, salt in zip(_FP_MULT, _FP_SALT):
     # Position-dependent mixing, then an order-independent wrapping sum.
-    mixed = _mix32(bits * jnp.uint32(mult) + position * jnp.uint32(salt) + jnp.uint32(salt))
+    mixed = hashing.mix32(bits * jnp.uint32(mult) + position * jnp.uint32(salt) + jnp.uint32(salt))
     halves.append(jnp.sum(mixed, axis=-1, dtype=jnp.uint32))
   return jnp.stack(halves, axis=-1)
 

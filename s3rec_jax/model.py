@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from s3rec_jax import hashing
+
 # Additive attention biases used by the reference.
 BIDIRECTIONAL_MASK_VALUE = -1e8
 CAUSAL_MASK_VALUE = -10000.0
@@ -96,19 +98,10 @@ def attention_bias(segment_ids: jax.Array, causal: bool) -> jax.Array:
   return jnp.where(same & lower[None], 0.0, CAUSAL_MASK_VALUE)[:, None]
 
 
-def _mix32(x: jax.Array) -> jax.Array:
-  """A bijective avalanche of uint32 values (the MurmurHash3 finaliser)."""
-  x = x ^ (x >> 16)
-  x = x * jnp.uint32(0x85EBCA6B)
-  x = x ^ (x >> 13)
-  x = x * jnp.uint32(0xC2B2AE35)
-  return x ^ (x >> 16)
-
-
 def element_bits(seed: jax.Array, first: jax.Array, second: jax.Array) -> jax.Array:
   """Pseudo-random uint32 per (first, second) id pair under a 2-word seed."""
-  h = _mix32(first.astype(jnp.uint32) ^ seed[0])
-  return _mix32(h + second.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + seed[1])
+  h = hashing.mix32(first.astype(jnp.uint32) ^ seed[0])
+  return hashing.mix32(h + second.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + seed[1])
 
 
 class TokenDropout(nn.Module):

@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -29,8 +29,10 @@ from s3rec_jax import objectives as objectives_lib
 from s3rec_jax import parallel
 from s3rec_jax import train_steps
 
-PRETRAIN_DIR = "pretrain"
-FINETUNE_BEST_DIR = "finetune_best"
+PRETRAIN_DIR = "pretrain"                 # hand-off checkpoints, one per saved epoch
+PRETRAIN_RESUME_DIR = "pretrain_resume"   # rolling checkpoints to resume within an epoch
+FINETUNE_BEST_DIR = "finetune_best"       # the best state on validation (used for the test)
+FINETUNE_RESUME_DIR = "finetune_resume"   # state + early-stopping record after every epoch
 RESULTS_FILE = "results.json"
 # Independent PRNG streams derived from config.seed.
 STREAM_PRETRAIN_INIT = 10
@@ -192,7 +194,7 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
 
   ckpt_dir = os.path.join(workdir, PRETRAIN_DIR)
   handoff = checkpointing.manager(ckpt_dir)
-  resume = checkpointing.manager(os.path.join(workdir, PRETRAIN_DIR + "_resume"), max_to_keep=2)
+  resume = checkpointing.manager(os.path.join(workdir, PRETRAIN_RESUME_DIR), max_to_keep=2)
   start_epoch, start_step, carried = 0, 0, {"sums": {}, "seen": 0}
   restored = checkpointing.restore_latest_good(resume, state.params, state.opt_state, repl, log)
   if restored is not None:
@@ -332,8 +334,7 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   evaluate = Evaluator(config, ds, splits, mcfg, mesh, protocol)
   target = early_stopping_metric(protocol)
   best_mngr = checkpointing.manager(os.path.join(workdir, FINETUNE_BEST_DIR), max_to_keep=1)
-  resume = checkpointing.manager(os.path.join(workdir, FINETUNE_BEST_DIR.replace("best", "resume")),
-                                 max_to_keep=2)
+  resume = checkpointing.manager(os.path.join(workdir, FINETUNE_RESUME_DIR), max_to_keep=2)
   key = base_key(config, STREAM_FINETUNE_KEY)
   jlog = JsonLog(workdir)
   record = {"epoch": 0, "best_score": None, "best_epoch": -1, "best_valid": None, "waited": 0,
@@ -392,13 +393,13 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
           "pretrain_checkpoint": loaded}
 
 
-def resolve_init_checkpoint(config: ml_collections.ConfigDict, workdir: str,
-                            pretrained_dir: str | None) -> str | None:
-  if config.finetune.init_checkpoint:
-    path = os.path.abspath(config.finetune.init_checkpoint)
-    checkpointing.resolve(path)  # fails loudly when it does not exist
-    return path
-  return pretrained_dir
+def named_init_checkpoint(config: ml_collections.ConfigDict) -> str | None:
+  """config.finetune.init_checkpoint as an absolute path; fails loudly when it does not exist."""
+  if not config.finetune.init_checkpoint:
+    return None
+  path = os.path.abspath(config.finetune.init_checkpoint)
+  checkpointing.resolve(path)
+  return path
 
 
 def results_payload(config: ml_collections.ConfigDict, outcome: dict) -> dict:
@@ -418,7 +419,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t0 = time.time()
   mesh = make_mesh(config)
   config_validation.validate_for_devices(config, mesh.size)
-  init_checkpoint = resolve_init_checkpoint(config, workdir, None)
+  init_checkpoint = named_init_checkpoint(config)
   ds = load_data(config, workdir)
   pretrained = None
   if config.pretrain.epochs > 0:

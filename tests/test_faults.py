@@ -4,9 +4,7 @@ import glob
 import os
 import shutil
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from s3rec_jax import checkpointing

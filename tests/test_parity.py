@@ -12,6 +12,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from test_convert import torch_layout
 import pytest
 
 from s3rec_jax import convert
@@ -167,37 +169,6 @@ def make_ids(item_size, max_len, seed=0):
     ids[row, max_len - n:] = seq
   return ids
 
-
-def torch_layout(params, num_layers):
-  """This project's tree -> reference names, torch layout; written out by hand on purpose."""
-  sd = {
-      "item_embeddings.weight": params["item_embeddings"]["embedding"],
-      "attribute_embeddings.weight": params["attribute_embeddings"]["embedding"],
-      "position_embeddings.weight": params["position_embeddings"]["embedding"],
-      "LayerNorm.weight": params["input_norm"]["scale"],
-      "LayerNorm.bias": params["input_norm"]["bias"],
-  }
-
-  def linear(name, p):
-    sd[f"{name}.weight"] = np.asarray(p["kernel"]).T
-    sd[f"{name}.bias"] = p["bias"]
-
-  def norm(name, p):
-    sd[f"{name}.weight"] = p["scale"]
-    sd[f"{name}.bias"] = p["bias"]
-
-  for i in range(num_layers):
-    layer, prefix = params["encoder"][f"layer_{i}"], f"item_encoder.layer.{i}"
-    for torch_name, ours in (("query", "query"), ("key", "key"), ("value", "value"),
-                             ("dense", "output")):
-      linear(f"{prefix}.attention.{torch_name}", layer["attention"][ours])
-    norm(f"{prefix}.attention.LayerNorm", layer["attention_norm"])
-    linear(f"{prefix}.intermediate.dense_1", layer["feed_forward"]["dense_1"])
-    linear(f"{prefix}.intermediate.dense_2", layer["feed_forward"]["dense_2"])
-    norm(f"{prefix}.intermediate.LayerNorm", layer["feed_forward_norm"])
-  for head in REFERENCE_HEADS:
-    linear(f"{head}_norm", params["heads"][head])
-  return {k: np.array(v, np.float32) for k, v in sd.items()}
 
 
 def spread_params(params, seed):

@@ -1,5 +1,7 @@
 """Command-line plumbing shared by train.py and evaluate.py: flags and process start-up."""
 
+import os
+
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
@@ -9,7 +11,9 @@ CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*
 WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.json.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Multi-process runs (one process per host) use JAX's own distributed runtime.
+# Multi-process runs (one process per host) use JAX's own distributed runtime. Each
+# setting can also come from the environment: S3REC_COORDINATOR_ADDRESS,
+# S3REC_NUM_PROCESSES, S3REC_PROCESS_ID.
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0, the same for every process.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
@@ -38,5 +42,10 @@ def start() -> None:
       print(f"CPU host: using {count} XLA host devices (--host_devices to change)", flush=True)
     if count > 0:
       parallel.force_host_devices(count)
-  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                  auto=_AUTO.value, timeout_seconds=_TIMEOUT.value)
+  env = os.environ.get
+  as_int = lambda v: None if v is None else int(v)
+  parallel.initialize_distributed(
+      _COORDINATOR.value or env("S3REC_COORDINATOR_ADDRESS"),
+      _NUM_PROCESSES.value if _NUM_PROCESSES.value is not None else as_int(env("S3REC_NUM_PROCESSES")),
+      _PROCESS_ID.value if _PROCESS_ID.value is not None else as_int(env("S3REC_PROCESS_ID")),
+      auto=_AUTO.value, timeout_seconds=_TIMEOUT.value)

@@ -31,7 +31,6 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from typing import Callable, Iterable, Sequence
@@ -515,18 +514,8 @@ def render_markdown(rows: Sequence[Row], datasets: Sequence[str], protocols: Seq
 
 
 def write_atomic(path: str, text: str) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".md", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private.
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  from s3rec_jax import train_lib  # pylint: disable=g-import-not-at-top
+  train_lib.write_text_atomic(path, text)
 
 
 def describe_machine() -> str:

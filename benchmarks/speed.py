@@ -27,17 +27,9 @@ import shlex
 import sys
 
 
-def _force_host_devices(argv) -> None:
-  """--devices N splits the CPU into N XLA devices; must run before JAX starts."""
-  parser = argparse.ArgumentParser(add_help=False)
-  parser.add_argument("--devices", type=int, default=0)
-  count = parser.parse_known_args(argv)[0].devices
-  if count > 0:
-    from s3rec_jax import parallel  # pylint: disable=g-import-not-at-top
-    parallel.force_host_devices(count)
+from s3rec_jax import parallel as _parallel  # noqa: E402  (imports jax; no op runs yet)
 
-
-_force_host_devices(sys.argv[1:])
+_parallel.force_host_devices_from_argv(sys.argv[1:])  # --devices N, before JAX starts
 
 # pylint: disable=wrong-import-position
 import dataclasses  # noqa: E402

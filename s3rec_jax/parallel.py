@@ -105,6 +105,16 @@ def force_host_devices(count: int) -> None:
   os.environ["XLA_FLAGS"] = " ".join(flags + [f"{_HOST_DEVICE_FLAG}{count}"])
 
 
+def force_host_devices_from_argv(argv, flag: str = "--devices") -> None:
+  """For scripts: `flag N` (N > 0) splits the CPU into N devices; call before any JAX op."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(add_help=False)
+  parser.add_argument(flag, type=int, default=0)
+  count = getattr(parser.parse_known_args(argv)[0], flag.lstrip("-"))
+  if count > 0:
+    force_host_devices(count)
+
+
 def has_accelerator_plugin() -> bool:
   return any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
 

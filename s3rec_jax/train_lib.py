@@ -51,22 +51,26 @@ def log(message: str) -> None:
     sys.stdout.flush()
 
 
-def write_json_atomic(path: str, payload: Any) -> None:
-  """Writes JSON through a temp file and a rename, so readers never see half a file."""
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes through a temp file, fsync and a rename, so readers never see half a file."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
   try:
     with os.fdopen(fd, "w") as f:
-      json.dump(payload, f, indent=2, sort_keys=False)
-      f.write("\n")
+      f.write(text)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes it private
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+  write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 class JsonLog:

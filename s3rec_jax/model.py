@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
 
 import chex
 import flax.linen as nn
@@ -298,11 +297,3 @@ def attribute_table(params: dict) -> jax.Array:
 def encoder_params(params: dict) -> dict:
   """The part of a parameter tree that fine-tuning inherits (everything but the heads)."""
   return {k: params[k] for k in ENCODER_PARAM_GROUPS}
-
-
-def param_count(params: dict) -> int:
-  return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
-
-
-def head_names_of(params: dict) -> Sequence[str]:
-  return tuple(params.get("heads", {}))

@@ -81,11 +81,6 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(jax.tree_util.tree_map(np.asarray, tree), replicated(mesh))
 
 
-def to_host(tree: Any) -> Any:
-  """Fetches (fully replicated or addressable) arrays as numpy."""
-  return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)
-
-
 _HOST_DEVICE_FLAG = "--xla_force_host_platform_device_count="
 _ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
                         "jax_rocm7_plugin", "libtpu")

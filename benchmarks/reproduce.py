@@ -112,6 +112,7 @@ class Settings:
   data_dir: str = "../shared/data"
   workdir: str = "runs/reproduce"
   pretrain_epochs: int = 150
+  infonce_pretrain_epochs: int | None = None   # None: pretrain_epochs
   finetune_epochs: int = 200
   skip_existing: bool = False
 
@@ -435,6 +436,8 @@ def reproduce(settings: Settings, config_factory: Callable[[str], object] = load
             config.finetune.init_checkpoint = first_pretrain[form]
             pretrain_note = " reused"
             source_note = f"; pre-training of `{os.path.basename(os.path.dirname(first_pretrain[form]))}`"
+          elif form == "infonce" and settings.infonce_pretrain_epochs is not None:
+            config.pretrain.epochs = settings.infonce_pretrain_epochs
           else:
             config.pretrain.epochs = settings.pretrain_epochs
         row_dir = os.path.join(workdir, name)
@@ -540,6 +543,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="comma-separated subset of " + ",".join(ROW_KINDS))
   parser.add_argument("--pretrain_epochs", type=int, default=150,
                       help="pre-training epochs of the scratch rows")
+  parser.add_argument("--infonce_pretrain_epochs", type=int, default=None,
+                      help="pre-training epochs of the scratch_infonce rows "
+                           "(default: --pretrain_epochs)")
   parser.add_argument("--finetune_epochs", type=int, default=200)
   parser.add_argument("--devices", type=int, default=0,
                       help="N > 0: split the CPU into N XLA host devices")
@@ -549,8 +555,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="reuse rows whose workdir already has results.json")
   args = parser.parse_args(argv)
   args.output = args.output or os.path.join(args.workdir, "table.md")
-  if args.pretrain_epochs < 1 or args.finetune_epochs < 1:
-    parser.error("--pretrain_epochs and --finetune_epochs must be at least 1")
+  if min(args.pretrain_epochs, args.finetune_epochs, args.infonce_pretrain_epochs or 1) < 1:
+    parser.error("--pretrain_epochs, --infonce_pretrain_epochs and --finetune_epochs must be "
+                 "at least 1")
   for name, values, valid in (("--rows", args.rows, ROW_KINDS), ("--protocols", args.protocols, PROTOCOLS),
                               ("--datasets", args.datasets, tuple(CONFIG_FILES))):
     bad = [v for v in values if v not in valid]
@@ -570,7 +577,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file operation at INFO.
   settings = Settings(datasets=args.datasets, protocols=args.protocols, rows=args.rows,
                       data_dir=args.data_dir, workdir=args.workdir,
-                      pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
+                      pretrain_epochs=args.pretrain_epochs,
+                      infonce_pretrain_epochs=args.infonce_pretrain_epochs,
+                      finetune_epochs=args.finetune_epochs,
                       skip_existing=args.skip_existing)
   command = "python " + shlex.join(sys.argv if argv is None else ["benchmarks/reproduce.py", *argv])
   machine = describe_machine()

@@ -185,14 +185,40 @@ def pretrain_settings(config, ds, pack: bool, mesh) -> input_pipeline.PretrainSe
 # --- pre-training ------------------------------------------------------------
 
 
-def pretrain_stream(batches: input_pipeline.PretrainBatches, steps, rows: int):
-  """Host batches of epoch 0 for the given step indices (wrapping), one static row count."""
+def pretrain_stream(batches: input_pipeline.PretrainBatches, steps):
+  """Host batches of epoch 0 for the given step indices (wrapping)."""
   order = batches.order(0)
   bs = batches.settings.batch_size
   for i in steps:
     s = i % batches.steps_per_epoch
     rng = input_pipeline.rng_for(batches.seed, input_pipeline.STREAM_PRETRAIN_BATCH, 0, s)
-    yield batches.batch(order[s * bs:(s + 1) * bs], rng, rows)
+    yield batches.batch(order[s * bs:(s + 1) * bs], rng)
+
+
+def shape_key(batch: dict) -> tuple:
+  return tuple(sorted((k, v.shape) for k, v in batch.items()))
+
+
+class CompiledSteps:
+  """One AOT-compiled step per batch shape (packed batches come in a few row counts).
+
+  Compiling ahead of the timed loops keeps compile time out of the step
+  times; `seconds` and `flops` record each shape's compile time and XLA FLOPs.
+  """
+
+  def __init__(self, step_fn, mesh, make_args):
+    self.step_fn, self.mesh, self.make_args = step_fn, mesh, make_args
+    self.compiled, self.seconds, self.flops = {}, {}, {}
+
+  def __call__(self, batch: dict):
+    key = shape_key(batch)
+    if key not in self.compiled:
+      t0 = time.perf_counter()
+      args = self.make_args(parallel.shard_batch(batch, self.mesh))
+      self.compiled[key] = self.step_fn.lower(*args).compile()
+      self.seconds[key] = time.perf_counter() - t0
+      self.flops[key] = xla_flops(self.compiled[key]) * self.mesh.size
+    return self.compiled[key]
 
 
 def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
@@ -211,51 +237,52 @@ def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
   state = jax.device_put(train_steps.create_state(params, tx), repl)
   tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
   step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh)
-  rows = batches.num_rows(0)
   k, w = args.steps, args.warmup
   base = jax.random.key(config.seed + 1)
   keys = [jax.device_put(train_steps.step_key(base, 0, i), repl) for i in range(w + k)]
+  steps = CompiledSteps(step_fn, mesh, lambda b: (state, b, tables, keys[0]))
 
-  first = next(pretrain_stream(batches, [0], rows))
-  global_rows = first["items"].shape[0]   # num_rows may count one shard's rows
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(state, parallel.shard_batch(first, mesh), tables, keys[0]).compile()
-  compile_s = time.perf_counter() - t0
-  flops_step = xla_flops(compiled) * mesh.size
-
-  for i, batch in enumerate(pretrain_stream(batches, range(w), rows)):
-    state, losses = compiled(state, parallel.shard_batch(batch, mesh), tables, keys[i])
+  # Compile every shape the measured steps use, before any timing.
+  host = list(pretrain_stream(batches, range(w + k)))
+  for batch in host:
+    steps(batch)
+  for i in range(w):
+    state, losses = steps(host[i])(state, parallel.shard_batch(host[i], mesh), tables, keys[i])
   block(state)
 
   # Serial: host batch building and device steps timed apart.
-  build_s = step_s = 0.0
-  stream = pretrain_stream(batches, range(w, w + k), rows)
+  build_s = step_s = flops = 0.0
+  stream = pretrain_stream(batches, range(w, w + k))
   for i in range(w, w + k):
     t0 = time.perf_counter()
     batch = next(stream)
     t1 = time.perf_counter()
-    state, losses = compiled(state, parallel.shard_batch(batch, mesh), tables, keys[i])
+    state, losses = steps(batch)(state, parallel.shard_batch(batch, mesh), tables, keys[i])
     block((state, losses))
     t2 = time.perf_counter()
     build_s += t1 - t0
     step_s += t2 - t1
+    flops += steps.flops[shape_key(batch)]
 
   # As train.py runs: batches built on a background thread, steps dispatched asynchronously.
   pending = []
   t0 = time.perf_counter()
-  stream = input_pipeline.prefetch(pretrain_stream(batches, range(w, w + k), rows))
+  stream = input_pipeline.prefetch(pretrain_stream(batches, range(w, w + k)))
   for i, batch in enumerate(stream, start=w):
-    state, losses = compiled(state, parallel.shard_batch(batch, mesh), tables, keys[i])
+    state, losses = steps(batch)(state, parallel.shard_batch(batch, mesh), tables, keys[i])
     pending.append(losses)
   block((state, pending))
   prefetch_s = time.perf_counter() - t0
 
   seqs = k * pc.batch_size
   seq_per_s = seqs / prefetch_s
-  flops_per_s = flops_step * k / step_s
+  rows = [b["items"].shape[0] for b in host[w:]]
+  real = [int((b["segment_ids"] > 0).sum()) for b in host[w:]]
   return {
-      "rows": global_rows, "steps_per_epoch": batches.steps_per_epoch,
-      "num_sequences": batches.num_sequences, "compile_s": compile_s,
+      "rows": float(np.mean(rows)), "shapes": sorted({r for r in rows}),
+      "fill": sum(real) / (sum(rows) * config.max_seq_length),
+      "steps_per_epoch": batches.steps_per_epoch,
+      "num_sequences": batches.num_sequences, "compile_s": float(np.mean(list(steps.seconds.values()))),
       "build_s": build_s, "step_s": step_s, "prefetch_s": prefetch_s,
       "serial_seq_per_s": seqs / (build_s + step_s), "device_seq_per_s": seqs / step_s,
       "seq_per_s": seq_per_s, "epoch_s": batches.num_sequences / seq_per_s,
@@ -265,8 +292,8 @@ def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
       # raw ratio can exceed 1, and thread contention can make it negative.
       "hidden": min(max((build_s + step_s - prefetch_s) / build_s, 0.0), 1.0) if build_s else 0.0,
       "exposed_share": max(prefetch_s - step_s, 0.0) / prefetch_s,
-      "flops_step": flops_step, "flops_per_s": flops_per_s,
-      "tokens": global_rows * config.max_seq_length, "state": state,
+      "flops_step": flops / k, "flops_per_s": flops / step_s,
+      "tokens": float(np.mean(rows)) * config.max_seq_length, "state": state,
   }
 
 
@@ -287,18 +314,20 @@ def bench_finetune(config, ds, splits, mesh, pack: bool) -> dict:
   base = jax.random.key(config.seed + 2)
   keys = [jax.device_put(train_steps.step_key(base, 0, i), repl)
           for i in range(batches.steps_per_epoch)]
-  first = next(batches.epoch(0))
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(state, parallel.shard_batch(first, mesh), keys[0]).compile()
-  compile_s = time.perf_counter() - t0
+  steps = CompiledSteps(step_fn, mesh, lambda b: (state, b, keys[0]))
+  rows = []
+  for batch in batches.epoch(0):     # compile every shape of the epoch before timing it
+    steps(batch)
+    rows.append(batch["inputs"].shape[0])
   losses = []
   t0 = time.perf_counter()
   for step, batch in enumerate(input_pipeline.prefetch(batches.epoch(0))):
-    state, out = compiled(state, parallel.shard_batch(batch, mesh), keys[step])
+    state, out = steps(batch)(state, parallel.shard_batch(batch, mesh), keys[step])
     losses.append(out["loss"])
   block((state, losses))
   return {"epoch_s": time.perf_counter() - t0, "steps": batches.steps_per_epoch,
-          "rows": first["inputs"].shape[0], "compile_s": compile_s, "params": state.params,
+          "rows": float(np.mean(rows)), "shapes": sorted(set(rows)),
+          "compile_s": sum(steps.seconds.values()), "params": state.params,
           "loss": float(np.mean(jax.device_get(losses)))}
 
 
@@ -372,7 +401,8 @@ def main(argv) -> int:
     r = bench_pretrain(config, ds, mesh, pack, args)
     say(f"[{layout}] pre-training: {r['seq_per_s']:.0f} seq/s with prefetch "
         f"({args.steps} steps x {config.pretrain.batch_size} sequences in {r['prefetch_s']:.2f}s; "
-        f"{r['rows']} rows of {config.max_seq_length} per step); "
+        f"{r['rows']:.1f} rows of {config.max_seq_length} per step on average, row counts "
+        f"{r['shapes']}, {100 * r['fill']:.0f}% of slots real); "
         f"epoch of {r['num_sequences']} sequences ({r['steps_per_epoch']} steps) "
         f"~ {r['epoch_s']:.1f}s")
     say(f"[{layout}] pre-training serial: {r['serial_seq_per_s']:.0f} seq/s "
@@ -383,7 +413,7 @@ def main(argv) -> int:
         f"{r['build_s'] + r['step_s']:.2f}s (build {r['build_s']:.2f}s + device {r['step_s']:.2f}s): "
         f"prefetch hid {100 * r['hidden']:.0f}% of the build time (capped at 100%); "
         f"input-bound share of the prefetched run {100 * r['exposed_share']:.1f}%")
-    say(f"[{layout}] pre-training compile: {r['compile_s']:.2f}s; XLA flops/step "
+    say(f"[{layout}] pre-training compile: {r['compile_s']:.2f}s per shape; XLA flops/step "
         f"{r['flops_step'] / 1e9:.3f} GFLOP (summed over devices; "
         f"{r['flops_step'] / config.pretrain.batch_size / 1e6:.2f} MFLOP/sequence); achieved "
         f"{r['flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * r['flops_per_s'] / peak:.1f}% of the matmul")
@@ -391,7 +421,8 @@ def main(argv) -> int:
     if not args.skip_finetune:
       f = bench_finetune(config, ds, splits, mesh, pack)
       r["finetune_s"] = f["epoch_s"]
-      say(f"[{layout}] fine-tuning: one epoch of {f['steps']} steps ({f['rows']} rows per step) "
+      say(f"[{layout}] fine-tuning: one epoch of {f['steps']} steps ({f['rows']:.1f} rows per "
+          f"step on average, row counts {f['shapes']}) "
           f"in {f['epoch_s']:.2f}s (compile {f['compile_s']:.2f}s excluded; mean loss "
           f"{f['loss']:.4f})")
       params = f["params"]
@@ -414,8 +445,8 @@ def main(argv) -> int:
     pk, pd = results["packed"], results["padded"]
     say(f"XLA flops per pre-training step: padded {pd['flops_step'] / 1e9:.3f} GFLOP vs packed "
         f"{pk['flops_step'] / 1e9:.3f} GFLOP (padded/packed = "
-        f"{pd['flops_step'] / pk['flops_step']:.2f}x); tokens per step {pd['tokens']} vs "
-        f"{pk['tokens']}; pre-training speed-up of packing {pk['seq_per_s'] / pd['seq_per_s']:.2f}x")
+        f"{pd['flops_step'] / pk['flops_step']:.2f}x); tokens per step {pd['tokens']:.0f} vs "
+        f"{pk['tokens']:.0f}; pre-training speed-up of packing {pk['seq_per_s'] / pd['seq_per_s']:.2f}x")
   rss = peak_rss_gib()
   say(f"peak RSS of the process: {rss:.2f} GiB (ru_maxrss, whole run)")
 

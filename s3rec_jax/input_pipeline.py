@@ -3,8 +3,10 @@
 Every random draw comes from a numpy Generator derived from
 (seed, stream, epoch[, step]), so a batch is a pure function of those numbers:
 runs are reproducible and a resumed run sees exactly the batches it would have
-seen. The last partial batch of an epoch is padded with all-zero rows whose
-`weights` entry is 0, so every step has the same static shape.
+seen. The last partial batch of an epoch is padded with empty sequences whose
+`weights` entry is 0, so every batch has the same number of sequences; packed
+batches take a row count from a short ladder (`row_bucket`), so a run compiles
+its step for a handful of shapes only.
 """
 
 from __future__ import annotations
@@ -72,52 +74,35 @@ class Shards:
   num_local: int = 1
 
 
-def _round_up(x: int, multiple: int) -> int:
-  return -(-x // multiple) * multiple
+def row_bucket(rows: int) -> int:
+  """`rows` rounded up to the ladder 1..8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ...
+
+  Packed batches need a varying number of rows; rounding to quarter steps
+  between powers of two keeps the number of distinct shapes (one compiled
+  step each) to a handful while padding at most a fifth of the rows.
+  """
+  rows = max(int(rows), 1)
+  if rows <= 8:
+    return rows
+  step = 1 << (rows.bit_length() - 3)           # a quarter of the power of two below rows
+  return -(-rows // step) * step
 
 
 @dataclasses.dataclass(frozen=True)
 class Packer:
   """Lays sequences out in rows of max_len tokens, several short ones per row.
 
-  A sequence of n items goes into a slot whose width is the smallest divisor
-  of max_len that holds it, so a row holds max_len / width slots and the
-  layout is computed with array operations only. Every token keeps its
-  absolute position (the newest item at max_len - 1) and a segment id that
-  keeps sequences of one row from attending to each other, so a packed batch
-  computes exactly what the padded one does with far fewer rows.
+  Sequences are placed first-fit in order of decreasing length (a row takes
+  a sequence while it has room for it), which fills rows almost completely.
+  Every token keeps its absolute position (the newest item at max_len - 1)
+  and a segment id that keeps the sequences of a row from attending to each
+  other, so a packed batch computes exactly what the padded one does with far
+  fewer rows. The row count of a batch is the rows its layout needs, rounded
+  up by `row_bucket` (see `pack_shards`).
   `pack=False` gives the reference's layout: one left-padded sequence per row.
   """
   max_len: int
   pack: bool = True
-  row_multiple: int = 4   # rows are padded to a multiple of this (fewer distinct shapes)
-
-  @property
-  def widths(self) -> np.ndarray:
-    return np.array([w for w in range(1, self.max_len + 1) if self.max_len % w == 0])
-
-  def _slot_class(self, lengths: np.ndarray) -> np.ndarray:
-    return np.searchsorted(self.widths, np.maximum(lengths, 1))
-
-  def rows_needed(self, lengths: np.ndarray) -> np.ndarray:
-    """Rows needed by each batch; `lengths` is [num_batches, batch_size]."""
-    lengths = np.atleast_2d(lengths)
-    if not self.pack:
-      return np.full(len(lengths), lengths.shape[1])
-    widths = self.widths
-    cls = self._slot_class(lengths)
-    batch = np.repeat(np.arange(len(lengths)), lengths.shape[1])
-    real = lengths.ravel() > 0
-    counts = np.bincount(batch[real] * len(widths) + cls.ravel()[real],
-                         minlength=len(lengths) * len(widths)).reshape(len(lengths), len(widths))
-    per_row = self.max_len // widths
-    return (-(-counts // per_row[None, :])).sum(1)
-
-  def num_rows(self, lengths: np.ndarray) -> int:
-    """A static row count that fits every group in `lengths` [num_groups, group_size]."""
-    if not self.pack:
-      return np.atleast_2d(lengths).shape[1]
-    return _round_up(max(int(self.rows_needed(lengths).max()), 1), self.row_multiple)
 
   @staticmethod
   def shard_assignment(lengths: np.ndarray, num_shards: int) -> np.ndarray:
@@ -138,72 +123,76 @@ class Packer:
     np.put_along_axis(order, np.broadcast_to(slot, by_length.shape), by_length, axis=-1)
     return order
 
-  def rows_per_shard(self, lengths_by_batch: np.ndarray, num_shards: int) -> int:
-    """Rows each shard needs so that every batch of `lengths_by_batch` [steps, B] fits."""
-    per_shard = lengths_by_batch.shape[1] // num_shards
-    if self.pack and num_shards > 1:
-      order = self.shard_assignment(lengths_by_batch, num_shards)
-      lengths_by_batch = np.take_along_axis(lengths_by_batch, order, axis=1)
-    return self.num_rows(lengths_by_batch.reshape(-1, per_shard))
+  def layout(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(row, first column, index within its row) of each sequence (row -1 for empty
+    ones), and the number of rows used."""
+    n = len(lengths)
+    if not self.pack:
+      return (np.where(lengths > 0, np.arange(n), -1), self.max_len - lengths,
+              np.zeros(n, np.int64), n)
+    row = np.full(n, -1, np.int64)
+    first = np.zeros(n, np.int64)
+    slot = np.zeros(n, np.int64)
+    free: list[int] = []      # room left in each row
+    count: list[int] = []     # sequences in each row
+    lengths_list = lengths.tolist()
+    for i in np.argsort(-lengths, kind="stable").tolist():
+      size = lengths_list[i]
+      if size <= 0:
+        break                 # sorted: only empty sequences are left
+      r = next((r for r, room in enumerate(free) if room >= size), len(free))
+      if r == len(free):
+        free.append(self.max_len)
+        count.append(0)
+      row[i], first[i], slot[i] = r, self.max_len - free[r], count[r]
+      free[r] -= size
+      count[r] += 1
+    return row, first, slot, len(free)
 
   def pack_shards(self, lengths: np.ndarray, token_arrays: dict[str, np.ndarray],
-                  sequence_arrays: dict[str, np.ndarray], rows_per_shard: int,
-                  shards: "Shards") -> Batch:
+                  sequence_arrays: dict[str, np.ndarray], shards: "Shards",
+                  num_rows: int | None = None) -> Batch:
     """Packs this process's shards of a global batch, each shard on its own rows.
 
     The B sequences of the global batch are split into `shards.count` equal
     shards (one per device; balanced by token count when packing); each is
-    packed into `rows_per_shard` rows, so `last_index` indexes the shard's own
-    tokens and a device never needs another device's rows. Per-sequence
-    arrays follow their sequences; token ids stay those of the global batch.
+    packed into the same number of rows: `num_rows` if given, else the most
+    any shard needs rounded up by `row_bucket` (every process computes it
+    from the whole batch's lengths, so all agree). `last_index` indexes the
+    shard's own tokens, so a device never needs another device's rows.
+    Per-sequence arrays follow their sequences; token ids stay those of the
+    global batch.
     """
     per = len(lengths) // shards.count
     order = (self.shard_assignment(lengths, shards.count) if self.pack and shards.count > 1
              else np.arange(len(lengths)))
+    members = [order[s * per:(s + 1) * per] for s in range(shards.count)]
+    layouts = [self.layout(lengths[m]) for m in members]
+    needed = max(used for *_, used in layouts)
+    if num_rows is None:
+      num_rows = row_bucket(needed) if self.pack else per
     parts = []
     for shard in range(shards.first_local, shards.first_local + shards.num_local):
-      members = order[shard * per:(shard + 1) * per]
-      part = self.apply(lengths[members], {k: v[members] for k, v in token_arrays.items()},
-                        rows_per_shard, sequence_ids=members)
-      part.update({k: v[members] for k, v in sequence_arrays.items()})
+      m = members[shard]
+      part = self.apply(lengths[m], {k: v[m] for k, v in token_arrays.items()}, num_rows,
+                        sequence_ids=m, layout=layouts[shard])
+      part.update({k: v[m] for k, v in sequence_arrays.items()})
       parts.append(part)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-  def layout(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, first column, index within its row) of each sequence; row -1 for empty ones."""
-    n = len(lengths)
-    if not self.pack:
-      return (np.where(lengths > 0, np.arange(n), -1), self.max_len - lengths, np.zeros(n, np.int64))
-    widths = self.widths
-    cls = self._slot_class(lengths)
-    real = lengths > 0
-    cls_real = np.where(real, cls, len(widths))                       # empties sort last
-    order = np.argsort(cls_real, kind="stable")
-    counts = np.bincount(cls_real, minlength=len(widths) + 1)[:len(widths)]
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n) - starts[cls_real[order]]              # rank within its class
-    per_row = self.max_len // widths
-    class_row0 = np.concatenate([[0], np.cumsum(-(-counts // per_row))])
-    c = np.minimum(cls, len(widths) - 1)
-    row = np.where(real, class_row0[c] + rank // per_row[c], -1)
-    slot = rank % per_row[c]
-    return row, slot * widths[c], slot
-
   def apply(self, lengths: np.ndarray, arrays: dict[str, np.ndarray], num_rows: int,
-            sequence_ids: np.ndarray | None = None) -> Batch:
+            sequence_ids: np.ndarray | None = None, layout=None) -> Batch:
     """Packs left-padded [S, max_len] arrays into [num_rows, max_len] ones.
 
     Adds segment_ids and positions (per token), token_ids (sequence index in
     the global batch * max_len + position: what dropout keys on, so it does
-    not depend on the layout), is_last (the newest item of each sequence) and
-    last_index (each sequence's newest token in the flattened
+    not depend on the layout) and last_index (each sequence's newest token in the flattened
     [num_rows * max_len] layout; 0 for an empty sequence).
     """
     L = self.max_len
-    row, first, slot = self.layout(lengths)
-    if len(row) and row.max() >= num_rows:
-      raise ValueError(f"packing needs {row.max() + 1} rows but the batch has {num_rows}")
+    row, first, slot, used = self.layout(lengths) if layout is None else layout
+    if used > num_rows:
+      raise ValueError(f"packing needs {used} rows but the batch has {num_rows}")
     seq = np.repeat(np.arange(len(lengths)), lengths)                   # one entry per real token
     step = np.arange(len(seq)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     src_col = L - lengths[seq] + step                                  # column in the padded array
@@ -220,12 +209,9 @@ class Packer:
     token_ids = np.zeros(num_rows * L, np.int32)
     ids = np.arange(len(lengths)) if sequence_ids is None else np.asarray(sequence_ids)
     token_ids[dst] = ids[seq] * L + src_col
-    is_last = np.zeros(num_rows * L, np.float32)
-    is_last[dst[src_col == L - 1]] = 1.0
     out["segment_ids"] = segment.reshape(num_rows, L)
     out["positions"] = positions.reshape(num_rows, L)
     out["token_ids"] = token_ids.reshape(num_rows, L)
-    out["is_last"] = is_last.reshape(num_rows, L)
     out["last_index"] = np.where(lengths > 0, row * L + first + lengths - 1, 0).astype(np.int32)
     return out
 
@@ -240,13 +226,6 @@ class PretrainSettings:
   mask_p: float
   negative_high: int        # negatives are drawn from 1..negative_high
   pack: bool = True         # several short sequences per row (same math, fewer rows)
-
-
-def _lengths_by_batch(lengths: np.ndarray, order: np.ndarray, batch_size: int) -> np.ndarray:
-  """[num_batches, batch_size] lengths in `order`, 0 where the last batch is short."""
-  padded = np.zeros(num_batches(len(order), batch_size) * batch_size, lengths.dtype)
-  padded[:len(order)] = lengths[order]
-  return padded.reshape(-1, batch_size)
 
 
 class PretrainBatches:
@@ -278,20 +257,15 @@ class PretrainBatches:
   def order(self, epoch: int) -> np.ndarray:
     return rng_for(self.seed, STREAM_PRETRAIN_ORDER, epoch).permutation(self.num_sequences)
 
-  def num_rows(self, epoch: int) -> int:
-    """Rows per shard, one static count for the whole epoch (one compiled step)."""
-    lengths = _lengths_by_batch(self.lengths, self.order(epoch), self.settings.batch_size)
-    return self.packer.rows_per_shard(lengths, self.shards.count)
-
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     order = self.order(epoch)
-    rows = self.num_rows(epoch)
     bs = self.settings.batch_size
     for step in range(start_step, self.steps_per_epoch):
       yield self.batch(order[step * bs:(step + 1) * bs],
-                       rng_for(self.seed, STREAM_PRETRAIN_BATCH, epoch, step), rows)
+                       rng_for(self.seed, STREAM_PRETRAIN_BATCH, epoch, step))
 
-  def batch(self, prefix_ids: np.ndarray, rng: np.random.Generator, num_rows: int) -> Batch:
+  def batch(self, prefix_ids: np.ndarray, rng: np.random.Generator,
+            num_rows: int | None = None) -> Batch:
     s, ds = self.settings, self.dataset
     rows, weights = _pad_rows(prefix_ids, s.batch_size)
     real_row = rows >= 0
@@ -334,7 +308,7 @@ class PretrainBatches:
         "segment_context": context, "segment_positive": positive, "segment_negative": negative,
     }
     return self.packer.pack_shards(lengths, {k: v.astype(np.int32) for k, v in views.items()},
-                                   {"weights": weights}, num_rows, self.shards)
+                                   {"weights": weights}, self.shards, num_rows)
 
 
 # --- fine-tuning -------------------------------------------------------------
@@ -377,14 +351,13 @@ class FinetuneBatches:
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     order = self.order(epoch)
-    rows = self.packer.rows_per_shard(_lengths_by_batch(self.lengths, order, self.batch_size),
-                                      self.shards.count)
     bs = self.batch_size
     for step in range(start_step, self.steps_per_epoch):
       yield self.batch(order[step * bs:(step + 1) * bs],
-                       rng_for(self.seed, STREAM_FINETUNE_BATCH, epoch, step), rows)
+                       rng_for(self.seed, STREAM_FINETUNE_BATCH, epoch, step))
 
-  def batch(self, users: np.ndarray, rng: np.random.Generator, num_rows: int) -> Batch:
+  def batch(self, users: np.ndarray, rng: np.random.Generator,
+            num_rows: int | None = None) -> Batch:
     rows, weights = _pad_rows(users, self.batch_size)
     real_row = rows >= 0
     safe = np.maximum(rows, 0)
@@ -396,8 +369,8 @@ class FinetuneBatches:
     lengths = np.where(real_row, self.lengths[safe], 0)
     return self.packer.pack_shards(
         lengths, {"inputs": inputs.astype(np.int32), "targets": targets.astype(np.int32),
-                  "negatives": negatives.astype(np.int32)}, {"weights": weights}, num_rows,
-        self.shards)
+                  "negatives": negatives.astype(np.int32)}, {"weights": weights}, self.shards,
+        num_rows)
 
 
 # --- evaluation --------------------------------------------------------------
@@ -413,8 +386,6 @@ def eval_batches(dataset: data_lib.Dataset, splits: dict, split: str, protocol: 
     raise ValueError("the sampled protocol needs sample negatives, but the dataset has none")
   packer = Packer(inputs.shape[1], pack)
   lengths = _input_lengths(inputs)
-  num_rows = packer.rows_per_shard(_lengths_by_batch(lengths, np.arange(len(inputs)), batch_size),
-                                   shards.count)
   for start in range(0, len(inputs), batch_size):
     rows, weights = _pad_rows(np.arange(start, min(start + batch_size, len(inputs))), batch_size)
     real_row = rows >= 0
@@ -429,7 +400,7 @@ def eval_batches(dataset: data_lib.Dataset, splits: dict, split: str, protocol: 
     yield packer.pack_shards(
         np.where(real_row, lengths[safe], 0),
         {"inputs": np.where(real_row[:, None], inputs[safe], 0).astype(np.int32)},
-        per_user, num_rows, shards)
+        per_user, shards)
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:

@@ -103,60 +103,93 @@ def element_bits(seed: jax.Array, first: jax.Array, second: jax.Array) -> jax.Ar
   return hashing.mix32(h + second.astype(jnp.uint32) * jnp.uint32(0x9E3779B9) + seed[1])
 
 
-class TokenDropout(nn.Module):
-  """Dropout whose mask is a function of (site key, token identity, element), not of the layout.
+def token_dropout(x: jax.Array, seed: jax.Array | None, rate: float, first: jax.Array,
+                  second: jax.Array) -> jax.Array:
+  """Dropout whose mask is a function of (seed, token identity, element), not of the layout.
 
-  Each element's keep decision hashes the token's id (its sequence in the
-  global batch and its position) with the element's index under a per-site
-  seed drawn from the 'dropout' PRNG stream. The same token therefore gets the
-  same mask whether its sequence is padded alone in a row or packed with
-  others, and whichever device or process holds it: packing, device count and
-  process count change the layout but not the random draws.
+  Each element's keep decision hashes `first` (the token's id: its sequence
+  in the global batch and its position) with `second` (the element's index)
+  under a 2-word seed. The same token therefore gets the same mask whether its
+  sequence is padded alone in a row or packed with others, whichever device
+  or process holds it, and whether the layer computes every token of its rows
+  or a few selected ones. `seed` None means no dropout.
   """
-  rate: float
-
-  @nn.compact
-  def __call__(self, x: jax.Array, first: jax.Array, second: jax.Array,
-               deterministic: bool) -> jax.Array:
-    if deterministic or self.rate == 0.0:
-      return x
-    seed = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
-    threshold = jnp.uint32(min(int(self.rate * 2.0**32), 2**32 - 1))
-    keep = element_bits(seed, first, second) >= threshold
-    return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
+  if seed is None or rate == 0.0:
+    return x
+  threshold = jnp.uint32(min(int(rate * 2.0**32), 2**32 - 1))
+  keep = element_bits(seed, first, second) >= threshold
+  return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
-def _hidden_dropout(rate, x, token_ids, deterministic, name=None):
+def _feature_dropout(x, seed, rate, token_ids):
+  """Hidden dropout of [..., H] activations of the tokens `token_ids` [...]."""
   features = jnp.arange(x.shape[-1], dtype=jnp.uint32)
-  return TokenDropout(rate, name=name)(x, token_ids[..., None], features, deterministic)
+  return token_dropout(x, seed, rate, token_ids[..., None], features)
+
+
+def _dropout_seeds(module: nn.Module, count: int, deterministic: bool):
+  """`count` 2-word dropout seeds from the module's 'dropout' stream (None when off)."""
+  if deterministic:
+    return (None,) * count
+  bits = jax.random.bits(module.make_rng("dropout"), (count, 2), jnp.uint32)
+  return tuple(bits[i] for i in range(count))
+
+
+@dataclasses.dataclass(frozen=True)
+class Queries:
+  """Which tokens a layer computes outputs for.
+
+  Every token of the first `dense_rows` rows (-1: all rows), plus the tokens
+  at `index`, flat indices into the remaining rows' [rows * L] tokens.
+  Attention still runs over every token (it is the cheap part at these
+  sizes); the per-token work after it (output projection, feed-forward, layer
+  norms) runs for the queried tokens only. Used for the last layer where a
+  loss reads only each sequence's newest token.
+  """
+  dense_rows: int = -1
+  index: jax.Array | None = None
+
+
+def _gather_tokens(x: jax.Array, queries: Queries) -> jax.Array:
+  """[rows, L, ...] -> [T, ...]: the dense rows' tokens, then the indexed ones."""
+  dense = x[:queries.dense_rows] if queries.dense_rows >= 0 else x
+  flat = dense.reshape((-1,) + x.shape[2:])
+  if queries.index is None:
+    return flat
+  rest = x[dense.shape[0]:].reshape((-1,) + x.shape[2:])
+  return jnp.concatenate([flat, rest[queries.index]])
 
 
 class SelfAttention(nn.Module):
-  """Multi-head self-attention with the reference's additive mask; returns the projected context."""
+  """Multi-head self-attention with the reference's additive mask.
+
+  Attends over every token of every row, then returns the projected context
+  of the queried tokens only, [T, H] (see Queries).
+  """
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x: jax.Array, bias: jax.Array, token_ids: jax.Array,
-               positions: jax.Array, deterministic: bool) -> jax.Array:
+               positions: jax.Array, queries: Queries, seed: jax.Array | None) -> jax.Array:
     cfg = self.config
-    batch, length, hidden = x.shape
-    head_dim = hidden // cfg.num_heads
-
-    def project(name):
-      y = _dense(hidden, cfg.initializer_range, name)(x)
-      return y.reshape(batch, length, cfg.num_heads, head_dim)
-
-    query, key, value = project("query"), project("key"), project("value")
-    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)
-    probs = jax.nn.softmax(scores + bias, axis=-1)
-    # Attention weight (query token, key position, head): keys of other
-    # sequences are masked out, so a key is identified by its position.
-    key_ids = (positions[:, None, None, :] * cfg.num_heads
-               + jnp.arange(cfg.num_heads)[None, :, None, None])
-    probs = TokenDropout(cfg.attention_dropout)(probs, token_ids[:, None, :, None], key_ids,
-                                                deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs, value).reshape(batch, length, hidden)
-    return _dense(hidden, cfg.initializer_range, "output")(context)
+    hidden = x.shape[-1]
+    heads, head_dim = cfg.num_heads, hidden // cfg.num_heads
+    query, key, value = (_dense(hidden, cfg.initializer_range, name)(x)
+                         for name in ("query", "key", "value"))              # [b, L, H]
+    # One head at a time: plain batched [L, d] x [d, L] products, which XLA:CPU
+    # runs faster than one 4-D einsum over all heads (no transposes).
+    contexts = []
+    for h in range(heads):
+      part = slice(h * head_dim, (h + 1) * head_dim)
+      scores = jnp.einsum("bqd,bkd->bqk", query[..., part], key[..., part]) / math.sqrt(head_dim)
+      probs = jax.nn.softmax(scores + bias[:, 0], axis=-1)
+      # Attention weight (query token, key position, head): keys of other
+      # sequences are masked out, so a key is identified by its position.
+      key_ids = positions[:, None, :] * heads + h
+      probs = token_dropout(probs, seed, cfg.attention_dropout, token_ids[:, :, None], key_ids)
+      contexts.append(jnp.einsum("bqk,bkd->bqd", probs, value[..., part]))
+    context = jnp.concatenate(contexts, axis=-1)                             # [b, L, H]
+    return _dense(hidden, cfg.initializer_range, "output")(_gather_tokens(context, queries))
 
 
 class FeedForward(nn.Module):
@@ -171,30 +204,40 @@ class FeedForward(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-  """Post-LN block: LN(x + drop(attn(x))), then LN(x + drop(ffn(x)))."""
+  """Post-LN block: LN(x + drop(attn(x))), then LN(x + drop(ffn(x))).
+
+  Takes [rows, L, H] and returns the queried tokens' outputs [T, H] (see
+  Queries), all of them by default.
+  """
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x: jax.Array, bias: jax.Array, token_ids: jax.Array, positions: jax.Array,
-               deterministic: bool) -> jax.Array:
+               deterministic: bool, queries: Queries = Queries()) -> jax.Array:
     cfg = self.config
-    attended = SelfAttention(cfg, name="attention")(x, bias, token_ids, positions, deterministic)
-    attended = _hidden_dropout(cfg.hidden_dropout, attended, token_ids, deterministic)
-    x = _layer_norm("attention_norm")(x + attended)
-    transformed = FeedForward(cfg, name="feed_forward")(x)
-    transformed = _hidden_dropout(cfg.hidden_dropout, transformed, token_ids, deterministic)
-    return _layer_norm("feed_forward_norm")(x + transformed)
+    attention_seed, attended_seed, transformed_seed = _dropout_seeds(self, 3, deterministic)
+    attended = SelfAttention(cfg, name="attention")(x, bias, token_ids, positions, queries,
+                                                    attention_seed)
+    out_ids = _gather_tokens(token_ids, queries)
+    attended = _feature_dropout(attended, attended_seed, cfg.hidden_dropout, out_ids)
+    y = _layer_norm("attention_norm")(_gather_tokens(x, queries) + attended)
+    transformed = FeedForward(cfg, name="feed_forward")(y)
+    transformed = _feature_dropout(transformed, transformed_seed, cfg.hidden_dropout, out_ids)
+    return _layer_norm("feed_forward_norm")(y + transformed)
 
 
 class Encoder(nn.Module):
+  """The stack of layers; the last one computes only the queried tokens."""
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x: jax.Array, bias: jax.Array, token_ids: jax.Array, positions: jax.Array,
-               deterministic: bool) -> jax.Array:
+               deterministic: bool, queries: Queries = Queries()) -> jax.Array:
     for i in range(self.config.num_layers):
-      x = TransformerLayer(self.config, name=f"layer_{i}")(x, bias, token_ids, positions,
-                                                          deterministic)
+      last = i == self.config.num_layers - 1
+      out = TransformerLayer(self.config, name=f"layer_{i}")(
+          x, bias, token_ids, positions, deterministic, queries if last else Queries())
+      x = out if last else out.reshape(x.shape)
     return x
 
 
@@ -221,14 +264,18 @@ class S3RecModel(nn.Module):
                                          embedding_init=embed_init)
     self.position_embeddings = nn.Embed(cfg.max_len, cfg.hidden_size, embedding_init=embed_init)
     self.input_norm = _layer_norm("input_norm")
-    self.input_dropout = TokenDropout(cfg.hidden_dropout)
     self.encoder = Encoder(cfg)
     self.heads = Heads(cfg)
 
   def encode(self, ids: jax.Array, causal: bool, deterministic: bool = True,
              segment_ids: jax.Array | None = None, positions: jax.Array | None = None,
-             token_ids: jax.Array | None = None) -> jax.Array:
+             token_ids: jax.Array | None = None, queries: Queries | None = None):
     """Encodes ids [B, L] (L <= max_len) into [B, L, H].
+
+    With `queries`, returns only the queried tokens' outputs [T, H] (every
+    token of the first `queries.dense_rows` rows, then those at
+    `queries.index`): the same values, with the last layer's per-token work
+    done for those tokens only.
 
     Without `segment_ids`/`positions` each row is one left-padded sequence
     whose newest item sits at position max_len - 1 (a window trimmed of
@@ -251,10 +298,11 @@ class S3RecModel(nn.Module):
       token_ids = jnp.arange(batch)[:, None] * cfg.max_len + positions
     x = self.item_embeddings(ids) + self.position_embeddings(positions)
     x = self.input_norm(x)
-    features = jnp.arange(cfg.hidden_size, dtype=jnp.uint32)
-    x = self.input_dropout(x, token_ids[..., None], features, deterministic)
-    return self.encoder(x, attention_bias(segment_ids, causal), token_ids, positions,
-                        deterministic)
+    (input_seed,) = _dropout_seeds(self, 1, deterministic)
+    x = _feature_dropout(x, input_seed, cfg.hidden_dropout, token_ids)
+    out = self.encoder(x, attention_bias(segment_ids, causal), token_ids, positions,
+                       deterministic, queries or Queries())
+    return out.reshape(batch, length, -1) if queries is None else out
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """Touches every parameter (used by `init`); returns the bidirectional encoding."""
@@ -273,12 +321,14 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
 
 def encode(config: ModelConfig, params: dict, ids: jax.Array, *, causal: bool,
            dropout_key: jax.Array | None = None, segment_ids: jax.Array | None = None,
-           positions: jax.Array | None = None, token_ids: jax.Array | None = None) -> jax.Array:
-  """Pure encoder: dropout is on exactly when a key is given."""
+           positions: jax.Array | None = None, token_ids: jax.Array | None = None,
+           queries: Queries | None = None) -> jax.Array:
+  """Pure encoder: dropout is on exactly when a key is given. See S3RecModel.encode."""
   deterministic = dropout_key is None
   rngs = {} if deterministic else {"dropout": dropout_key}
   return S3RecModel(config).apply({"params": params}, ids, causal, deterministic, segment_ids,
-                                  positions, token_ids, rngs=rngs, method=S3RecModel.encode)
+                                  positions, token_ids, queries, rngs=rngs,
+                                  method=S3RecModel.encode)
 
 
 def apply_head(head_params: dict, x: jax.Array) -> jax.Array:

@@ -2,8 +2,11 @@
 
 An objective maps (encoder outputs, parameters, batch, tables, options) to a
 scalar loss summed over the global batch. It declares the encoder *views* it
-reads (names of [B, L] id arrays in the pre-training batch); the training step
-encodes the union of the views of the enabled objectives in one batched pass.
+reads (names of [B, L] id arrays in the pre-training batch): `views` whose
+output it needs at every token, and `last_token_views` whose output it needs
+only at each sequence's newest token. The training step encodes the union of
+the views of the enabled objectives in one batched pass, and computes the
+last layer only at the newest tokens of views no objective needs in full.
 A new objective is one decorated function here plus a weight in the config
 (`config.pretrain.objectives.<name>`); its head `heads/<name>` is created
 from that name.
@@ -41,16 +44,33 @@ class ObjectiveOptions:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveInputs:
-  outputs: Mapping[str, jax.Array]   # view name -> encoder output [R, L, H]
+  outputs: Mapping[str, jax.Array]   # full view name -> encoder output [R, L, H]
   params: Mapping                    # full parameter tree (embeddings + heads)
   # Pre-training batch (see input_pipeline.PretrainBatches): per-token [R, L]
-  # views laid out alike (one or several sequences per row), `is_last` [R, L]
-  # marking each sequence's newest token, and per-sequence `last_index` [B]
-  # (into the flattened R * L tokens) and `weights` [B] (0 = padding).
+  # views laid out alike (one or several sequences per row), and per-sequence
+  # `last_index` [B] (each sequence's newest token in the flattened R * L
+  # tokens) and `weights` [B] (0 = padding).
   batch: Mapping[str, jax.Array]
   tables: Mapping[str, jax.Array]    # replicated lookup tables, e.g. 'attr_ids' [item_size, K]
   key: jax.Array                     # for objectives that sample on device
   options: ObjectiveOptions
+  # last-token view name -> encoder output at each sequence's newest token [B, H]
+  last_outputs: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
+  # Values several objectives compute alike, computed once per loss evaluation.
+  _shared: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+  def shared(self, key, compute: Callable[[], jax.Array]) -> jax.Array:
+    """compute(), once per loss evaluation for each key (later calls reuse it)."""
+    if key not in self._shared:
+      self._shared[key] = compute()
+    return self._shared[key]
+
+  def last_token(self, view: str) -> jax.Array:
+    """[B, H] output at each sequence's newest token (0 rows are padding sequences)."""
+    if view in self.last_outputs:
+      return self.last_outputs[view]
+    out = self.outputs[view]
+    return out.reshape(-1, out.shape[-1])[self.batch["last_index"]]
 
 
 ObjectiveFn = Callable[[ObjectiveInputs], jax.Array]
@@ -60,20 +80,22 @@ ObjectiveFn = Callable[[ObjectiveInputs], jax.Array]
 class Objective:
   name: str
   form: str
-  views: tuple[str, ...]
+  views: tuple[str, ...]             # needed at every token
+  last_token_views: tuple[str, ...]  # needed at the newest token only
   fn: ObjectiveFn
 
 
 REGISTRY: dict[tuple[str, str], Objective] = {}
 
 
-def register(name: str, form: str, views: tuple[str, ...]):
+def register(name: str, form: str, views: tuple[str, ...] = (),
+             last_token_views: tuple[str, ...] = ()):
   """Decorator adding `fn` to the registry under (name, form)."""
   def wrap(fn: ObjectiveFn) -> ObjectiveFn:
     key = (name, form)
     if key in REGISTRY:
       raise ValueError(f"objective {name!r} form {form!r} is registered twice")
-    REGISTRY[key] = Objective(name, form, tuple(views), fn)
+    REGISTRY[key] = Objective(name, form, tuple(views), tuple(last_token_views), fn)
     return fn
   return wrap
 
@@ -98,6 +120,12 @@ def _head(inputs: ObjectiveInputs, name: str, x: jax.Array) -> jax.Array:
   return model_lib.apply_head(inputs.params["heads"][name], x)
 
 
+def _softplus(x: jax.Array) -> jax.Array:
+  """log(1 + e^x), stable; fewer operations than jax.nn.softplus (no infinity
+  special cases), which matters on the [positions, attributes] score matrix."""
+  return jnp.maximum(x, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
 def _attribute_bce_sum(scores: jax.Array, attr_ids: jax.Array) -> jax.Array:
   """Sum over ALL attributes of BCE(sigmoid(score), multi-hot), as the reference does.
 
@@ -105,7 +133,7 @@ def _attribute_bce_sum(scores: jax.Array, attr_ids: jax.Array) -> jax.Array:
   gathered (no dense multi-hot). scores [..., A]; attr_ids [..., K] padded with 0.
   """
   own = jnp.take_along_axis(scores, attr_ids, axis=-1)
-  return jnp.sum(jax.nn.softplus(scores), -1) - jnp.sum(jnp.where(attr_ids > 0, own, 0.0), -1)
+  return jnp.sum(_softplus(scores), -1) - jnp.sum(jnp.where(attr_ids > 0, own, 0.0), -1)
 
 
 def _attribute_infonce(scores: jax.Array, attr_ids: jax.Array, temperature: float) -> jax.Array:
@@ -125,18 +153,34 @@ def _attribute_infonce(scores: jax.Array, attr_ids: jax.Array, temperature: floa
   return jnp.sum(jnp.where(attr_ids > 0, per_attr, 0.0), -1)
 
 
-def _attribute_loss(inputs: ObjectiveInputs, head: str, position_mask: jax.Array,
-                    form: str) -> jax.Array:
+def _attribute_scores(inputs: ObjectiveInputs) -> jax.Array:
+  """[R, L, A] attribute scores of every token, each from the head of the objective
+  that scores that token: AAP's at visible items, MAP's at masked ones.
+
+  The two position sets are disjoint, so one score matrix (and one loss pass
+  over it) serves both objectives; the values at each objective's positions
+  are exactly those of its own head.
+  """
   out = inputs.outputs["masked_items"]
-  b, l, h = out.shape
-  scores = _head(inputs, head, out) @ model_lib.attribute_table(inputs.params).T  # [B, L, A]
-  attr_ids = inputs.tables["attr_ids"][inputs.batch["items"]]                     # [B, L, K]
-  if form == "reference":
-    per_position = _attribute_bce_sum(scores, attr_ids)
-  else:
-    per_position = _attribute_infonce(scores.reshape(b * l, -1), attr_ids.reshape(b * l, -1),
-                                      inputs.options.temperature).reshape(b, l)
-  return jnp.sum(per_position * position_mask)
+  heads = inputs.params["heads"]
+  query = _head(inputs, "aap", out) if "aap" in heads else None
+  if "map" in heads:
+    query_map = _head(inputs, "map", out)
+    query = query_map if query is None else jnp.where(_is_masked(inputs)[..., None] > 0,
+                                                      query_map, query)
+  return query @ model_lib.attribute_table(inputs.params).T
+
+
+def _attribute_loss(inputs: ObjectiveInputs, position_mask: jax.Array, form: str) -> jax.Array:
+  def per_position():
+    scores = inputs.shared("attribute_scores", lambda: _attribute_scores(inputs))
+    b, l, _ = scores.shape
+    attr_ids = inputs.tables["attr_ids"][inputs.batch["items"]]                 # [B, L, K]
+    if form == "reference":
+      return _attribute_bce_sum(scores, attr_ids)
+    return _attribute_infonce(scores.reshape(b * l, -1), attr_ids.reshape(b * l, -1),
+                              inputs.options.temperature).reshape(b, l)
+  return jnp.sum(inputs.shared(("attribute_loss", form), per_position) * position_mask)
 
 
 def _is_masked(inputs: ObjectiveInputs) -> jax.Array:
@@ -159,12 +203,12 @@ def _difference_of_sigmoids_loss(pos_logit: jax.Array, neg_logit: jax.Array) -> 
 @register("aap", "reference", views=("masked_items",))
 def aap_reference(inputs: ObjectiveInputs) -> jax.Array:
   """Associated attribute prediction at visible (unmasked, non-padding) positions."""
-  return _attribute_loss(inputs, "aap", _is_visible_item(inputs), "reference")
+  return _attribute_loss(inputs, _is_visible_item(inputs), "reference")
 
 
 @register("aap", "infonce", views=("masked_items",))
 def aap_infonce(inputs: ObjectiveInputs) -> jax.Array:
-  return _attribute_loss(inputs, "aap", _is_visible_item(inputs), "infonce")
+  return _attribute_loss(inputs, _is_visible_item(inputs), "infonce")
 
 
 # --- MAP --------------------------------------------------------------------
@@ -173,12 +217,12 @@ def aap_infonce(inputs: ObjectiveInputs) -> jax.Array:
 @register("map", "reference", views=("masked_items",))
 def map_reference(inputs: ObjectiveInputs) -> jax.Array:
   """Masked attribute prediction: the masked item's attributes from its context."""
-  return _attribute_loss(inputs, "map", _is_masked(inputs), "reference")
+  return _attribute_loss(inputs, _is_masked(inputs), "reference")
 
 
 @register("map", "infonce", views=("masked_items",))
 def map_infonce(inputs: ObjectiveInputs) -> jax.Array:
-  return _attribute_loss(inputs, "map", _is_masked(inputs), "infonce")
+  return _attribute_loss(inputs, _is_masked(inputs), "infonce")
 
 
 # --- MIP --------------------------------------------------------------------
@@ -221,29 +265,23 @@ def mip_infonce(inputs: ObjectiveInputs) -> jax.Array:
 _SEGMENT_VIEWS = ("segment_context", "segment_positive", "segment_negative")
 
 
-@register("sp", "reference", views=_SEGMENT_VIEWS)
+@register("sp", "reference", last_token_views=_SEGMENT_VIEWS)
 def sp_reference(inputs: ObjectiveInputs) -> jax.Array:
   """Segment prediction: context vs the true span and a random span of the same length.
 
-  Each sequence is represented by the output at its newest token; the three
-  views share a layout, so the pairs line up token for token.
+  Each sequence is represented by the output at its newest token.
   """
-  query = _head(inputs, "sp", inputs.outputs["segment_context"])
-  pos = jnp.sum(query * inputs.outputs["segment_positive"], -1)
-  neg = jnp.sum(query * inputs.outputs["segment_negative"], -1)
-  return jnp.sum(_difference_of_sigmoids_loss(pos, neg) * inputs.batch["is_last"])
+  query = _head(inputs, "sp", inputs.last_token("segment_context"))
+  pos = jnp.sum(query * inputs.last_token("segment_positive"), -1)
+  neg = jnp.sum(query * inputs.last_token("segment_negative"), -1)
+  return jnp.sum(_difference_of_sigmoids_loss(pos, neg) * inputs.batch["weights"])
 
 
-def _last_tokens(inputs: ObjectiveInputs, view: str) -> jax.Array:
-  out = inputs.outputs[view]
-  return out.reshape(-1, out.shape[-1])[inputs.batch["last_index"]]        # [B, H]
-
-
-@register("sp", "infonce", views=_SEGMENT_VIEWS[:2])
+@register("sp", "infonce", last_token_views=_SEGMENT_VIEWS[:2])
 def sp_infonce(inputs: ObjectiveInputs) -> jax.Array:
   """Each context against its own span and the other sequences' spans of the global batch."""
-  query = _head(inputs, "sp", _last_tokens(inputs, "segment_context"))
-  positive = _last_tokens(inputs, "segment_positive")
+  query = _head(inputs, "sp", inputs.last_token("segment_context"))
+  positive = inputs.last_token("segment_positive")
   weights = inputs.batch["weights"]
   all_positive, all_weights, own = positive, weights, jnp.arange(len(weights))
   axis = inputs.options.axis_name
@@ -274,11 +312,14 @@ def resolve(weights: Mapping[str, float], form: str | Mapping[str, str]) -> tupl
   return tuple(chosen)
 
 
-def views_of(objectives) -> tuple[str, ...]:
-  views = []
+def views_of(objectives) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(views some objective needs at every token, views needed at the newest token only)."""
+  full, last = [], []
   for objective, _ in objectives:
-    views.extend(v for v in objective.views if v not in views)
-  return tuple(views)
+    full.extend(v for v in objective.views if v not in full)
+  for objective, _ in objectives:
+    last.extend(v for v in objective.last_token_views if v not in full and v not in last)
+  return tuple(full), tuple(last)
 
 
 def joint_loss(objectives, inputs: ObjectiveInputs) -> tuple[jax.Array, dict[str, jax.Array]]:

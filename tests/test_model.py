@@ -111,3 +111,24 @@ def test_hidden_size_must_divide_by_heads():
 def test_encoder_params_drop_heads(params):
   assert "heads" not in model.encoder_params(params)
   assert set(model.encoder_params(params)) == set(model.ENCODER_PARAM_GROUPS)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("dense_rows", [0, 1, 2])
+def test_queried_tokens_equal_the_full_encoding(params, causal, dropout, dense_rows):
+  """Restricting the last layer to some queries changes no value, dropout included."""
+  ids = jnp.array([[3, 7, 29, 11, 12, 0, 0, 0],
+                   [0, 0, 0, 4, 5, 6, 7, 8],
+                   [9, 10, 13, 14, 15, 16, 17, 18]])
+  segments = jnp.array([[1, 1, 1, 2, 2, 0, 0, 0], [0, 0, 0, 1, 1, 1, 1, 1], [1] * 8])
+  positions = jnp.array([[5, 6, 7, 6, 7, 0, 0, 0], [0, 0, 0, 3, 4, 5, 6, 7], list(range(8))])
+  key = jax.random.key(3) if dropout else None
+  kwargs = dict(causal=causal, dropout_key=key, segment_ids=segments, positions=positions)
+  full = model.encode(CFG, params, ids, **kwargs)
+  index = jnp.array([2, 4, 7, 9, 13][:max(0, (3 - dense_rows) * 2)], jnp.int32)  # into rows >= dense_rows
+  out = model.encode(CFG, params, ids, queries=model.Queries(dense_rows, index), **kwargs)
+  want = jnp.concatenate([full[:dense_rows].reshape(-1, CFG.hidden_size),
+                          full[dense_rows:].reshape(-1, CFG.hidden_size)[index]])
+  assert out.shape == want.shape
+  np.testing.assert_allclose(out, want, atol=1e-5)

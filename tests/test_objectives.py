@@ -32,7 +32,6 @@ def _setup(seed=0):
       "segment_negative": rng.integers(0, MASK + 1, (2, L)).astype(np.int32),
       "weights": np.array([1.0, 1.0], np.float32),
       # One sequence per row: the newest token is the last column.
-      "is_last": np.array([[0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1]], np.float32),
       "last_index": np.array([L - 1, 2 * L - 1], np.int32),
   }
   # Attribute sets (deduplicated, 0-padded), some items with none.
@@ -188,7 +187,7 @@ def test_padding_rows_contribute_nothing():
     # Row 1 emptied: no tokens, weight 0 (what the pipeline makes of a padding row).
     empty = {k: (v.copy() if v.ndim == 2 else v) for k, v in batch.items()}
     for k in ("items", "masked_items", "negative_items", "segment_context", "segment_positive",
-              "segment_negative", "is_last"):
+              "segment_negative"):
       empty[k][1] = 0
     batch_w = dict(empty, weights=np.array([1.0, 0.0], np.float32))
     masked_out = float(objectives.get(name, form).fn(_inputs(batch_w, attr_ids, params, outputs)))
@@ -201,8 +200,8 @@ def test_registry_and_joint_loss():
   batch, attr_ids, params, outputs, _ = _setup()
   chosen = objectives.resolve({"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5}, "reference")
   assert [o.name for o, _ in chosen] == ["aap", "map", "mip", "sp"]
-  assert objectives.views_of(chosen) == ("masked_items", "segment_context", "segment_positive",
-                                         "segment_negative")
+  assert objectives.views_of(chosen) == (
+      ("masked_items",), ("segment_context", "segment_positive", "segment_negative"))
   total, losses = objectives.joint_loss(chosen, _inputs(batch, attr_ids, params, outputs))
   want = 0.2 * losses["aap"] + losses["mip"] + losses["map"] + 0.5 * losses["sp"]
   np.testing.assert_allclose(float(total), float(want), rtol=1e-6)
@@ -231,3 +230,15 @@ def test_new_objective_is_one_function():
     np.testing.assert_allclose(float(total), float(losses["mip"]) + 6.0, rtol=1e-6)
   finally:
     del objectives.REGISTRY[(name, "reference")]
+
+
+@pytest.mark.parametrize("form", ["reference", "infonce"])
+def test_attribute_objectives_do_not_depend_on_each_other(form):
+  """AAP and MAP share one score matrix; each still equals its value computed alone."""
+  batch, attr_ids, params, outputs, _ = _setup()
+  both = objectives.resolve({"aap": 1.0, "map": 1.0}, form)
+  _, joint = objectives.joint_loss(both, _inputs(batch, attr_ids, params, outputs))
+  for name, other in (("aap", "map"), ("map", "aap")):
+    alone_params = dict(params, heads={k: v for k, v in params["heads"].items() if k != other})
+    alone = objectives.get(name, form).fn(_inputs(batch, attr_ids, alone_params, outputs))
+    np.testing.assert_allclose(float(joint[name]), float(alone), rtol=1e-6, err_msg=name)

@@ -159,27 +159,11 @@ def matmul_flops_per_s(mesh, n: int = 2048, repeats: int = 5) -> float:
   return 2.0 * rows * n * n / statistics.median(times)
 
 
-def sharding_kwargs(mesh) -> dict:
-  """How the batch classes are told about the mesh.
-
-  Newer input pipelines pack each device's shard of the global batch on its own
-  rows (`input_pipeline.Shards`); older ones took a device count.
-  """
-  if hasattr(train_lib, "shards"):
-    return {"shards": train_lib.shards(mesh)}
-  if hasattr(input_pipeline, "Shards"):
-    return {"shards": input_pipeline.Shards(count=mesh.size, first_local=0, num_local=mesh.size)}
-  return {"num_devices": mesh.size}
-
-
-def pretrain_settings(config, ds, pack: bool, mesh) -> input_pipeline.PretrainSettings:
+def pretrain_settings(config, ds, pack: bool) -> input_pipeline.PretrainSettings:
   pc = config.pretrain
-  kwargs = dict(batch_size=pc.batch_size, max_len=config.max_seq_length, mask_p=pc.mask_p,
-                negative_high=train_lib.negative_high(config, ds), pack=pack)
-  names = {f.name for f in dataclasses.fields(input_pipeline.PretrainSettings)}
-  if "num_devices" in names:
-    kwargs["num_devices"] = mesh.size
-  return input_pipeline.PretrainSettings(**kwargs)
+  return input_pipeline.PretrainSettings(
+      batch_size=pc.batch_size, max_len=config.max_seq_length, mask_p=pc.mask_p,
+      negative_high=train_lib.negative_high(config, ds), pack=pack)
 
 
 # --- pre-training ------------------------------------------------------------
@@ -225,9 +209,8 @@ def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
   pc = config.pretrain
   objectives = objectives_lib.resolve(pc.objectives.to_dict(), pc.form)
   mcfg = train_lib.model_config(config, ds, head_names=tuple(o.name for o, _ in objectives))
-  extra = {k: v for k, v in sharding_kwargs(mesh).items() if k != "num_devices"}
-  batches = input_pipeline.PretrainBatches(ds, pretrain_settings(config, ds, pack, mesh),
-                                           config.seed, **extra)
+  batches = input_pipeline.PretrainBatches(ds, pretrain_settings(config, ds, pack), config.seed,
+                                           shards=train_lib.shards(mesh))
   options = objectives_lib.ObjectiveOptions(
       mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
       mip_num_negatives=pc.mip_num_negatives)
@@ -279,7 +262,7 @@ def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
   rows = [b["items"].shape[0] for b in host[w:]]
   real = [int((b["segment_ids"] > 0).sum()) for b in host[w:]]
   return {
-      "rows": float(np.mean(rows)), "shapes": sorted({r for r in rows}),
+      "rows": float(np.mean(rows)), "shapes": sorted(set(rows)),
       "fill": sum(real) / (sum(rows) * config.max_seq_length),
       "steps_per_epoch": batches.steps_per_epoch,
       "num_sequences": batches.num_sequences, "compile_s": float(np.mean(list(steps.seconds.values()))),
@@ -309,7 +292,7 @@ def bench_finetune(config, ds, splits, mesh, pack: bool) -> dict:
   state = jax.device_put(train_steps.create_state(params, tx), repl)
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size,
                                            train_lib.negative_high(config, ds), config.seed,
-                                           pack, **sharding_kwargs(mesh))
+                                           pack, shards=train_lib.shards(mesh))
   step_fn = train_steps.make_finetune_step(mcfg, tx, mesh)
   base = jax.random.key(config.seed + 2)
   keys = [jax.device_put(train_steps.step_key(base, 0, i), repl)

@@ -5,7 +5,11 @@
 The item table and the users are random normal embeddings drawn on the device
 from seeded keys, so the host never holds a copy of the table. Users go
 through `full_ranking` (a scan over catalogue chunks keeping a running top-k)
-in batches sharded over all devices, with the table replicated. Prints the
+in batches. With `--split catalogue` (the default) the table's rows are split
+over the devices and every device ranks each batch against its block (the
+counts are summed and the top-k lists merged), so the table's memory does not
+grow with the device count; `--split users` copies the table to every device
+and splits each batch of users instead. Prints the
 seconds (compile excluded), users/s and the process's peak RSS, then checks
 the ranks and top-k of a few users against a plain numpy computation.
 
@@ -34,6 +38,7 @@ import time  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from s3rec_jax import metrics  # noqa: E402
 from s3rec_jax import parallel  # noqa: E402
@@ -53,6 +58,9 @@ def parse_args(argv):
   p.add_argument("--check_users", type=int, default=64, help="users checked against numpy")
   p.add_argument("--devices", type=int, default=0,
                  help="XLA CPU host devices (set before JAX starts); 0 = all visible devices")
+  p.add_argument("--split", default="catalogue", choices=("catalogue", "users"),
+                 help="what is divided over the devices: the table's rows, or each user batch "
+                      "(with a copy of the table per device)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True,
                  help="round embeddings to multiples of 1/16 so float32 dot products are exact")
@@ -153,7 +161,7 @@ def reproduce_command(args) -> str:
            "--items", str(args.items), "--hidden", str(args.hidden), "--top_k", str(args.top_k),
            "--chunk_size", str(args.chunk_size), "--user_batch", str(args.user_batch),
            "--history", str(args.history), "--check_users", str(args.check_users),
-           "--devices", str(args.devices), "--seed", str(args.seed),
+           "--devices", str(args.devices), "--split", args.split, "--seed", str(args.seed),
            "--exact" if args.exact else "--no-exact"]
   return " ".join(shlex.quote(p) for p in parts)
 
@@ -161,36 +169,59 @@ def reproduce_command(args) -> str:
 def main(argv) -> int:
   args = parse_args(argv)
   mesh = parallel.make_mesh()
-  if args.user_batch % mesh.size:
+  by_catalogue = args.split == "catalogue"
+  if not by_catalogue and args.user_batch % mesh.size:
     say(f"error: --user_batch {args.user_batch} does not divide over {mesh.size} devices")
     return 2
   repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
   item_size = args.items + 2                       # 0 = padding, 1..items, a mask row
+  if by_catalogue:
+    item_size = -(-item_size // mesh.size) * mesh.size  # equal blocks of rows per device
+  block_rows = item_size // mesh.size if by_catalogue else item_size
   key_table, key_users = jax.random.split(jax.random.key(args.seed))
   say(f"{args.users} users x {args.items} items, H {args.hidden}, top-{args.top_k}, chunk "
-      f"{args.chunk_size}, user batch {args.user_batch} over {mesh.size} "
-      f"{jax.devices()[0].platform} device(s), {args.history} history ids per user, "
+      f"{args.chunk_size}, user batch {args.user_batch}, "
+      + (f"catalogue split over {mesh.size}" if by_catalogue else f"users split over {mesh.size}")
+      + f" {jax.devices()[0].platform} device(s), {args.history} history ids per user, "
       f"{'exact (1/16-grid)' if args.exact else 'raw normal'} embeddings")
 
   t0 = time.perf_counter()
-  table = jax.jit(functools.partial(make_table, rows=item_size, hidden=args.hidden,
-                                    exact=args.exact), out_shardings=repl)(key_table)
+  if by_catalogue:
+    # Each device draws its own block of rows: no device ever holds the whole table.
+    def fill_block(key):
+      key = jax.random.fold_in(key, jax.lax.axis_index(parallel.DATA_AXIS))
+      return make_table(key, rows=block_rows, hidden=args.hidden, exact=args.exact)
+    table = jax.jit(jax.shard_map(fill_block, mesh=mesh, in_specs=P(),
+                                  out_specs=P(parallel.DATA_AXIS), check_vma=False))(key_table)
+  else:
+    table = jax.jit(functools.partial(make_table, rows=item_size, hidden=args.hidden,
+                                      exact=args.exact), out_shardings=repl)(key_table)
   jax.block_until_ready(table)
-  say(f"table [{item_size}, {args.hidden}] float32 ({table.nbytes / 2**20:.0f} MiB per device "
-      f"copy) drawn on device in {time.perf_counter() - t0:.2f}s; peak RSS so far "
+  say(f"table [{item_size}, {args.hidden}] float32 ({block_rows * args.hidden * 4 / 2**20:.0f} "
+      f"MiB per device) drawn on device in {time.perf_counter() - t0:.2f}s; peak RSS so far "
       f"{peak_rss_gib():.2f} GiB")
 
   num_batches = -(-args.users // args.user_batch)
+  user_sharding = repl if by_catalogue else data
   users_fn = jax.jit(functools.partial(
       make_users, batch=args.user_batch, hidden=args.hidden, num_items=args.items,
-      history=args.history, exact=args.exact), out_shardings=(data, data, data))
+      history=args.history, exact=args.exact), out_shardings=(user_sharding,) * 3)
   batches = [users_fn(key_users, b) for b in range(num_batches)]
   jax.block_until_ready(batches)
 
-  rank_fn = jax.jit(
-      functools.partial(metrics.full_ranking, num_items=args.items, chunk_size=args.chunk_size,
-                        top_k=args.top_k),
-      in_shardings=(data, repl, data, data), out_shardings=(data, data, data))
+  if by_catalogue:
+    def rank_block(user, block, answers, history):
+      return metrics.full_ranking(user, block, answers, history, num_items=args.items,
+                                  chunk_size=args.chunk_size, top_k=args.top_k,
+                                  axis_name=parallel.DATA_AXIS)
+    rank_fn = jax.jit(jax.shard_map(rank_block, mesh=mesh,
+                                    in_specs=(P(), P(parallel.DATA_AXIS), P(), P()),
+                                    out_specs=P(), check_vma=False))
+  else:
+    rank_fn = jax.jit(
+        functools.partial(metrics.full_ranking, num_items=args.items,
+                          chunk_size=args.chunk_size, top_k=args.top_k),
+        in_shardings=(data, repl, data, data), out_shardings=(data, data, data))
   u0, a0, h0 = batches[0]
   t0 = time.perf_counter()
   compiled = rank_fn.lower(u0, table, a0, h0).compile()
@@ -215,13 +246,12 @@ def main(argv) -> int:
   say(f"mean rank {ranks.mean():.0f} (uniform answers: about {args.items / 2:.0f}), "
       f"HR@{args.top_k} {np.mean(ranks < args.top_k):.4f}")
   say(f"peak RSS after ranking: {rss:.2f} GiB (ru_maxrss of the process; table "
-      f"{mesh.size} x {table.nbytes / 2**30:.2f} GiB on the host-memory devices)")
+      f"{mesh.size} x {block_rows * args.hidden * 4 / 2**30:.2f} GiB on the host-memory devices)")
 
   # Spot-check the first users of batch 0 against numpy, reading the table in chunks.
   n = args.check_users
-  device_table = table.addressable_data(0)
-  gather = jax.jit(lambda t, i: t[i])
-  table_rows = lambda ids: np.asarray(gather(device_table, jnp.asarray(ids, jnp.int32)))
+  gather = jax.jit(lambda t, i: t[i], out_shardings=repl)
+  table_rows = lambda ids: np.asarray(gather(table, jnp.asarray(ids, jnp.int32)))
   users_np, answers_np, history_np = (np.asarray(x)[:n] for x in (u0, a0, h0))
   t0 = time.perf_counter()
   ref_ranks, ref_items, ref_scores, ref_tied = numpy_ranking(users_np, answers_np, history_np, table_rows,

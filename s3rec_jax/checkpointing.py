@@ -13,7 +13,10 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 
 from s3rec_jax import model as model_lib
 
@@ -82,18 +85,34 @@ def _abstract(tree: Any, sharding) -> Any:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def _path_name(path) -> str:
+  """A leaf's path, spelt the same for a namedtuple field and for the dict key orbax saves it as."""
+  parts = []
+  for entry in path:
+    for attr in ("name", "key", "idx"):
+      if hasattr(entry, attr):
+        parts.append(str(getattr(entry, attr)))
+        break
+  return "/".join(parts)
+
+
+def _saved_shapes(saved: Any) -> dict[str, tuple]:
+  return {_path_name(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(saved)}
+
+
 def _check_shapes(saved: Any, target: Any, where: str) -> None:
   """Every target leaf must exist in `saved` with the same shape; names the first that does not."""
-  flat_saved = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(saved)}
+  shapes = _saved_shapes(saved)
   for path, leaf in jax.tree_util.tree_leaves_with_path(target):
-    name = jax.tree_util.keystr(path)
-    if name not in flat_saved:
-      raise CheckpointError(f"{where}: tensor {name} is missing from the checkpoint")
-    found = tuple(flat_saved[name].shape)
-    if found != tuple(leaf.shape):
+    name = _path_name(path)
+    if name not in shapes:
+      raise CheckpointError(f"{where}: tensor {jax.tree_util.keystr(path)} is missing from the "
+                            "checkpoint")
+    if shapes[name] != tuple(leaf.shape):
       raise CheckpointError(
-          f"{where}: tensor {name} has shape {found} in the checkpoint but the model expects "
-          f"{tuple(leaf.shape)} (a checkpoint of another dataset or model size?)")
+          f"{where}: tensor {jax.tree_util.keystr(path)} has shape {shapes[name]} in the "
+          f"checkpoint but the model expects {tuple(leaf.shape)} (a checkpoint of another "
+          "dataset or model size?)")
 
 
 def restore_encoder(path: str, params: Any, sharding) -> tuple[Any, str, int]:
@@ -119,20 +138,67 @@ def restore_encoder(path: str, params: Any, sharding) -> tuple[Any, str, int]:
   return merged, root, step
 
 
+def _flat_vector_targets(saved: Any, target: Any, where: str) -> tuple[Any, list]:
+  """Restore targets for an optimiser state whose leaves carry their own shardings.
+
+  The optimiser state is over the flat parameter vector zero-padded to a
+  multiple of the device count (train_steps.create_state), so a run resumed on
+  another number of devices finds its vectors saved with another padding:
+  those are restored at the saved length, replicated, and re-padded by
+  `_refit`. Returns (abstract targets, [(index, target leaf)] to re-pad).
+  """
+  shapes = _saved_shapes(saved)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
+  abstract, refit = [], []
+  for i, (path, leaf) in enumerate(leaves):
+    found = shapes.get(_path_name(path))
+    if found is None:
+      raise CheckpointError(f"{where}: optimiser tensor {jax.tree_util.keystr(path)} is missing "
+                            "from the checkpoint")
+    if found == tuple(leaf.shape):
+      abstract.append(jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding))
+    elif len(found) == 1 and leaf.ndim == 1:
+      replicated = NamedSharding(leaf.sharding.mesh, PartitionSpec())
+      abstract.append(jax.ShapeDtypeStruct(found, leaf.dtype, sharding=replicated))
+      refit.append((i, leaf))
+    else:
+      raise CheckpointError(f"{where}: optimiser tensor {jax.tree_util.keystr(path)} has shape "
+                            f"{found} in the checkpoint but {tuple(leaf.shape)} is expected")
+  return jax.tree_util.tree_unflatten(treedef, abstract), refit
+
+
+def _refit(restored: Any, refit: list, where: str) -> Any:
+  """Re-pads the flat vectors `_flat_vector_targets` restored at their saved length."""
+  leaves, treedef = jax.tree_util.tree_flatten(restored)
+  for i, target in refit:
+    saved = np.asarray(leaves[i])
+    size = min(saved.size, target.shape[0])
+    if np.any(saved[size:]):
+      raise CheckpointError(f"{where}: the optimiser state holds {saved.size} values but the "
+                            f"model has at most {target.shape[0]} (a checkpoint of another model?)")
+    fitted = np.zeros(target.shape, saved.dtype)
+    fitted[:size] = saved[:size]
+    leaves[i] = jax.device_put(fitted, target.sharding)
+  return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
 def restore_full(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,
                  sharding) -> tuple[Any, Any, dict]:
-  """Restores params, optimiser state and meta of `step` into the given structures.
+  """Restores params (placed with `sharding`), optimiser state and meta of `step`.
 
-  A checkpoint of another model or dataset is a CheckpointError naming the tensor.
+  `opt_state` is a tree of placed arrays: each leaf is restored with its own
+  sharding. A checkpoint of another model or dataset is a CheckpointError
+  naming the tensor.
   """
   where = f"checkpoint {mngr.directory}/{step}"
   saved = mngr.item_metadata(step)
   _check_shapes(saved["params"], params, where)
+  opt_target, refit = _flat_vector_targets(saved["opt_state"], opt_state, where)
   restored = mngr.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(_abstract(params, sharding)),
-      opt_state=ocp.args.StandardRestore(_abstract(opt_state, sharding)),
+      opt_state=ocp.args.StandardRestore(opt_target),
       meta=ocp.args.JsonRestore()))
-  return restored["params"], restored["opt_state"], restored["meta"]
+  return (restored["params"], _refit(restored["opt_state"], refit, where), restored["meta"])
 
 
 def restore_latest_good(mngr: ocp.CheckpointManager, params: Any, opt_state: Any, sharding,

@@ -24,7 +24,7 @@ _TIMEOUT = flags.DEFINE_integer("distributed_timeout", 300,
                                 "Seconds to wait for every process to join.")
 _HOST_DEVICES = flags.DEFINE_integer(
     "host_devices", -1, "On a CPU-only host: split the CPU into this many XLA devices. "
-    "-1 = choose (the largest count up to 2 x cores dividing every batch size); 0 = leave "
+    "-1 = choose (one per core: the largest count up to the cores dividing every batch size); 0 = leave "
     "XLA_FLAGS alone.")
 
 

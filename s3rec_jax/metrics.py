@@ -148,12 +148,28 @@ def row_fingerprints(rows: jax.Array) -> jax.Array:
   return jnp.stack(halves, axis=-1)
 
 
+def table_fingerprints(item_table: jax.Array, chunk_size: int = 8192) -> jax.Array:
+  """`row_fingerprints` of every row of the table, [item_size, 2], in chunks of rows.
+
+  Computed once per evaluation pass (the table is fixed during it), so the
+  steps look fingerprints up instead of hashing every scored row of every
+  batch; the chunks bound the scratch memory whatever the catalogue size.
+  """
+  chex.assert_rank(item_table, 2)
+  size = item_table.shape[0]
+  chunk = max(1, min(chunk_size, size))
+  padded = jnp.pad(item_table, ((0, -size % chunk), (0, 0)))
+  fps = lax.map(row_fingerprints, padded.reshape(-1, chunk, item_table.shape[1]))
+  return fps.reshape(-1, 2)[:size]
+
+
 def _same_row(fp_a: jax.Array, fp_b: jax.Array) -> jax.Array:
   return jnp.all(fp_a == fp_b, axis=-1)
 
 
 def sampled_scores(
-    user_repr: jax.Array, item_table: jax.Array, candidates: jax.Array
+    user_repr: jax.Array, item_table: jax.Array, candidates: jax.Array,
+    fingerprints: jax.Array | None = None,
 ) -> jax.Array:
   """Scores of per-user candidate lists by dot product (no bias).
 
@@ -161,6 +177,7 @@ def sampled_scores(
     user_repr: [B, H] user representations (encoder output at the last position).
     item_table: [item_size, H] item embeddings.
     candidates: [B, C] item ids; column 0 the answer, 1.. the negatives.
+    fingerprints: `table_fingerprints(item_table)`, if already computed.
 
   Returns:
     [B, C] scores. Candidates whose embedding row is bit-identical to the
@@ -171,8 +188,11 @@ def sampled_scores(
   chex.assert_equal_shape_prefix([user_repr, candidates], 1)
   chex.assert_equal_shape_suffix([user_repr, item_table], 1)
   rows = jnp.take(item_table, candidates, axis=0)  # [B, C, H]
-  scores = jnp.einsum("bh,bch->bc", user_repr, rows)
-  fps = row_fingerprints(rows)
+  # A fused multiply-sum: XLA:CPU runs this batched matrix-vector product
+  # much faster than as a dot.
+  scores = jnp.sum(user_repr[:, None, :] * rows, axis=-1)
+  fps = row_fingerprints(rows) if fingerprints is None else jnp.take(fingerprints, candidates,
+                                                                     axis=0)
   same_as_answer = _same_row(fps, fps[:, :1])
   return jnp.where(same_as_answer, scores[:, :1], scores)
 
@@ -186,6 +206,8 @@ def full_ranking(
     num_items: int,
     chunk_size: int,
     top_k: int,
+    fingerprints: jax.Array | None = None,
+    axis_name: str | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Ranks the answer among all real items, in chunks of the catalogue.
 
@@ -197,9 +219,17 @@ def full_ranking(
   bit-identical to the answer's get exactly the answer's score (see
   `row_fingerprints`), so exact ties always count against the answer.
 
+  With `axis_name` (inside `shard_map` over that mesh axis) the catalogue is
+  split over the axis instead of copied to every device: `item_table` and
+  `fingerprints` are this device's block of consecutive rows (device i holds
+  ids [i * S, (i + 1) * S) of a table padded to S * axis size rows), the users
+  are the same on every device, and the results are global: counts are summed
+  and the per-device top-k lists merged. Ties still resolve to the lowest id.
+
   Args:
     user_repr: [B, H] user representations.
-    item_table: [item_size, H] item embeddings, item_size > num_items.
+    item_table: [item_size, H] item embeddings, item_size > num_items (with
+      `axis_name`: this device's [S, H] block).
     answers: [B] int answer ids in 1..num_items (not checked at run time).
     history: [B, Lh] int, 0-padded history ids in any order, repeats allowed;
       may contain the answer, which stays a candidate.
@@ -207,6 +237,9 @@ def full_ranking(
     chunk_size: catalogue rows scored per scan step (static); any value >= 1,
       values >= num_items give a single chunk.
     top_k: number of best remaining candidates to return (static).
+    fingerprints: `table_fingerprints(item_table)`, if already computed
+      (otherwise each chunk's rows are fingerprinted as they are scored).
+    axis_name: the mesh axis the catalogue is split over, or None.
 
   Returns:
     ranks: [B] int32, number of other remaining candidates scoring >= the answer.
@@ -221,7 +254,9 @@ def full_ranking(
   chex.assert_equal_shape_prefix([user_repr, answers, history], 1)
   chex.assert_equal_shape_suffix([user_repr, item_table], 1)
   chex.assert_type([answers, history], int)
-  item_size = item_table.shape[0]
+  local_size = item_table.shape[0]
+  num_shards = 1 if axis_name is None else lax.axis_size(axis_name)
+  item_size = local_size * num_shards
   batch = user_repr.shape[0]
   if not 1 <= num_items < item_size:
     raise ValueError(
@@ -230,8 +265,11 @@ def full_ranking(
   if chunk_size < 1 or top_k < 1:
     raise ValueError(f"chunk_size and top_k must be >= 1; got {chunk_size}, {top_k}.")
 
-  chunk = min(chunk_size, num_items)
-  num_chunks = math.ceil(num_items / chunk)
+  # Local rows scanned: ids 1..num_items of a whole table; every row of a block.
+  first_row, scan_rows = (1, num_items) if axis_name is None else (0, local_size)
+  base = 0 if axis_name is None else lax.axis_index(axis_name) * local_size  # id of local row 0
+  chunk = min(chunk_size, scan_rows)
+  num_chunks = math.ceil(scan_rows / chunk)
   chunk_k = min(top_k, chunk)
   score_dtype = jnp.result_type(user_repr.dtype, item_table.dtype)
   neg_inf = jnp.array(-jnp.inf, score_dtype)
@@ -243,27 +281,29 @@ def full_ranking(
   user_idx = jnp.arange(batch, dtype=jnp.int32)
   # History entries to remove from the candidates: real ids other than the answer.
   excluded = (history > 0) & (history != answers[:, None])
-  answer_rows = jnp.take(item_table, answers, axis=0)  # [B, H]
+  answer_rows, answer_fp = _answer_rows(item_table, fingerprints, answers, base, axis_name)
   answer_score = jnp.sum(user_repr * answer_rows, axis=-1)
-  answer_fp = row_fingerprints(answer_rows)  # [B, 2]
+  if answer_fp is None:
+    answer_fp = row_fingerprints(answer_rows)  # [B, 2]
 
   def step_fn(carry, step):
     count, top_scores, top_items = carry
-    # Chunk ids [start, start + chunk). The last chunk's slice is shifted back
-    # to stay inside the table; its ids below `start` were already seen.
-    start = step * chunk + 1
-    offset = jnp.minimum(start, item_size - chunk)
+    # Chunk rows [start, start + chunk). The last chunk's slice is shifted back
+    # to stay inside the table; its rows below `start` were already seen.
+    start = first_row + step * chunk
+    offset = jnp.minimum(start, local_size - chunk)
     rows = lax.dynamic_slice_in_dim(item_table, offset, chunk, axis=0)
     scores = lax.dot_general(user_repr, rows, (((1,), (1,)), ((), ())))  # [B, chunk]
-    # Fingerprinted per chunk: a whole-table fingerprint would need scratch
-    # memory the size of the table, whatever the chunk size.
-    fps = row_fingerprints(rows)
+    # Without precomputed fingerprints, each chunk is fingerprinted here
+    # (hashing the whole table at once needs scratch the size of the table).
+    fps = (row_fingerprints(rows) if fingerprints is None
+           else lax.dynamic_slice_in_dim(fingerprints, offset, chunk, axis=0))
     same_as_answer = _same_row(fps[None, :, :], answer_fp[:, None, :])
     scores = jnp.where(same_as_answer, answer_score[:, None], scores)
 
-    ids = offset + jnp.arange(chunk, dtype=jnp.int32)
-    in_range = (ids >= start) & (ids <= num_items)
-    local = history - offset
+    ids = base + offset + jnp.arange(chunk, dtype=jnp.int32)
+    in_range = (ids >= base + start) & (ids >= 1) & (ids <= num_items)
+    local = history - (base + offset)
     # Out-of-chunk positions go to index `chunk` and are dropped; negative
     # indices would otherwise wrap around.
     local = jnp.where(excluded & (local >= 0) & (local < chunk), local, chunk)
@@ -279,12 +319,7 @@ def full_ranking(
     chunk_scores, chunk_idx = lax.top_k(masked, chunk_k)
     chunk_items = jnp.where(
         jnp.take_along_axis(candidate, chunk_idx, axis=1), ids[chunk_idx], 0)
-    # Previous best first: lax.top_k keeps the lower index on ties, and earlier
-    # chunks hold lower ids, so ties resolve to the lowest id.
-    merged_scores = jnp.concatenate([top_scores, chunk_scores], axis=1)
-    merged_items = jnp.concatenate([top_items, chunk_items], axis=1)
-    top_scores, pick = lax.top_k(merged_scores, top_k)
-    top_items = jnp.take_along_axis(merged_items, pick, axis=1)
+    top_scores, top_items = _merge_top_k(top_scores, top_items, chunk_scores, chunk_items, top_k)
     return (count, top_scores, top_items), None
 
   init = (
@@ -294,4 +329,41 @@ def full_ranking(
   )
   steps = jnp.arange(num_chunks, dtype=jnp.int32)
   (ranks, top_scores, top_items), _ = lax.scan(step_fn, init, steps)
+  if axis_name is not None:
+    ranks = lax.psum(ranks, axis_name)
+    # Devices hold increasing ids, so the gathered lists are in id order and
+    # the merge keeps resolving ties to the lowest id.
+    gathered_scores = lax.all_gather(top_scores, axis_name, axis=1, tiled=True)
+    gathered_items = lax.all_gather(top_items, axis_name, axis=1, tiled=True)
+    top_scores, pick = lax.top_k(gathered_scores, top_k)
+    top_items = jnp.take_along_axis(gathered_items, pick, axis=1)
   return ranks, top_items, top_scores
+
+
+def _merge_top_k(top_scores, top_items, new_scores, new_items, top_k):
+  # Previous best first: lax.top_k keeps the lower index on ties, and earlier
+  # chunks hold lower ids, so ties resolve to the lowest id.
+  merged_scores = jnp.concatenate([top_scores, new_scores], axis=1)
+  merged_items = jnp.concatenate([top_items, new_items], axis=1)
+  top_scores, pick = lax.top_k(merged_scores, top_k)
+  return top_scores, jnp.take_along_axis(merged_items, pick, axis=1)
+
+
+def _answer_rows(item_table, fingerprints, answers, base, axis_name):
+  """The answers' embedding rows [B, H] (and fingerprints [B, 2], or None if not precomputed).
+
+  With a catalogue split over `axis_name`, the device holding an answer's row
+  contributes it and the others zeros, summed over the axis (exact: x + 0 = x).
+  """
+  if axis_name is None:
+    fps = None if fingerprints is None else jnp.take(fingerprints, answers, axis=0)
+    return jnp.take(item_table, answers, axis=0), fps
+  local = answers - base
+  owned = (local >= 0) & (local < item_table.shape[0])
+  local = jnp.clip(local, 0, item_table.shape[0] - 1)
+  rows = jnp.where(owned[:, None], jnp.take(item_table, local, axis=0), 0)
+  fps = None
+  if fingerprints is not None:
+    fps = lax.psum(jnp.where(owned[:, None], jnp.take(fingerprints, local, axis=0), 0),
+                   axis_name)
+  return lax.psum(rows, axis_name), fps

@@ -316,7 +316,9 @@ def init_params(config: ModelConfig, key: jax.Array) -> dict:
   """Fresh parameters drawn from `key`."""
   model = S3RecModel(config)
   dummy = jnp.ones((1, config.max_len), jnp.int32)
-  return model.init(key, dummy)["params"]
+  # Jitted: one small program instead of dozens of op-by-op ones, each of
+  # which would stay compiled (and resident) for the life of the process.
+  return jax.jit(model.init)(key, dummy)["params"]
 
 
 def encode(config: ModelConfig, params: dict, ids: jax.Array, *, causal: bool,

@@ -191,8 +191,7 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   tx = train_steps.make_optimizer(pc.learning_rate, pc.adam_b1, pc.adam_b2, pc.weight_decay)
   repl = parallel.replicated(mesh)
   init_key = base_key(config, STREAM_PRETRAIN_INIT)
-  state = parallel.replicate(train_steps.create_state(model_lib.init_params(mcfg, init_key), tx),
-                             mesh)
+  state = train_steps.create_state(model_lib.init_params(mcfg, init_key), tx, mesh)
   tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
   step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh)
 
@@ -292,14 +291,22 @@ class Evaluator:
     self.config, self.ds, self.splits, self.mesh, self.protocol = config, ds, splits, mesh, protocol
     self.step = train_steps.make_eval_step(mcfg, protocol, mesh, num_items=ds.max_item,
                                            chunk_size=ec.chunk_size, top_k=ec.top_k)
+    self.fingerprints = train_steps.make_table_fingerprints(mesh, ec.chunk_size)
 
   def __call__(self, params, split: str) -> dict[str, float]:
-    totals = None
-    for batch in input_pipeline.eval_batches(self.ds, self.splits, split, self.protocol,
-                                             self.config.eval.batch_size,
-                                             self.config.pack_sequences, shards(self.mesh)):
-      sums = self.step(params, parallel.shard_batch(batch, self.mesh))
+    fingerprints = self.fingerprints(params)
+    totals, previous = None, None
+    batches = input_pipeline.prefetch(input_pipeline.eval_batches(
+        self.ds, self.splits, split, self.protocol, self.config.eval.batch_size,
+        self.config.pack_sequences, shards(self.mesh)))
+    for batch in batches:
+      sums = self.step(params, parallel.shard_batch(batch, self.mesh), fingerprints)
       totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
+      # At most two steps in flight: the steps do not depend on each other, and
+      # many queued collective programs can stall XLA:CPU's host devices.
+      if previous is not None:
+        jax.block_until_ready(previous)
+      previous = sums
     values = metrics_lib.finalize(jax.device_get(totals))
     return {name: values[name] for name in train_steps.metric_names(self.protocol)}
 
@@ -329,9 +336,7 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   else:
     log("fine-tuning: no pre-training checkpoint: random initialisation (plain SASRec)")
   tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2, fc.weight_decay)
-  state = train_steps.create_state(params, tx)
-  state = state.replace(opt_state=parallel.replicate(state.opt_state, mesh),
-                        step=parallel.replicate(state.step, mesh))
+  state = train_steps.create_state(params, tx, mesh)
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size, negative_high(config, ds),
                                            config.seed, config.pack_sequences, shards(mesh))
   step_fn = train_steps.make_finetune_step(mcfg, tx, mesh)

@@ -3,12 +3,11 @@
 The steps are pure: (state, batch, tables, key) -> (state, metrics). Each is
 `jax.jit` of a `shard_map` over the mesh's 'data' axis: the batch is sharded
 (every device holds its own packed shard, see input_pipeline.Shards), the
-state and tables are replicated. Every device computes the loss terms and
-gradients of its shard; the gradients are then summed over devices in ONE
-all-reduce of a flat buffer (one collective per step instead of one per
-parameter array) and the loss terms are summed the same way, so losses are
-sums (or means over the global target count) over the GLOBAL batch whatever
-the number of devices or processes.
+parameters and tables are replicated, and the optimiser state is sharded
+(ZeRO-1, see `_reduce_and_update`). Every device computes the loss terms and
+gradients of its shard; the flat gradient is reduce-scattered over devices and
+the loss terms are summed, so losses are sums (or means over the global target
+count) over the GLOBAL batch whatever the number of devices or processes.
 """
 
 from __future__ import annotations
@@ -20,7 +19,9 @@ import flax
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from s3rec_jax import metrics as metrics_lib
@@ -37,32 +38,48 @@ def _psum_flat(tree: Any) -> Any:
   return unravel(jax.lax.psum(flat, AXIS))
 
 
-def _psum_grads(grads: Any, extras: Any) -> tuple[jax.Array, Any]:
-  """(flat gradient vector, extras), both summed over the data axis in ONE collective."""
-  flat_grads, _ = jax.flatten_util.ravel_pytree(grads)
-  flat_extras, unravel_extras = jax.flatten_util.ravel_pytree(extras)
-  total = jax.lax.psum(jnp.concatenate([flat_grads, flat_extras]), AXIS)
-  return total[:flat_grads.size], unravel_extras(total[flat_grads.size:])
-
-
 def _data_parallel(body: Callable, mesh, num_replicated_before: int, num_replicated_after: int,
-                   out_specs, donate: tuple[int, ...] = ()) -> Callable:
+                   out_specs) -> Callable:
   """jit(shard_map(body)) with args (replicated..., batch, replicated...)."""
   in_specs = ((P(),) * num_replicated_before + (P(AXIS),) + (P(),) * num_replicated_after)
   # check_vma=False: gradients taken inside the body stay per-device, so the
-  # single flat psum above is the only reduction.
-  mapped = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                         check_vma=False)
-  return jax.jit(mapped, donate_argnums=donate)
+  # explicit collectives are the only reductions.
+  return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                               check_vma=False))
 
 
 @flax.struct.dataclass
 class TrainState:
-  """Parameters as a tree (what the model and checkpoints read); the optimiser
-  state over the flat parameter vector (see `_apply_gradients`)."""
+  """Parameters as a tree, replicated (what the model and checkpoints read); the
+  optimiser state over the flat parameter vector, zero-padded to a multiple of
+  the device count and sharded over the data axis (see `_reduce_and_update`)."""
   step: jax.Array
   params: Any
   opt_state: Any
+
+
+def _state_specs(state: TrainState) -> TrainState:
+  """Partition specs of a state: vectors of the optimiser state sharded, the rest replicated."""
+  return TrainState(step=P(), params=P(),
+                    opt_state=jax.tree_util.tree_map(_opt_state_spec, state.opt_state))
+
+
+def _opt_state_spec(leaf) -> P:
+  """Vectors of the optimiser state (Adam's moments) are sharded; scalars (its count) are not."""
+  return P(AXIS) if leaf.ndim else P()
+
+
+def _training_step(body: Callable, mesh, batch_first_specs: tuple) -> Callable:
+  """jit(shard_map(body)) for body(state, batch, *replicated) -> (state, metrics).
+
+  The state's specs come from its structure at trace time; it is donated.
+  """
+  def run(state, *args):
+    specs = _state_specs(state)
+    mapped = jax.shard_map(body, mesh=mesh, in_specs=(specs, *batch_first_specs),
+                           out_specs=(specs, P()), check_vma=False)
+    return mapped(state, *args)
+  return jax.jit(run, donate_argnums=(0,))
 
 
 def make_optimizer(learning_rate: float, b1: float, b2: float,
@@ -74,9 +91,22 @@ def make_optimizer(learning_rate: float, b1: float, b2: float,
   return adam
 
 
-def create_state(params: Any, tx: optax.GradientTransformation) -> TrainState:
-  flat_params, _ = jax.flatten_util.ravel_pytree(params)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(flat_params))
+def padded_size(size: int, num_shards: int) -> int:
+  return -(-size // num_shards) * num_shards
+
+
+def create_state(params: Any, tx: optax.GradientTransformation, mesh) -> TrainState:
+  """A fresh state placed on `mesh`: parameters replicated, optimiser state sharded."""
+  flat = np.asarray(jax.device_get(jax.flatten_util.ravel_pytree(params)[0]))
+  padded = np.zeros(padded_size(flat.size, mesh.size), flat.dtype)
+  padded[:flat.size] = flat
+  opt_state = jax.device_get(tx.init(padded))
+  put = lambda x, spec: jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x),
+                                       NamedSharding(mesh, spec))
+  return TrainState(step=put(np.zeros((), np.int32), P()),
+                    params=jax.tree_util.tree_map(lambda x: put(x, P()), params),
+                    opt_state=jax.tree_util.tree_map(
+                        lambda x: put(x, _opt_state_spec(x)), opt_state))
 
 
 def step_key(base_key: jax.Array, epoch: int, step: int) -> jax.Array:
@@ -84,28 +114,43 @@ def step_key(base_key: jax.Array, epoch: int, step: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(base_key, epoch), step)
 
 
-def _apply_gradients(state: TrainState, flat_grads: jax.Array, tx: optax.GradientTransformation,
-                     losses: dict) -> tuple[TrainState, dict]:
-  """One optimiser update, skipped when any loss or the gradient is not finite.
+def _reduce_and_update(state: TrainState, grads: Any, scalars: dict,
+                       tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+  """Sums gradients and `scalars` over the data axis and applies one optimiser update.
 
-  The update runs on the flat parameter vector: Adam is elementwise, so this
-  is the same arithmetic as per array, in a few large fused operations
-  instead of several small ones per parameter array (which dominated the
-  step time of this small model on CPU). Skipping keeps the state at the last
-  good step, so the host can stop the run with the step and objective named
-  while everything saved stays usable.
+  ZeRO-1: the flat gradient is reduce-scattered, so each device receives the
+  global sum of its 1/N slice of the vector; it runs Adam on that slice of the
+  parameters and of the (sharded) optimiser state, and the updated slices are
+  all-gathered into the replicated parameters. Adam is elementwise, so this is
+  the arithmetic of one update of the whole vector, at 1/N of the optimiser's
+  work and memory per device; on a CPU host, whose devices share the cores,
+  the replicated update was a large share of a small model's step.
+
+  The update is skipped when any scalar or the gradient is not finite: the
+  state stays at the last good step, so the host can stop the run with the
+  step and objective named while everything saved stays usable.
   """
   flat_params, unravel = jax.flatten_util.ravel_pytree(state.params)
-  grad_norm = jnp.sqrt(jnp.sum(jnp.square(flat_grads)))
+  flat_grads, _ = jax.flatten_util.ravel_pytree(grads)
+  size = flat_params.size
+  padded = padded_size(size, jax.lax.axis_size(AXIS))
+  local = padded // jax.lax.axis_size(AXIS)
+  pad = lambda x: jnp.pad(x, (0, padded - size))
+  grad_slice = jax.lax.psum_scatter(pad(flat_grads), AXIS, tiled=True)
+  param_slice = jax.lax.dynamic_slice_in_dim(pad(flat_params),
+                                             jax.lax.axis_index(AXIS) * local, local)
+  scalars, grad_sq = _psum_flat((scalars, jnp.sum(jnp.square(grad_slice))))
+  grad_norm = jnp.sqrt(grad_sq)
   finite = jnp.isfinite(grad_norm)
-  for value in losses.values():
+  for value in scalars.values():
     finite &= jnp.isfinite(value)
-  updates, opt_state = tx.update(flat_grads, state.opt_state, flat_params)
+  updates, opt_state = tx.update(grad_slice, state.opt_state, param_slice)
   keep = lambda new, old: jnp.where(finite, new, old)
+  new_params = jax.lax.all_gather(keep(param_slice + updates, param_slice), AXIS, tiled=True)
   new = state.replace(step=state.step + finite.astype(state.step.dtype),
-                      params=unravel(keep(flat_params + updates, flat_params)),
+                      params=unravel(new_params[:size]),
                       opt_state=jax.tree_util.tree_map(keep, opt_state, state.opt_state))
-  return new, dict(losses, grad_norm=grad_norm, finite=finite)
+  return new, dict(scalars, grad_norm=grad_norm, finite=finite)
 
 
 # --- pre-training ------------------------------------------------------------
@@ -157,12 +202,10 @@ def make_pretrain_step(model_config, objectives, options, tx, mesh) -> Callable:
       return pretrain_loss(params, batch, tables, key, model_config=model_config,
                            objectives=objectives, options=options)
     (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads, (losses, sequences) = _psum_grads(grads, (dict(losses, loss=total),
-                                                     jnp.sum(batch["weights"])))
-    new_state, metrics = _apply_gradients(state, grads, tx, losses)
-    return new_state, dict(metrics, sequences=sequences)
+    return _reduce_and_update(state, grads, dict(losses, loss=total,
+                                                 sequences=jnp.sum(batch["weights"])), tx)
 
-  return _data_parallel(step, mesh, 1, 2, out_specs=(P(), P()), donate=(0,))
+  return _training_step(step, mesh, (P(AXIS), P(), P()))
 
 
 def make_objective_diagnosis(model_config, objectives, options, mesh) -> Callable:
@@ -221,10 +264,9 @@ def make_finetune_step(model_config, tx, mesh) -> Callable:
       total, _ = finetune_loss_terms(params, batch, key, model_config=model_config)
       return total / global_count
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    grads, loss = _psum_grads(grads, loss)
-    return _apply_gradients(state, grads, tx, {"loss": loss})
+    return _reduce_and_update(state, grads, {"loss": loss}, tx)
 
-  return _data_parallel(step, mesh, 1, 1, out_specs=(P(), P()), donate=(0,))
+  return _training_step(step, mesh, (P(AXIS), P()))
 
 
 # --- evaluation --------------------------------------------------------------
@@ -240,20 +282,33 @@ def metric_names(protocol: str) -> tuple[str, ...]:
 
 def make_eval_step(model_config, protocol: str, mesh, *, num_items: int, chunk_size: int,
                    top_k: int = 20) -> Callable:
-  """(params, batch) -> per-metric sums over the batch's real users (and 'count')."""
+  """(params, batch, fingerprints) -> per-metric sums over the batch's real users (and 'count').
+
+  `fingerprints` is `metrics.table_fingerprints` of the item table, computed
+  once per pass (see `make_table_fingerprints`).
+  """
   names = metric_names(protocol)
 
-  def step(params: Any, batch: dict):
+  def step(params: Any, batch: dict, fingerprints: jax.Array):
     # Only each user's newest token is scored: the last layer computes just that one.
     user = model_lib.encode(model_config, params, batch["inputs"], causal=True,
                             segment_ids=batch["segment_ids"], positions=batch["positions"],
                             queries=model_lib.Queries(0, batch["last_index"]))  # [B_local, H]
     table = model_lib.item_table(params)
     if protocol == "sampled":
-      ranks = metrics_lib.rank_of_first(metrics_lib.sampled_scores(user, table, batch["candidates"]))
+      ranks = metrics_lib.rank_of_first(
+          metrics_lib.sampled_scores(user, table, batch["candidates"], fingerprints))
     else:
       ranks, _, _ = metrics_lib.full_ranking(user, table, batch["answers"], batch["history"],
-                                             num_items=num_items, chunk_size=chunk_size, top_k=top_k)
+                                             num_items=num_items, chunk_size=chunk_size,
+                                             top_k=top_k, fingerprints=fingerprints)
     return _psum_flat(metrics_lib.metric_sums(ranks, batch["weights"], names))
 
-  return _data_parallel(step, mesh, 1, 0, out_specs=P())
+  return _data_parallel(step, mesh, 1, 1, out_specs=P())
+
+
+def make_table_fingerprints(mesh, chunk_size: int) -> Callable:
+  """params -> fingerprints of the item table's rows, replicated over the mesh."""
+  return jax.jit(lambda params: metrics_lib.table_fingerprints(model_lib.item_table(params),
+                                                               chunk_size),
+                 out_shardings=parallel.replicated(mesh))

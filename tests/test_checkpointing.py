@@ -3,6 +3,7 @@
 import os
 
 import jax
+import jax.flatten_util
 import numpy as np
 import optax
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from s3rec_jax import checkpointing
 from s3rec_jax import model
 from s3rec_jax import parallel
+from s3rec_jax import train_steps
 
 PRE = model.ModelConfig(item_size=12, attribute_size=5, hidden_size=16, num_layers=1, num_heads=2,
                         max_len=6, head_names=("aap", "mip", "map", "sp"))
@@ -17,19 +19,34 @@ FINE = model.ModelConfig(item_size=12, attribute_size=5, hidden_size=16, num_lay
                          max_len=6)
 
 
+def _state(mesh, fill: bool):
+  """A training state on `mesh`; with `fill`, Adam's moments hold distinct non-zero values."""
+  params = model.init_params(PRE, jax.random.key(0))
+  state = train_steps.create_state(params, optax.adam(1e-3), mesh)
+  if fill:
+    size = jax.flatten_util.ravel_pytree(params)[0].size
+    def filled(x):
+      values = np.zeros(x.shape, np.float32)
+      values[:size] = np.arange(1, size + 1)
+      return jax.device_put(values, x.sharding)
+    state = state.replace(opt_state=jax.tree_util.tree_map(
+        lambda x: filled(x) if x.ndim else x, state.opt_state))
+  return state
+
+
 @pytest.fixture
 def saved(tmp_path):
-  params = model.init_params(PRE, jax.random.key(0))
-  opt_state = optax.adam(1e-3).init(params)
+  """Two checkpoints of a state on 4 devices (flat optimiser vectors padded to a multiple of 4)."""
+  state = _state(parallel.make_mesh(), fill=True)
   mngr = checkpointing.manager(str(tmp_path / "pretrain"))
   for step in (5, 10):
-    checkpointing.save(mngr, step, params, {"epoch": step}, opt_state=opt_state)
+    checkpointing.save(mngr, step, state.params, {"epoch": step}, opt_state=state.opt_state)
   mngr.close()
-  return tmp_path / "pretrain", params
+  return tmp_path / "pretrain", state.params, state.opt_state
 
 
 def test_restored_encoder_equals_saved_and_heads_stay_behind(saved):
-  path, pre_params = saved
+  path, pre_params, _ = saved
   repl = parallel.replicated(parallel.make_mesh())
   fresh = model.init_params(FINE, jax.random.key(1))
   restored, root, step = checkpointing.restore_encoder(str(path), fresh, repl)
@@ -53,7 +70,7 @@ def test_missing_checkpoint_fails_loudly(tmp_path):
 
 
 def test_mismatched_model_names_the_tensor(saved):
-  path, _ = saved
+  path, _, _ = saved
   repl = parallel.replicated(parallel.make_mesh())
   other = model.ModelConfig(item_size=13, attribute_size=5, hidden_size=16, num_layers=1,
                             num_heads=2, max_len=6)
@@ -62,12 +79,34 @@ def test_mismatched_model_names_the_tensor(saved):
 
 
 def test_full_restore_is_exact(saved):
-  path, params = saved
-  repl = parallel.replicated(parallel.make_mesh())
-  opt_state = optax.adam(1e-3).init(params)
+  path, params, opt_state = saved
+  mesh = parallel.make_mesh()
+  target = _state(mesh, fill=False)
   mngr = checkpointing.manager(str(path))
-  got_params, got_opt, meta = checkpointing.restore_full(mngr, 10, params, opt_state, repl)
+  got_params, got_opt, meta = checkpointing.restore_full(
+      mngr, 10, target.params, target.opt_state, parallel.replicated(mesh))
   mngr.close()
   assert meta == {"epoch": 10}
   jax.tree_util.tree_map(np.testing.assert_array_equal, got_params, params)
   jax.tree_util.tree_map(np.testing.assert_array_equal, got_opt, opt_state)
+  assert got_opt[0].mu.sharding.spec == opt_state[0].mu.sharding.spec
+
+
+@pytest.mark.parametrize("devices", [1, 3])
+def test_full_restore_on_another_device_count(saved, devices):
+  """Resuming on another number of devices re-pads the sharded flat optimiser vectors."""
+  path, params, opt_state = saved
+  mesh = parallel.make_mesh(jax.devices()[:devices])
+  target = _state(mesh, fill=False)
+  size = jax.flatten_util.ravel_pytree(params)[0].size
+  assert target.opt_state[0].mu.shape[0] == train_steps.padded_size(size, devices)
+  mngr = checkpointing.manager(str(path))
+  _, got_opt, _ = checkpointing.restore_full(mngr, 10, target.params, target.opt_state,
+                                             parallel.replicated(mesh))
+  mngr.close()
+  for got, want in ((got_opt[0].mu, opt_state[0].mu), (got_opt[0].nu, opt_state[0].nu)):
+    assert got.shape == target.opt_state[0].mu.shape
+    assert got.sharding == target.opt_state[0].mu.sharding
+    np.testing.assert_array_equal(np.asarray(got)[:size], np.asarray(want)[:size])
+    assert not np.any(np.asarray(got)[size:])
+  assert int(got_opt[0].count) == int(opt_state[0].count)

@@ -146,6 +146,13 @@ def test_sampled_scores_and_collapsed_model():
   collapsed = np.broadcast_to(rng.normal(size=hidden), table.shape).astype(np.float32)
   ranks = metrics.rank_of_first(metrics.sampled_scores(user, collapsed, cands))
   np.testing.assert_array_equal(ranks, num_cands - 1)
+  # The same with the table's fingerprints computed once beforehand.
+  fingerprints = metrics.table_fingerprints(jnp.asarray(collapsed), chunk_size=64)
+  np.testing.assert_array_equal(
+      metrics.rank_of_first(metrics.sampled_scores(user, collapsed, cands, fingerprints)), ranks)
+  np.testing.assert_allclose(
+      metrics.sampled_scores(user, table, cands, metrics.table_fingerprints(jnp.asarray(table))),
+      scores, rtol=1e-6, atol=1e-6)
   sums = metrics.metric_sums(ranks, jnp.ones(batch), metrics.SAMPLED_METRICS)
   assert float(sums["HR@1"]) == 0.0 and float(sums["HR@10"]) == 0.0
 
@@ -154,10 +161,13 @@ def test_sampled_scores_and_collapsed_model():
 # Full ranking.
 
 
-def run_full(user, table, answers, history, num_items, chunk_size, top_k):
+def run_full(user, table, answers, history, num_items, chunk_size, top_k,
+             precomputed_fingerprints=False):
   fn = jax.jit(functools.partial(
       metrics.full_ranking, num_items=num_items, chunk_size=chunk_size, top_k=top_k))
-  return jax.device_get(fn(user, table, answers, history))
+  fingerprints = (metrics.table_fingerprints(jnp.asarray(table), chunk_size=5)
+                  if precomputed_fingerprints else None)
+  return jax.device_get(fn(user, table, answers, history, fingerprints=fingerprints))
 
 
 def test_full_ranking_matches_numpy_for_any_chunk_size():
@@ -208,10 +218,11 @@ def test_full_ranking_collapsed_model_ties():
   n_excluded = np.array([0, 1, 2, 0, 3])
   # Batch 1 takes XLA:CPU's matrix-vector path, whose tail columns round
   # differently (e.g. columns 96..99 of a 100-wide chunk).
-  for batch, chunk_sizes in ((5, (7, 256)), (1, (100,))):
+  for batch, chunk_sizes, precomputed in ((5, (7, 256), False), (1, (100,), False),
+                                          (5, (7,), True), (1, (100,), True)):
     for chunk_size in chunk_sizes:
       ranks, items, _ = run_full(user[:batch], table, answers[:batch], history[:batch],
-                                 num_items, chunk_size, 3)
+                                 num_items, chunk_size, 3, precomputed)
       # Every remaining candidate ties with the answer and counts against it.
       np.testing.assert_array_equal(ranks, num_items - 1 - n_excluded[:batch])
       sums = metrics.metric_sums(jnp.asarray(ranks), jnp.ones(batch), metrics.FULL_METRICS)
@@ -239,6 +250,9 @@ def test_fingerprints_equal_only_for_equal_rows():
   assert tuple(np.asarray(metrics.row_fingerprints(jnp.asarray(rows[3, ::-1])))) != keys[3]
   bf16 = metrics.row_fingerprints(jnp.asarray(rows, jnp.bfloat16))
   assert bf16.shape == (500, 2) and bf16.dtype == jnp.uint32
+  # Chunked over the whole table: the same fingerprints, whatever the chunk size.
+  for chunk_size in (1, 7, 500, 4096):
+    np.testing.assert_array_equal(metrics.table_fingerprints(jnp.asarray(rows), chunk_size), fps)
 
 
 def test_full_ranking_top_k_larger_than_candidates():
@@ -263,6 +277,44 @@ def test_full_ranking_rejects_bad_sizes():
   with pytest.raises(ValueError):
     metrics.full_ranking(user, table, answers, history, num_items=53,
                          chunk_size=0, top_k=5)
+
+
+def _catalogue_sharded_ranking(user, table, answers, history, num_items, chunk_size, top_k,
+                               precomputed_fingerprints):
+  """full_ranking with the table's rows split over 4 devices (users on every device)."""
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  rows = -(-table.shape[0] // mesh.size) * mesh.size
+  padded = np.zeros((rows, table.shape[1]), table.dtype)
+  padded[:table.shape[0]] = table
+
+  def body(user, block, answers, history):
+    fingerprints = metrics.table_fingerprints(block, 3) if precomputed_fingerprints else None
+    return metrics.full_ranking(user, block, answers, history, num_items=num_items,
+                                chunk_size=chunk_size, top_k=top_k, fingerprints=fingerprints,
+                                axis_name="data")
+  fn = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P("data"), P(), P()),
+                             out_specs=P(), check_vma=False))
+  return jax.device_get(fn(user, padded, answers, history))
+
+
+@pytest.mark.parametrize("precomputed_fingerprints", [False, True])
+def test_full_ranking_with_catalogue_split_over_devices(precomputed_fingerprints):
+  assert len(jax.devices()) == 4, "tests/conftest.py should force 4 CPU devices"
+  user, table, answers, history = random_case(9, batch=6)
+  num_items, top_k = 53, 10
+  want = np_full_ranking(user, table, answers, history, num_items, top_k)
+  for chunk_size in (1, 5, 14, 100):   # 14 rows per device: one chunk, or several
+    got = _catalogue_sharded_ranking(user, table, answers, history, num_items, chunk_size,
+                                     top_k, precomputed_fingerprints)
+    for g, w, name in zip(got, want, ("ranks", "items", "scores")):
+      np.testing.assert_array_equal(g, w, err_msg=f"{name}, chunk {chunk_size}")
+  # A collapsed model: every score ties; counts and lowest-id tie breaks hold across devices.
+  collapsed = np.broadcast_to(table[1], table.shape).copy()
+  got_ranks, got_items, _ = _catalogue_sharded_ranking(user, collapsed, answers, history,
+                                                       num_items, 5, 3, precomputed_fingerprints)
+  want_ranks, want_items, _ = run_full(user, collapsed, answers, history, num_items, 5, 3)
+  np.testing.assert_array_equal(got_ranks, want_ranks)
+  np.testing.assert_array_equal(got_items, want_items)
 
 
 def test_full_ranking_sharded_batch_matches_unsharded():

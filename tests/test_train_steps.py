@@ -42,8 +42,7 @@ def test_pretrain_losses_match_on_1_and_4_devices(ds, form):
     batches = ip.PretrainBatches(ds, ip.PretrainSettings(16, L, 0.2, ds.mask_id), seed=0,
                                  shards=ip.Shards(*parallel.local_shards(mesh)))
     host_batches = list(batches.epoch(0))[:3]
-    state = jax.device_put(train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx),
-                           parallel.replicated(mesh))
+    state = train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx, mesh)
     tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
     step = train_steps.make_pretrain_step(cfg, chosen, options, tx, mesh)
     losses = []
@@ -70,8 +69,7 @@ def test_finetune_losses_match_on_1_and_4_devices(ds):
     fb = ip.FinetuneBatches(ds, splits, batch_size=16, negative_high=ds.max_item, seed=0,
                             shards=ip.Shards(*parallel.local_shards(mesh)))
     host_batches = list(fb.epoch(0))
-    state = jax.device_put(train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx),
-                           parallel.replicated(mesh))
+    state = train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx, mesh)
     step = train_steps.make_finetune_step(cfg, tx, mesh)
     losses = []
     for i, batch in enumerate(host_batches):
@@ -106,10 +104,11 @@ def test_eval_step_matches_numpy_ranking(ds, protocol):
   splits = data.finetune_splits(ds, L)
   mesh = parallel.make_mesh()
   step = train_steps.make_eval_step(cfg, protocol, mesh, num_items=ds.max_item, chunk_size=32)
+  fingerprints = train_steps.make_table_fingerprints(mesh, chunk_size=7)(params)
   totals = None
   for batch in ip.eval_batches(ds, splits, "valid", protocol, batch_size=24,
                                shards=ip.Shards(*parallel.local_shards(mesh))):
-    sums = jax.device_get(step(params, parallel.shard_batch(batch, mesh)))
+    sums = jax.device_get(step(params, parallel.shard_batch(batch, mesh), fingerprints))
     totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
   got = metrics.finalize(totals)
 
@@ -173,7 +172,8 @@ def test_packed_and_padded_finetuning_and_eval_agree(ds):
     loss = train_steps.finetune_loss(params, batch, jax.random.key(9), model_config=cfg)
     mesh = parallel.make_mesh()
     step = train_steps.make_eval_step(cfg, "full", mesh, num_items=ds.max_item, chunk_size=32)
-    sums = [jax.device_get(step(params, parallel.shard_batch(b, mesh)))
+    fingerprints = train_steps.make_table_fingerprints(mesh, chunk_size=32)(params)
+    sums = [jax.device_get(step(params, parallel.shard_batch(b, mesh), fingerprints))
             for b in ip.eval_batches(ds, splits, "test", "full", 32, pack=pack,
                                      shards=ip.Shards(*parallel.local_shards(mesh)))]
     values[pack] = (float(loss), metrics.finalize({k: sum(s[k] for s in sums) for k in sums[0]}))

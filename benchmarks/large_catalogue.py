@@ -52,7 +52,7 @@ def parse_args(argv):
   p.add_argument("--items", type=int, default=1_000_000, help="real items 1..items")
   p.add_argument("--hidden", type=int, default=64)
   p.add_argument("--top_k", type=int, default=20)
-  p.add_argument("--chunk_size", type=int, default=65536, help="catalogue rows per scan step")
+  p.add_argument("--chunk_size", type=int, default=16384, help="catalogue rows per scan step")
   p.add_argument("--user_batch", type=int, default=1024, help="users per call, split over devices")
   p.add_argument("--history", type=int, default=20, help="random history ids per user")
   p.add_argument("--check_users", type=int, default=64, help="users checked against numpy")

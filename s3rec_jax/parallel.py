@@ -119,8 +119,8 @@ def auto_host_devices(batch_sizes, cores: int | None = None) -> int:
 
   One device per core keeps every core busy on its own shard. More devices
   than cores (tried: 4 on 2 cores) add per-device fixed work and thread
-  contention: on the 2-core development machine, Beauty pre-training ran at
-  2,994-3,256 sequences/s on 2 devices against 2,602-2,776 on 4 (see
+  contention: on the 2-core development machine, three interleaved pairs of
+  Beauty pre-training runs gave 2 devices 8-18% more sequences/s than 4 (see
   README). The choice is the largest count up to the number of cores that
   divides every global batch size.
   """

@@ -178,6 +178,7 @@ def main(argv) -> int:
   if by_catalogue:
     item_size = -(-item_size // mesh.size) * mesh.size  # equal blocks of rows per device
   block_rows = item_size // mesh.size if by_catalogue else item_size
+  block_gib = block_rows * args.hidden * 4 / 2**30   # float32 rows held per device
   key_table, key_users = jax.random.split(jax.random.key(args.seed))
   say(f"{args.users} users x {args.items} items, H {args.hidden}, top-{args.top_k}, chunk "
       f"{args.chunk_size}, user batch {args.user_batch}, "
@@ -197,7 +198,7 @@ def main(argv) -> int:
     table = jax.jit(functools.partial(make_table, rows=item_size, hidden=args.hidden,
                                       exact=args.exact), out_shardings=repl)(key_table)
   jax.block_until_ready(table)
-  say(f"table [{item_size}, {args.hidden}] float32 ({block_rows * args.hidden * 4 / 2**20:.0f} "
+  say(f"table [{item_size}, {args.hidden}] float32 ({block_gib * 1024:.0f} "
       f"MiB per device) drawn on device in {time.perf_counter() - t0:.2f}s; peak RSS so far "
       f"{peak_rss_gib():.2f} GiB")
 
@@ -246,7 +247,7 @@ def main(argv) -> int:
   say(f"mean rank {ranks.mean():.0f} (uniform answers: about {args.items / 2:.0f}), "
       f"HR@{args.top_k} {np.mean(ranks < args.top_k):.4f}")
   say(f"peak RSS after ranking: {rss:.2f} GiB (ru_maxrss of the process; table "
-      f"{mesh.size} x {block_rows * args.hidden * 4 / 2**30:.2f} GiB on the host-memory devices)")
+      f"{mesh.size} x {block_gib:.2f} GiB on the host-memory devices)")
 
   # Spot-check the first users of batch 0 against numpy, reading the table in chunks.
   n = args.check_users

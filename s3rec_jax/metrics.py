@@ -333,20 +333,23 @@ def full_ranking(
     ranks = lax.psum(ranks, axis_name)
     # Devices hold increasing ids, so the gathered lists are in id order and
     # the merge keeps resolving ties to the lowest id.
-    gathered_scores = lax.all_gather(top_scores, axis_name, axis=1, tiled=True)
-    gathered_items = lax.all_gather(top_items, axis_name, axis=1, tiled=True)
-    top_scores, pick = lax.top_k(gathered_scores, top_k)
-    top_items = jnp.take_along_axis(gathered_items, pick, axis=1)
+    top_scores, top_items = _top_k_of(lax.all_gather(top_scores, axis_name, axis=1, tiled=True),
+                                      lax.all_gather(top_items, axis_name, axis=1, tiled=True),
+                                      top_k)
   return ranks, top_items, top_scores
 
 
+def _top_k_of(scores, items, top_k):
+  """The `top_k` best columns of [B, N] scores and their items; lax.top_k keeps the
+  lower column on ties, so lists laid out in id order resolve ties to the lowest id."""
+  best, pick = lax.top_k(scores, top_k)
+  return best, jnp.take_along_axis(items, pick, axis=1)
+
+
 def _merge_top_k(top_scores, top_items, new_scores, new_items, top_k):
-  # Previous best first: lax.top_k keeps the lower index on ties, and earlier
-  # chunks hold lower ids, so ties resolve to the lowest id.
-  merged_scores = jnp.concatenate([top_scores, new_scores], axis=1)
-  merged_items = jnp.concatenate([top_items, new_items], axis=1)
-  top_scores, pick = lax.top_k(merged_scores, top_k)
-  return top_scores, jnp.take_along_axis(merged_items, pick, axis=1)
+  # Previous best first: earlier chunks hold lower ids.
+  return _top_k_of(jnp.concatenate([top_scores, new_scores], axis=1),
+                   jnp.concatenate([top_items, new_items], axis=1), top_k)
 
 
 def _answer_rows(item_table, fingerprints, answers, base, axis_name):

@@ -133,8 +133,9 @@ def _reduce_and_update(state: TrainState, grads: Any, scalars: dict,
   flat_params, unravel = jax.flatten_util.ravel_pytree(state.params)
   flat_grads, _ = jax.flatten_util.ravel_pytree(grads)
   size = flat_params.size
-  padded = padded_size(size, jax.lax.axis_size(AXIS))
-  local = padded // jax.lax.axis_size(AXIS)
+  num_shards = jax.lax.axis_size(AXIS)
+  padded = padded_size(size, num_shards)
+  local = padded // num_shards
   pad = lambda x: jnp.pad(x, (0, padded - size))
   grad_slice = jax.lax.psum_scatter(pad(flat_grads), AXIS, tiled=True)
   param_slice = jax.lax.dynamic_slice_in_dim(pad(flat_params),

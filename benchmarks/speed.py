@@ -71,6 +71,10 @@ def parse_args(argv):
   group.add_argument("--no-pack", dest="layouts", action="store_const", const="padded",
                      help="only the padded (reference) layout")
   p.add_argument("--form", default="reference", choices=objectives_lib.FORMS)
+  p.add_argument("--micro_batches", type=int, default=0,
+                 help="pre-training micro-batches per device step (packed layout); 0 = automatic, "
+                      "as train.py chooses. The padded baseline always runs one pass per step, as "
+                      "the reference does")
   p.add_argument("--skip_finetune", action="store_true")
   p.add_argument("--skip_eval", action="store_true")
   args = p.parse_args(argv)
@@ -78,8 +82,8 @@ def parse_args(argv):
   bad = [x for x in args.layouts if x not in LAYOUTS]
   if bad or not args.layouts:
     p.error(f"--layouts: unknown {bad}; valid: {', '.join(LAYOUTS)}")
-  if args.steps < 1 or args.warmup < 0:
-    p.error("--steps must be >= 1 and --warmup >= 0")
+  if args.steps < 1 or args.warmup < 0 or args.micro_batches < 0:
+    p.error("--steps must be >= 1, --warmup >= 0 and --micro_batches >= 0")
   return args
 
 
@@ -140,6 +144,7 @@ def make_config(args):
   config.dataset = args.dataset
   config.data_dir = args.data_dir
   config.pretrain.form = args.form
+  config.pretrain.micro_batches = args.micro_batches
   return config
 
 
@@ -189,10 +194,15 @@ class CompiledSteps:
 
   Compiling ahead of the timed loops keeps compile time out of the step
   times; `seconds` and `flops` record each shape's compile time and XLA FLOPs.
+  XLA's cost analysis counts a loop body once, so a step that scans over
+  micro-batches is counted through `flop_step_fn`: the same step in one
+  pass, lowered (not compiled) for the same shapes, which does the same
+  arithmetic.
   """
 
-  def __init__(self, step_fn, mesh, make_args):
+  def __init__(self, step_fn, mesh, make_args, flop_step_fn=None):
     self.step_fn, self.mesh, self.make_args = step_fn, mesh, make_args
+    self.flop_step_fn = flop_step_fn
     self.compiled, self.seconds, self.flops = {}, {}, {}
 
   def __call__(self, batch: dict):
@@ -202,7 +212,9 @@ class CompiledSteps:
       args = self.make_args(parallel.shard_batch(batch, self.mesh))
       self.compiled[key] = self.step_fn.lower(*args).compile()
       self.seconds[key] = time.perf_counter() - t0
-      self.flops[key] = xla_flops(self.compiled[key]) * self.mesh.size
+      counted = (self.compiled[key] if self.flop_step_fn is None
+                 else self.flop_step_fn.lower(*args))
+      self.flops[key] = xla_flops(counted) * self.mesh.size
     return self.compiled[key]
 
 
@@ -210,8 +222,10 @@ def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
   pc = config.pretrain
   objectives = objectives_lib.resolve(pc.objectives.to_dict(), pc.form)
   mcfg = train_lib.model_config(config, ds, head_names=tuple(o.name for o, _ in objectives))
+  micro, why = (train_lib.pretrain_micro_batches(config, ds, mesh, objectives) if pack
+                else (1, "one pass per step, as the reference"))
   batches = input_pipeline.PretrainBatches(ds, pretrain_settings(config, ds, pack), config.seed,
-                                           shards=train_lib.shards(mesh))
+                                           shards=train_lib.shards(mesh, micro))
   options = objectives_lib.ObjectiveOptions(
       mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
       mip_num_negatives=pc.mip_num_negatives)
@@ -220,11 +234,13 @@ def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
   params = model_lib.init_params(mcfg, jax.random.key(config.seed))
   state = train_steps.create_state(params, tx, mesh)
   tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
-  step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh)
+  step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh, micro)
   k, w = args.steps, args.warmup
   base = jax.random.key(config.seed + 1)
   keys = [jax.device_put(train_steps.step_key(base, 0, i), repl) for i in range(w + k)]
-  steps = CompiledSteps(step_fn, mesh, lambda b: (state, b, tables, keys[0]))
+  one_pass = (train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh)
+              if micro > 1 else None)
+  steps = CompiledSteps(step_fn, mesh, lambda b: (state, b, tables, keys[0]), one_pass)
 
   # Compile every shape the measured steps use, before any timing.
   host = list(pretrain_stream(batches, range(w + k)))
@@ -259,6 +275,7 @@ def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
     for i, batch in enumerate(stream, start=w):
       state, losses = steps(batch)(state, parallel.shard_batch(batch, mesh), tables, keys[i])
       pending.append(losses)
+      train_lib.bound_in_flight(pending)
     block((state, pending))
     windows.append(time.perf_counter() - t0)
   prefetch_s = statistics.median(windows)
@@ -283,6 +300,7 @@ def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
       "exposed_share": max(prefetch_s - step_s, 0.0) / prefetch_s,
       "flops_step": flops / k, "flops_per_s": flops / step_s,
       "tokens": float(np.mean(rows)) * config.max_seq_length, "state": state,
+      "micro_batches": micro, "micro_why": why,
   }
 
 
@@ -313,6 +331,7 @@ def bench_finetune(config, ds, splits, mesh, pack: bool) -> dict:
   for step, batch in enumerate(input_pipeline.prefetch(batches.epoch(0))):
     state, out = steps(batch)(state, parallel.shard_batch(batch, mesh), keys[step])
     losses.append(out["loss"])
+    train_lib.bound_in_flight(losses)
   block((state, losses))
   return {"epoch_s": time.perf_counter() - t0, "steps": batches.steps_per_epoch,
           "rows": float(np.mean(rows)), "shapes": sorted(set(rows)),
@@ -338,7 +357,8 @@ def bench_eval(config, ds, splits, mesh, params, protocol: str) -> dict:
 def reproduce_command(args) -> str:
   parts = ["python", "benchmarks/speed.py", "--dataset", args.dataset, "--data_dir", args.data_dir,
            "--devices", str(args.devices), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--layouts", ",".join(args.layouts), "--form", args.form]
+           "--layouts", ",".join(args.layouts), "--form", args.form,
+           "--micro_batches", str(args.micro_batches)]
   parts += ["--skip_finetune"] if args.skip_finetune else []
   parts += ["--skip_eval"] if args.skip_eval else []
   return " ".join(shlex.quote(p) for p in parts)
@@ -393,7 +413,8 @@ def main(argv) -> int:
     say(f"[{layout}] pre-training: {r['seq_per_s']:.0f} seq/s with prefetch "
         f"({args.steps} steps x {config.pretrain.batch_size} sequences in {r['prefetch_s']:.2f}s; "
         f"{r['rows']:.1f} rows of {config.max_seq_length} per step on average, row counts "
-        f"{r['shapes']}, {100 * r['fill']:.0f}% of slots real); "
+        f"{r['shapes']}, {100 * r['fill']:.0f}% of slots real; {r['micro_batches']} "
+        f"micro-batch(es) per device step: {r['micro_why']}); "
         f"epoch of {r['num_sequences']} sequences ({r['steps_per_epoch']} steps) "
         f"~ {r['epoch_s']:.1f}s; median of 3 windows: "
         + ", ".join(f"{seqs / t:.0f}" for t in r["windows"]) + " seq/s")

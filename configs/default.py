@@ -62,6 +62,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.pretrain.save_every_epochs = 10   # hand-off checkpoints WORKDIR/pretrain/EPOCH
   c.pretrain.checkpoint_every_steps = 500  # resume checkpoints within an epoch (0 = epoch ends only)
   c.pretrain.log_every_steps = 50
+  # Micro-batches per device step: each device runs its share of a batch in
+  # this many pieces, one after another, summing the gradients (the same
+  # update up to float summation order). 0 = automatic: on a CPU host, pieces
+  # of about parallel.CPU_MICRO_BATCH_ROWS packed rows (a small working set is
+  # much faster there); 1 on accelerators.
+  c.pretrain.micro_batches = 0
 
   c.finetune = ml_collections.ConfigDict()
   c.finetune.epochs = 200

@@ -37,7 +37,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 "eval.chunk_size", "eval.top_k", "pretrain.save_every_epochs",
                 "pretrain.log_every_steps", "finetune.patience", "sample.num_negatives"):
     _positive_int(config, field)
-  for field in ("pretrain.epochs", "finetune.epochs", "num_devices", "pretrain.mip_num_negatives"):
+  for field in ("pretrain.epochs", "finetune.epochs", "num_devices", "pretrain.mip_num_negatives",
+                "pretrain.micro_batches"):
     value = _get(config, field)
     if not isinstance(value, int) or value < 0:
       raise ConfigError(f"config.{field} must be a non-negative integer, got {value!r}")
@@ -58,9 +59,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("config.pretrain.infonce_temperature must be > 0")
   if config.pretrain.epochs > 0:
     try:
-      objectives_lib.resolve(config.pretrain.objectives.to_dict(), config.pretrain.form)
+      chosen = objectives_lib.resolve(config.pretrain.objectives.to_dict(), config.pretrain.form)
     except ValueError as e:
       raise ConfigError(f"config.pretrain.objectives: {e}") from None
+    coupled = [o.name for o, _ in chosen if o.whole_batch]
+    if config.pretrain.micro_batches > 1 and coupled:
+      raise ConfigError(
+          f"config.pretrain.micro_batches={config.pretrain.micro_batches}: objective(s) "
+          f"{', '.join(coupled)} ({config.pretrain.form} form) compare each sequence with the "
+          f"whole batch, so it cannot be split; use 1, or 0 (automatic)")
 
 
 def validate_for_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:

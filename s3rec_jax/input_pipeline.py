@@ -68,10 +68,20 @@ def sample_excluding(rng: np.random.Generator, low: int, high: int, shape, need:
 @dataclasses.dataclass(frozen=True)
 class Shards:
   """A global batch is split into `count` equal shards, one per device of the
-  mesh; this process builds shards first_local .. first_local + num_local - 1."""
+  mesh; this process builds shards first_local .. first_local + num_local - 1.
+
+  With `micro_batches` M > 1 each shard is split further into M equal
+  micro-batches, each packed on its own rows (see `Packer.pack_shards`), so
+  that a step can run them one after another (see train_steps).
+  """
   count: int = 1
   first_local: int = 0
   num_local: int = 1
+  micro_batches: int = 1
+
+  def __post_init__(self):
+    if self.micro_batches < 1:
+      raise ValueError(f"micro_batches must be >= 1, got {self.micro_batches}")
 
 
 def row_bucket(rows: int) -> int:
@@ -162,17 +172,33 @@ class Packer:
     shard's own tokens, so a device never needs another device's rows.
     Per-sequence arrays follow their sequences; token ids stay those of the
     global batch.
+
+    With `shards.micro_batches` M > 1 the batch is split the same way into
+    count * M pieces (piece d * M + m is micro-batch m of device d), each
+    packed on `num_rows` rows of its own; a device's rows and sequences are
+    then its M pieces one after another. When count * M does not divide B,
+    the batch is completed with empty sequences (no tokens, weight 0), which
+    change no loss.
     """
-    per = len(lengths) // shards.count
-    order = (self.shard_assignment(lengths, shards.count) if self.pack and shards.count > 1
+    pieces = shards.count * shards.micro_batches
+    per = -(-len(lengths) // pieces)
+    missing = per * pieces - len(lengths)
+    if missing:
+      lengths = np.concatenate([lengths, np.zeros(missing, lengths.dtype)])
+      token_arrays = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
+                      for k, v in token_arrays.items()}
+      sequence_arrays = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
+                         for k, v in sequence_arrays.items()}
+    order = (self.shard_assignment(lengths, pieces) if self.pack and pieces > 1
              else np.arange(len(lengths)))
-    members = [order[s * per:(s + 1) * per] for s in range(shards.count)]
+    members = [order[s * per:(s + 1) * per] for s in range(pieces)]
     layouts = [self.layout(lengths[m]) for m in members]
     needed = max(used for *_, used in layouts)
     if num_rows is None:
       num_rows = row_bucket(needed) if self.pack else per
     parts = []
-    for shard in range(shards.first_local, shards.first_local + shards.num_local):
+    first = shards.first_local * shards.micro_batches
+    for shard in range(first, first + shards.num_local * shards.micro_batches):
       m = members[shard]
       part = self.apply(lengths[m], {k: v[m] for k, v in token_arrays.items()}, num_rows,
                         sequence_ids=m, layout=layouts[shard])

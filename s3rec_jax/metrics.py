@@ -187,12 +187,14 @@ def sampled_scores(
   chex.assert_rank([user_repr, item_table, candidates], [2, 2, 2])
   chex.assert_equal_shape_prefix([user_repr, candidates], 1)
   chex.assert_equal_shape_suffix([user_repr, item_table], 1)
-  rows = jnp.take(item_table, candidates, axis=0)  # [B, C, H]
-  # A fused multiply-sum: XLA:CPU runs this batched matrix-vector product
-  # much faster than as a dot.
-  scores = jnp.sum(user_repr[:, None, :] * rows, axis=-1)
-  fps = row_fingerprints(rows) if fingerprints is None else jnp.take(fingerprints, candidates,
-                                                                     axis=0)
+  # mode="clip": ids are in range (checked on load), and the default "fill"
+  # mode's out-of-range select costs XLA:CPU about as much as the gather.
+  rows = jnp.take(item_table, candidates, axis=0, mode="clip")  # [B, C, H]
+  # A batched matrix-vector product; XLA:CPU runs it as a dot faster than as
+  # a fused multiply-sum (Beauty sampled pass 0.47-0.53 s against 0.56-0.61 s).
+  scores = jnp.einsum("bh,bch->bc", user_repr, rows)
+  fps = (row_fingerprints(rows) if fingerprints is None
+         else jnp.take(fingerprints, candidates, axis=0, mode="clip"))
   same_as_answer = _same_row(fps, fps[:, :1])
   return jnp.where(same_as_answer, scores[:, :1], scores)
 

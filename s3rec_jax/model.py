@@ -150,6 +150,13 @@ class Queries:
   index: jax.Array | None = None
 
 
+def _lookup(embed: nn.Embed, ids: jax.Array) -> jax.Array:
+  """Embedding rows of `ids`. mode="clip": ids are in range (checked on load),
+  and nn.Embed's default "fill" mode adds an out-of-range select that costs
+  XLA:CPU about as much as the gather itself."""
+  return jnp.take(embed.embedding, ids, axis=0, mode="clip")
+
+
 def _gather_tokens(x: jax.Array, queries: Queries) -> jax.Array:
   """[rows, L, ...] -> [T, ...]: the dense rows' tokens, then the indexed ones."""
   dense = x[:queries.dense_rows] if queries.dense_rows >= 0 else x
@@ -296,7 +303,7 @@ class S3RecModel(nn.Module):
     chex.assert_equal_shape([ids, positions, segment_ids])
     if token_ids is None:
       token_ids = jnp.arange(batch)[:, None] * cfg.max_len + positions
-    x = self.item_embeddings(ids) + self.position_embeddings(positions)
+    x = _lookup(self.item_embeddings, ids) + _lookup(self.position_embeddings, positions)
     x = self.input_norm(x)
     (input_seed,) = _dropout_seeds(self, 1, deterministic)
     x = _feature_dropout(x, input_seed, cfg.hidden_dropout, token_ids)

@@ -9,7 +9,9 @@ the views of the enabled objectives in one batched pass, and computes the
 last layer only at the newest tokens of views no objective needs in full.
 A new objective is one decorated function here plus a weight in the config
 (`config.pretrain.objectives.<name>`); its head `heads/<name>` is created
-from that name.
+from that name. An objective whose loss for a sequence reads other sequences
+of the batch (in-batch negatives) registers with `whole_batch=True`, which
+keeps the training step from splitting the batch into micro-batches.
 
 Two estimator forms exist for each built-in objective:
 - `reference`: the sigmoid forms with summed reduction of the reference code,
@@ -83,19 +85,22 @@ class Objective:
   views: tuple[str, ...]             # needed at every token
   last_token_views: tuple[str, ...]  # needed at the newest token only
   fn: ObjectiveFn
+  # True when a sequence's loss reads other sequences of the global batch
+  # (e.g. in-batch negatives): the batch must then be encoded in one piece.
+  whole_batch: bool = False
 
 
 REGISTRY: dict[tuple[str, str], Objective] = {}
 
 
 def register(name: str, form: str, views: tuple[str, ...] = (),
-             last_token_views: tuple[str, ...] = ()):
+             last_token_views: tuple[str, ...] = (), whole_batch: bool = False):
   """Decorator adding `fn` to the registry under (name, form)."""
   def wrap(fn: ObjectiveFn) -> ObjectiveFn:
     key = (name, form)
     if key in REGISTRY:
       raise ValueError(f"objective {name!r} form {form!r} is registered twice")
-    REGISTRY[key] = Objective(name, form, tuple(views), tuple(last_token_views), fn)
+    REGISTRY[key] = Objective(name, form, tuple(views), tuple(last_token_views), fn, whole_batch)
     return fn
   return wrap
 
@@ -277,7 +282,7 @@ def sp_reference(inputs: ObjectiveInputs) -> jax.Array:
   return jnp.sum(_difference_of_sigmoids_loss(pos, neg) * inputs.batch["weights"])
 
 
-@register("sp", "infonce", last_token_views=_SEGMENT_VIEWS[:2])
+@register("sp", "infonce", last_token_views=_SEGMENT_VIEWS[:2], whole_batch=True)
 def sp_infonce(inputs: ObjectiveInputs) -> jax.Array:
   """Each context against its own span and the other sequences' spans of the global batch."""
   query = _head(inputs, "sp", inputs.last_token("segment_context"))

@@ -127,3 +127,25 @@ def auto_host_devices(batch_sizes, cores: int | None = None) -> int:
   cores = cores or os.cpu_count() or 1
   common = math.gcd(*[int(b) for b in batch_sizes])
   return max(d for d in range(1, cores + 1) if common % d == 0)
+
+
+# Packed rows (of max_len tokens, per view) that one micro-batch of a CPU
+# device step holds at most on average; see auto_micro_batches.
+CPU_MICRO_BATCH_ROWS = 6
+
+
+def auto_micro_batches(platform: str, rows_per_device: float) -> int:
+  """Micro-batches per device step: at most ~CPU_MICRO_BATCH_ROWS rows each on a CPU host, else 1.
+
+  On the 2-core development machine the time of a pre-training step grows
+  far faster than its row count once a device holds more than about 8 rows
+  per view (Beauty, 2 host devices: 8 rows 30 ms, 10 rows 62 ms, 16 rows
+  100 ms), while one device alone grows linearly: large working sets stop the
+  two host devices from running in parallel. Running a device's share as a
+  scan over micro-batches of 4-7 rows was fastest in a sweep (Beauty 2, LastFM
+  3-4 micro-batches; see README); 6 leaves room for batches longer than
+  average. Accelerators want the largest pieces, so they get 1.
+  """
+  if platform != "cpu":
+    return 1
+  return max(1, math.ceil(rows_per_device / CPU_MICRO_BATCH_ROWS))

@@ -127,8 +127,28 @@ def model_config(config: ml_collections.ConfigDict, ds: data_lib.Dataset,
       initializer_range=m.initializer_range, head_names=tuple(head_names))
 
 
-def shards(mesh) -> input_pipeline.Shards:
-  return input_pipeline.Shards(*parallel.local_shards(mesh))
+def shards(mesh, micro_batches: int = 1) -> input_pipeline.Shards:
+  return input_pipeline.Shards(*parallel.local_shards(mesh), micro_batches=micro_batches)
+
+
+def pretrain_micro_batches(config: ml_collections.ConfigDict, ds: data_lib.Dataset, mesh,
+                           objectives) -> tuple[int, str]:
+  """Micro-batches per device step for pre-training, and why (for the log)."""
+  pc = config.pretrain
+  if pc.micro_batches:
+    return pc.micro_batches, "config.pretrain.micro_batches"
+  if any(o.whole_batch for o, _ in objectives):
+    return 1, "automatic: an objective compares sequences across the whole batch"
+  per_device = pc.batch_size / mesh.size
+  if config.pack_sequences:
+    starts, ends = data_lib.pretrain_prefixes(ds, config.max_seq_length)
+    # Packing fills about 90% of a row's slots.
+    rows = per_device * float(np.mean(ends - starts)) / (0.9 * config.max_seq_length)
+  else:
+    rows = per_device
+  platform = mesh.devices.flat[0].platform
+  count = parallel.auto_micro_batches(platform, rows)
+  return count, f"automatic: {platform} devices, about {rows:.1f} rows per device step"
 
 
 def negative_high(config: ml_collections.ConfigDict, ds: data_lib.Dataset) -> int:
@@ -159,6 +179,18 @@ def _first_non_finite(records):
   return None
 
 
+def bound_in_flight(dispatched: list) -> None:
+  """Waits for the step before the newest one: at most two steps in flight.
+
+  One queued step is enough to keep the devices busy while the host builds
+  the next batch; a long queue of programs with collectives can stall
+  XLA:CPU's host devices (seen as a rendezvous timeout that aborts the
+  process).
+  """
+  if len(dispatched) >= 2:
+    jax.block_until_ready(dispatched[-2])
+
+
 def _save_once(mngr, step: int, params, meta: dict, opt_state=None) -> None:
   # A resumed run may redo an epoch whose checkpoint was already written; the
   # content would be identical, so the existing one is kept.
@@ -181,10 +213,11 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   objectives = objectives_lib.resolve(pc.objectives.to_dict(), pc.form)
   names = tuple(o.name for o, _ in objectives)
   mcfg = model_config(config, ds, head_names=names)
+  micro_batches, why = pretrain_micro_batches(config, ds, mesh, objectives)
   batches = input_pipeline.PretrainBatches(
       ds, input_pipeline.PretrainSettings(pc.batch_size, config.max_seq_length, pc.mask_p,
                                           negative_high(config, ds), config.pack_sequences),
-      config.seed, shards(mesh))
+      config.seed, shards(mesh, micro_batches))
   options = objectives_lib.ObjectiveOptions(
       mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
       mip_num_negatives=pc.mip_num_negatives)
@@ -193,7 +226,7 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   init_key = base_key(config, STREAM_PRETRAIN_INIT)
   state = train_steps.create_state(model_lib.init_params(mcfg, init_key), tx, mesh)
   tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
-  step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh)
+  step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh, micro_batches)
 
   ckpt_dir = os.path.join(workdir, PRETRAIN_DIR)
   handoff = checkpointing.manager(ckpt_dir)
@@ -208,13 +241,15 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
     log(f"pre-training: resuming at epoch {start_epoch + 1} step {start_step} "
         f"(global step {global_step})")
   log(f"pre-training: {pc.epochs} epochs x {batches.steps_per_epoch} steps "
-      f"({batches.num_sequences} sequences, batch {pc.batch_size}); objectives "
+      f"({batches.num_sequences} sequences, batch {pc.batch_size}, {micro_batches} "
+      f"micro-batch(es) per device step, {why}); objectives "
       + ", ".join(f"{o.name}[{o.form}] x{w:g}" for o, w in objectives))
   jlog = JsonLog(workdir)
   key = base_key(config, STREAM_PRETRAIN_KEY)
 
   def diagnose(epoch, step, batch):
-    per_objective = train_steps.make_objective_diagnosis(mcfg, objectives, options, mesh)(
+    per_objective = train_steps.make_objective_diagnosis(mcfg, objectives, options, mesh,
+                                                         micro_batches)(
         state.params, parallel.shard_batch(batch, mesh), tables,
         train_steps.step_key(key, epoch, step))
     bad = [name for name, (loss, norm) in jax.device_get(per_objective).items()
@@ -251,6 +286,7 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
       state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), tables,
                                train_steps.step_key(key, epoch, step))
       pending.append((epoch, step, metrics, batch))
+      bound_in_flight(pending)
       last = step == batches.steps_per_epoch - 1
       global_step = epoch * batches.steps_per_epoch + step + 1
       periodic = pc.checkpoint_every_steps and global_step % pc.checkpoint_every_steps == 0
@@ -295,18 +331,15 @@ class Evaluator:
 
   def __call__(self, params, split: str) -> dict[str, float]:
     fingerprints = self.fingerprints(params)
-    totals, previous = None, None
+    totals, dispatched = None, []
     batches = input_pipeline.prefetch(input_pipeline.eval_batches(
         self.ds, self.splits, split, self.protocol, self.config.eval.batch_size,
         self.config.pack_sequences, shards(self.mesh)))
     for batch in batches:
       sums = self.step(params, parallel.shard_batch(batch, self.mesh), fingerprints)
       totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
-      # At most two steps in flight: the steps do not depend on each other, and
-      # many queued collective programs can stall XLA:CPU's host devices.
-      if previous is not None:
-        jax.block_until_ready(previous)
-      previous = sums
+      dispatched = dispatched[-1:] + [sums]
+      bound_in_flight(dispatched)
     values = metrics_lib.finalize(jax.device_get(totals))
     return {name: values[name] for name in train_steps.metric_names(self.protocol)}
 
@@ -363,6 +396,7 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
       state, out = step_fn(state, parallel.shard_batch(batch, mesh),
                            train_steps.step_key(key, epoch, step))
       metrics.append((epoch, step, out))
+      bound_in_flight(metrics)
     metrics = jax.device_get(metrics)
     bad = _first_non_finite(metrics)
     if bad is not None:

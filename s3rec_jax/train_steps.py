@@ -195,21 +195,62 @@ def pretrain_loss(params: Any, batch: dict, tables: dict, key: jax.Array, *,
   return objectives_lib.joint_loss(objectives, inputs)
 
 
-def make_pretrain_step(model_config, objectives, options, tx, mesh) -> Callable:
+def micro_batch_sum(fn: Callable, batch: dict, micro_batches: int) -> Any:
+  """The sum over a device's micro-batches of fn(micro_batch) (any pytree of arrays).
+
+  A device's batch holds `micro_batches` equal micro-batches one after
+  another, along every array's leading axis (see input_pipeline.Shards).
+  They run one at a time in a `lax.scan`, so only one micro-batch's
+  activations are alive at once: on a CPU host a step whose working set stays
+  small runs much faster per sequence (see `parallel.auto_micro_batches`).
+  Losses and gradients are sums over sequences, so the result is the
+  whole batch's up to float summation order.
+  """
+  if micro_batches == 1:
+    return fn(batch)
+  micro = jax.tree_util.tree_map(lambda x: x.reshape((micro_batches, -1) + x.shape[1:]), batch)
+  first = jax.tree_util.tree_map(lambda x: x[0], micro)
+  zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, first))
+
+  def body(total, one):
+    return jax.tree_util.tree_map(jnp.add, total, fn(one)), None
+
+  total, _ = jax.lax.scan(body, zeros, micro)
+  return total
+
+
+def make_pretrain_step(model_config, objectives, options, tx, mesh,
+                       micro_batches: int = 1) -> Callable:
+  """The jitted pre-training step; batches hold `micro_batches` micro-batches per device."""
   options = dataclasses.replace(options, axis_name=AXIS)
+  check_micro_batches(objectives, micro_batches)
 
   def step(state: TrainState, batch: dict, tables: dict, key: jax.Array):
-    def loss_fn(params):
-      return pretrain_loss(params, batch, tables, key, model_config=model_config,
-                           objectives=objectives, options=options)
-    (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return _reduce_and_update(state, grads, dict(losses, loss=total,
-                                                 sequences=jnp.sum(batch["weights"])), tx)
+    def grads_and_scalars(micro):
+      def loss_fn(params):
+        return pretrain_loss(params, micro, tables, key, model_config=model_config,
+                             objectives=objectives, options=options)
+      (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      return grads, dict(losses, loss=total, sequences=jnp.sum(micro["weights"]))
+    grads, scalars = micro_batch_sum(grads_and_scalars, batch, micro_batches)
+    return _reduce_and_update(state, grads, scalars, tx)
 
   return _training_step(step, mesh, (P(AXIS), P(), P()))
 
 
-def make_objective_diagnosis(model_config, objectives, options, mesh) -> Callable:
+def check_micro_batches(objectives, micro_batches: int) -> None:
+  if micro_batches < 1:
+    raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+  coupled = [o.name for o, _ in objectives if o.whole_batch]
+  if micro_batches > 1 and coupled:
+    raise ValueError(
+        f"objective(s) {', '.join(coupled)} compare each sequence with the whole global batch, "
+        f"so the batch cannot be split into {micro_batches} micro-batches; set "
+        f"pretrain.micro_batches=1 (or 0, automatic)")
+
+
+def make_objective_diagnosis(model_config, objectives, options, mesh,
+                             micro_batches: int = 1) -> Callable:
   """(params, batch, tables, key) -> {objective: (loss, gradient norm)}, each on its own.
 
   Run only after a non-finite step, to name the objective that caused it.
@@ -219,12 +260,13 @@ def make_objective_diagnosis(model_config, objectives, options, mesh) -> Callabl
   def diagnose(params, batch, tables, key):
     out = {}
     for objective, weight in objectives:
-      def loss_fn(p, objective=objective, weight=weight):
-        total, _ = pretrain_loss(p, batch, tables, key, model_config=model_config,
-                                 objectives=((objective, weight),), options=options)
-        return total
-      loss, grads = jax.value_and_grad(loss_fn)(params)
-      loss, grads = _psum_flat((loss, grads))
+      def loss_and_grads(micro, objective=objective, weight=weight):
+        def loss_fn(p):
+          total, _ = pretrain_loss(p, micro, tables, key, model_config=model_config,
+                                   objectives=((objective, weight),), options=options)
+          return total
+        return jax.value_and_grad(loss_fn)(params)
+      loss, grads = _psum_flat(micro_batch_sum(loss_and_grads, batch, micro_batches))
       out[objective.name] = (loss, optax.tree.norm(grads))
     return out
 

@@ -222,3 +222,29 @@ def test_shards_are_balanced_and_cover_the_batch(ds):
     np.testing.assert_array_equal(got[order], want)
   tokens = [int((p["segment_ids"] > 0).sum()) for p in pieces]
   assert max(tokens) - min(tokens) <= L                  # within one longest sequence
+
+
+def test_micro_batches_split_each_shard_and_pad_with_empty_sequences(ds):
+  settings = ip.PretrainSettings(batch_size=16, max_len=L, mask_p=0.2, negative_high=ds.mask_id)
+  whole = next(ip.PretrainBatches(ds, settings, seed=4).epoch(0))
+  # 2 devices x 3 micro-batches = 6 pieces: 16 sequences are completed to 18 with empty ones.
+  split = next(ip.PretrainBatches(ds, settings, seed=4,
+                                  shards=ip.Shards(2, 0, 2, micro_batches=3)).epoch(0))
+  assert split["weights"].shape == (18,)
+  assert split["weights"].sum() == whole["weights"].sum() == 16
+  rows = split["items"].shape[0]
+  assert rows % 6 == 0
+  per_rows, per_seqs = rows // 6, 3
+  for piece in range(6):
+    # Each piece's newest-token indices point into its own rows, at its own sequences.
+    index = split["last_index"][piece * per_seqs:(piece + 1) * per_seqs]
+    weights = split["weights"][piece * per_seqs:(piece + 1) * per_seqs]
+    assert np.all(index < per_rows * L)
+    tokens = split["token_ids"][piece * per_rows:(piece + 1) * per_rows].reshape(-1)
+    newest = tokens[index][weights > 0] % L
+    np.testing.assert_array_equal(newest, L - 1)
+  # The pieces hold exactly the batch's tokens, with their global token ids.
+  ids = split["token_ids"][split["segment_ids"] > 0]
+  np.testing.assert_array_equal(np.sort(ids), np.sort(whole["token_ids"][whole["segment_ids"] > 0]))
+  with pytest.raises(ValueError, match="micro_batches"):
+    ip.Shards(2, 0, 2, micro_batches=0)

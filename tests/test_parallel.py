@@ -22,3 +22,13 @@ def test_shard_batch_splits_rows_over_the_mesh():
   np.testing.assert_array_equal(np.asarray(placed), batch["x"])
   rows = [s.data.shape[0] for s in placed.addressable_shards]
   assert rows == [8 // len(jax.devices())] * len(jax.devices())
+
+
+def test_auto_micro_batches_keeps_cpu_pieces_small_and_accelerators_whole():
+  rows = parallel.CPU_MICRO_BATCH_ROWS
+  assert parallel.auto_micro_batches("cpu", 0.5) == 1
+  assert parallel.auto_micro_batches("cpu", rows) == 1
+  assert parallel.auto_micro_batches("cpu", rows + 0.1) == 2
+  assert parallel.auto_micro_batches("cpu", 3.5 * rows) == 4
+  assert parallel.auto_micro_batches("gpu", 50 * rows) == 1
+  assert parallel.auto_micro_batches("tpu", 50 * rows) == 1

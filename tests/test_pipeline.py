@@ -2,12 +2,18 @@
 
 import json
 import os
+import re
 
+import jax
+import numpy as np
 import pytest
 
 from configs import synthetic
 from s3rec_jax import checkpointing
 from s3rec_jax import config_validation
+from s3rec_jax import data
+from s3rec_jax import objectives
+from s3rec_jax import parallel
 from s3rec_jax import train_lib
 
 
@@ -42,6 +48,8 @@ def test_full_pipeline_writes_results_and_reevaluates(tmp_path, capsys):
   results = train_lib.run(tiny_config(), workdir)
   out = capsys.readouterr().out
   assert "pre-training: saved checkpoint" in out and "loaded embeddings and encoder" in out
+  # The conftest's CPU devices: the step runs its shard in (automatically) chosen micro-batches.
+  assert re.search(r"\d+ micro-batch\(es\) per device step, automatic: cpu devices", out)
   with open(os.path.join(workdir, "results.json")) as f:
     written = json.load(f)
   assert written["protocol"] == "sampled" and written["dataset"] == "synthetic"
@@ -100,6 +108,7 @@ def test_missing_init_checkpoint_fails_before_training(tmp_path):
     ("pretrain.form", "nce", "valid forms: reference, infonce"),
     ("pretrain.batch_size", 0, "positive integer"),
     ("finetune.epochs", -1, "non-negative"),
+    ("pretrain.micro_batches", -1, "non-negative"),
 ])
 def test_config_validation(field, value, message):
   with pytest.raises(config_validation.ConfigError, match=message):
@@ -116,3 +125,28 @@ def test_unknown_objective_is_named():
 def test_batch_must_divide_by_devices(tmp_path):
   with pytest.raises(ValueError, match="batch_size=30 is not divisible by the 4 devices"):
     train_lib.run(tiny_config(**{"pretrain.batch_size": 30}), str(tmp_path))
+
+
+def test_micro_batches_refused_for_whole_batch_objectives():
+  c = tiny_config(**{"pretrain.epochs": 1, "pretrain.form": "infonce", "pretrain.micro_batches": 2})
+  with pytest.raises(config_validation.ConfigError, match="micro_batches=2.*sp.*whole batch"):
+    config_validation.validate(c)
+  c.pretrain.micro_batches = 0   # automatic: one piece
+  config_validation.validate(c)
+
+
+def test_pretrain_micro_batches_follow_the_rows_per_device(tmp_path):
+  config = tiny_config(**{"pretrain.batch_size": 240})
+  ds = train_lib.load_data(config, str(tmp_path))
+  chosen = objectives.resolve(config.pretrain.objectives.to_dict(), "reference")
+  one = parallel.make_mesh(jax.devices()[:1])
+  starts, ends = data.pretrain_prefixes(ds, config.max_seq_length)
+  rows = 240 * np.mean(ends - starts) / (0.9 * config.max_seq_length)
+  count, why = train_lib.pretrain_micro_batches(config, ds, one, chosen)
+  assert count == parallel.auto_micro_batches("cpu", rows) > 1 and "automatic" in why
+  config.pretrain.micro_batches = 3
+  assert train_lib.pretrain_micro_batches(config, ds, one, chosen)[0] == 3
+  config.pack_sequences = False   # one sequence per row: 240 rows
+  config.pretrain.micro_batches = 0
+  assert train_lib.pretrain_micro_batches(config, ds, one, chosen)[0] == parallel.auto_micro_batches(
+      "cpu", 240)

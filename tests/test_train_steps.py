@@ -59,6 +59,54 @@ def test_pretrain_losses_match_on_1_and_4_devices(ds, form):
   assert trajectories[0][0]["loss"] != trajectories[0][2]["loss"]
 
 
+def test_micro_batches_give_the_same_losses_and_updates(ds):
+  """A device's share run as 3 scanned micro-batches (batch 16 over 2 devices x 3 pieces:
+  completed with empty sequences) gives the losses and parameters of one pass."""
+  chosen = objectives.resolve({"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5}, "reference")
+  cfg = _config(ds, tuple(o.name for o, _ in chosen))
+  options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item)
+  tx = train_steps.make_optimizer(1e-2, 0.9, 0.999)
+  mesh = parallel.make_mesh(jax.devices()[:2])
+  tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
+  runs = []
+  for micro in (1, 3):
+    batches = ip.PretrainBatches(ds, ip.PretrainSettings(16, L, 0.2, ds.mask_id), seed=0,
+                                 shards=ip.Shards(*parallel.local_shards(mesh), micro_batches=micro))
+    state = train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx, mesh)
+    step = train_steps.make_pretrain_step(cfg, chosen, options, tx, mesh, micro_batches=micro)
+    diagnose = train_steps.make_objective_diagnosis(cfg, chosen, options, mesh, micro)
+    losses = []
+    for i, batch in enumerate(list(batches.epoch(0))[:3]):
+      batch = parallel.shard_batch(batch, mesh)
+      if i == 0:
+        per_objective = jax.device_get(diagnose(state.params, batch, tables, jax.random.key(i)))
+      state, out = step(state, batch, tables, jax.random.key(i))
+      losses.append(jax.device_get(out))
+    runs.append((losses, jax.device_get(state.params), per_objective))
+  (one, params_one, diag_one), (three, params_three, diag_three) = runs
+  for a, b in zip(one, three):
+    assert a["sequences"] == b["sequences"] == 16
+    for name in ("loss", "aap", "mip", "map", "sp", "grad_norm"):
+      np.testing.assert_allclose(a[name], b[name], rtol=2e-5, err_msg=name)
+  # Adam divides by the gradient's scale, so parameters whose gradient is
+  # rounding noise move by noise-sized steps; 1e-4 is far below the 3e-2 the
+  # three updates can move a parameter.
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4),
+                         params_one, params_three)
+  for name in diag_one:
+    np.testing.assert_allclose(diag_one[name], diag_three[name], rtol=2e-5, err_msg=name)
+
+
+def test_whole_batch_objectives_refuse_micro_batches(ds):
+  chosen = objectives.resolve({"sp": 1.0}, "infonce")
+  cfg = _config(ds, ("sp",))
+  options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item)
+  tx = train_steps.make_optimizer(1e-2, 0.9, 0.999)
+  with pytest.raises(ValueError, match="whole global batch"):
+    train_steps.make_pretrain_step(cfg, chosen, options, tx, parallel.make_mesh(jax.devices()[:2]),
+                                   micro_batches=2)
+
+
 def test_finetune_losses_match_on_1_and_4_devices(ds):
   cfg = _config(ds)
   splits = data.finetune_splits(ds, L)

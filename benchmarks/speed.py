@@ -13,7 +13,9 @@ as in the reference) it prints:
   `input_pipeline.prefetch` as train.py runs them; seconds per epoch; the jit
   compile time; XLA's FLOP count of the step and the FLOP/s it reaches, also
   as a fraction of a dense [2048, 2048] x [2048, 2048] float32 matmul on the
-  same devices;
+  same devices. The packed layout runs the micro-batches per device step
+  that train.py would choose (or --micro_batches); the padded baseline runs
+  one pass per step, as the reference does;
 - fine-tuning: seconds of one full epoch (compile excluded);
 - evaluation: seconds of one validation pass, full ranking and sampled
   (median of three passes after a first one that compiles);

@@ -6,8 +6,8 @@ A shared machine's speed drifts within seconds, so comparing two separate
 runs of speed.py says little about a 10-20% difference. This script compiles
 the packed pre-training step for every micro-batch count given, then times
 windows of --steps steps for each count in turn, --rounds times, in one
-process, as train.py runs them (batches built on a background thread, at
-most two steps in flight). It prints every window's sequences/s and each
+process, as train.py runs them (each window builds its batches on a
+background thread, with at most two steps in flight). It prints every window's sequences/s and each
 count's median, then the command to reproduce.
 """
 
@@ -76,22 +76,21 @@ def main(argv) -> int:
                                              config.seed, shards=train_lib.shards(mesh, count))
     step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh, count)
     steps = speed.CompiledSteps(step_fn, mesh, lambda b: (state, b, tables, key))
-    host = list(speed.pretrain_stream(batches, range(args.steps)))
-    for batch in host:          # compile every shape before timing
-      steps(batch)
-    runs[count] = (host, steps)
+    for batch in speed.pretrain_stream(batches, range(args.steps)):
+      steps(batch)              # compile every shape before timing
+    runs[count] = (batches, steps)
 
   def window(count: int) -> float:
     nonlocal state
-    host, steps = runs[count]
+    batches, steps = runs[count]
     pending = []
     t0 = time.perf_counter()
-    for batch in input_pipeline.prefetch(iter(host)):
+    for batch in input_pipeline.prefetch(speed.pretrain_stream(batches, range(args.steps))):
       state, out = steps(batch)(state, parallel.shard_batch(batch, mesh), tables, key)
       pending.append(out)
       train_lib.bound_in_flight(pending)
     jax.block_until_ready((state, pending))
-    return len(host) * pc.batch_size / (time.perf_counter() - t0)
+    return args.steps * pc.batch_size / (time.perf_counter() - t0)
 
   for count in args.counts:     # one untimed window each
     window(count)

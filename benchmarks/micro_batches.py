@@ -9,6 +9,13 @@ windows of --steps steps for each count in turn, --rounds times, in one
 process, as train.py runs them (each window builds its batches on a
 background thread, with at most two steps in flight). It prints every window's sequences/s and each
 count's median, then the command to reproduce.
+
+With --row_counts R1,R2,... it instead sweeps the step's size: for each R,
+the first batches of the epoch that fit are packed on exactly R rows per
+device (one pass per step) and the device time of a step is timed on them,
+which shows how the step's time grows with the rows a device holds:
+
+  python benchmarks/micro_batches.py --dataset Beauty --devices 2 --row_counts 8,9,10,12,16
 """
 
 import argparse
@@ -41,14 +48,54 @@ def parse_args(argv):
   p.add_argument("--micro_batches", default="1,2", help="comma list of counts to compare")
   p.add_argument("--steps", type=int, default=80, help="steps per timed window")
   p.add_argument("--rounds", type=int, default=6, help="windows per count")
+  p.add_argument("--row_counts", default="",
+                 help="comma list of rows per device: sweep the step's size instead")
   args = p.parse_args(argv)
   try:
     args.counts = [int(x) for x in args.micro_batches.split(",") if x.strip()]
   except ValueError:
     p.error(f"--micro_batches: expected a comma list of integers, got {args.micro_batches!r}")
+  try:
+    args.rows = [int(x) for x in args.row_counts.split(",") if x.strip()]
+  except ValueError:
+    p.error(f"--row_counts: expected a comma list of integers, got {args.row_counts!r}")
   if not args.counts or min(args.counts) < 1 or args.steps < 1 or args.rounds < 1:
     p.error("--micro_batches needs counts >= 1; --steps and --rounds must be >= 1")
+  if args.rows and min(args.rows) < 1:
+    p.error("--row_counts must be >= 1")
   return args
+
+
+def row_sweep(args, ds, config, mesh, state, tables, key, step_fn) -> None:
+  """Device time of one-pass steps on batches packed on exactly R rows per device."""
+  batches = input_pipeline.PretrainBatches(ds, speed.pretrain_settings(config, ds, True),
+                                           config.seed, shards=train_lib.shards(mesh))
+  order, size = batches.order(0), config.pretrain.batch_size
+  for rows in args.rows:
+    fitting = []
+    for s in range(batches.steps_per_epoch):
+      rng = input_pipeline.rng_for(batches.seed, input_pipeline.STREAM_PRETRAIN_BATCH, 0, s)
+      try:
+        fitting.append(batches.batch(order[s * size:(s + 1) * size], rng, num_rows=rows))
+      except ValueError:        # this batch needs more rows
+        continue
+      if len(fitting) == 10:
+        break
+    if not fitting:
+      speed.say(f"{rows} rows per device: no batch of the epoch fits")
+      continue
+    placed = [parallel.shard_batch(b, mesh) for b in fitting]
+    compiled = step_fn.lower(state, placed[0], tables, key).compile()
+    times = []
+    for repeat in range(4):     # the first repeat warms up
+      t0 = time.perf_counter()
+      for i in range(args.steps):
+        state, out = compiled(state, placed[i % len(placed)], tables, key)
+        jax.block_until_ready(out)
+      if repeat:
+        times.append((time.perf_counter() - t0) / args.steps)
+    speed.say(f"{rows} rows per device: {1e3 * statistics.median(times):.1f} ms per step "
+              f"(median of 3 x {args.steps} steps over {len(fitting)} batches)")
 
 
 def main(argv) -> int:
@@ -69,6 +116,12 @@ def main(argv) -> int:
   auto, why = train_lib.pretrain_micro_batches(config, ds, mesh, objectives)
   speed.say(f"dataset {args.dataset}; {mesh.size} x {mesh.devices.flat[0].platform} devices; "
             f"automatic choice: {auto} ({why})")
+
+  if args.rows:
+    row_sweep(args, ds, config, mesh, state, tables, key,
+              train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh))
+    speed.say("reproduce: " + command_line(args))
+    return 0
 
   runs = {}
   for count in args.counts:
@@ -101,11 +154,18 @@ def main(argv) -> int:
   for count, values in rates.items():
     speed.say(f"micro-batches {count}: median {statistics.median(values):.0f} seq/s; windows "
               + " ".join(f"{v:.0f}" for v in values))
-  command = ["python", "benchmarks/micro_batches.py", "--dataset", args.dataset, "--data_dir",
-             args.data_dir, "--devices", str(args.devices), "--micro_batches", args.micro_batches,
-             "--steps", str(args.steps), "--rounds", str(args.rounds)]
-  speed.say("reproduce: " + " ".join(shlex.quote(c) for c in command))
+  speed.say("reproduce: " + command_line(args))
   return 0
+
+
+def command_line(args) -> str:
+  command = ["python", "benchmarks/micro_batches.py", "--dataset", args.dataset, "--data_dir",
+             args.data_dir, "--devices", str(args.devices), "--steps", str(args.steps)]
+  if args.rows:
+    command += ["--row_counts", args.row_counts]
+  else:
+    command += ["--micro_batches", args.micro_batches, "--rounds", str(args.rounds)]
+  return " ".join(shlex.quote(c) for c in command)
 
 
 if __name__ == "__main__":

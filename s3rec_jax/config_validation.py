@@ -62,12 +62,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
       chosen = objectives_lib.resolve(config.pretrain.objectives.to_dict(), config.pretrain.form)
     except ValueError as e:
       raise ConfigError(f"config.pretrain.objectives: {e}") from None
-    coupled = [o.name for o, _ in chosen if o.whole_batch]
-    if config.pretrain.micro_batches > 1 and coupled:
-      raise ConfigError(
-          f"config.pretrain.micro_batches={config.pretrain.micro_batches}: objective(s) "
-          f"{', '.join(coupled)} ({config.pretrain.form} form) compare each sequence with the "
-          f"whole batch, so it cannot be split; use 1, or 0 (automatic)")
+    if config.pretrain.micro_batches:   # 0 = automatic, which never splits such a batch
+      try:
+        objectives_lib.check_micro_batches(chosen, config.pretrain.micro_batches)
+      except ValueError as e:
+        raise ConfigError(f"config.pretrain.micro_batches={config.pretrain.micro_batches} "
+                          f"({config.pretrain.form} form): {e}") from None
 
 
 def validate_for_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:

@@ -317,6 +317,18 @@ def resolve(weights: Mapping[str, float], form: str | Mapping[str, str]) -> tupl
   return tuple(chosen)
 
 
+def check_micro_batches(objectives, micro_batches: int) -> None:
+  """Refuses to split a batch into micro-batches when an enabled objective needs it whole."""
+  if micro_batches < 1:
+    raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+  coupled = [o.name for o, _ in objectives if o.whole_batch]
+  if micro_batches > 1 and coupled:
+    raise ValueError(
+        f"objective(s) {', '.join(coupled)} compare each sequence with the whole global batch, "
+        f"so the whole batch must be encoded in one piece, not in {micro_batches} "
+        f"micro-batches; set pretrain.micro_batches=1 (or 0, automatic)")
+
+
 def views_of(objectives) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """(views some objective needs at every token, views needed at the newest token only)."""
   full, last = [], []

@@ -139,11 +139,12 @@ def auto_micro_batches(platform: str, rows_per_device: float) -> int:
 
   On the 2-core development machine the time of a pre-training step grows
   far faster than its row count once a device holds more than about 8 rows
-  per view (Beauty, 2 host devices: 8 rows 30 ms, 10 rows 62 ms, 16 rows
-  100 ms), while one device alone grows linearly: large working sets stop the
-  two host devices from running in parallel. Running a device's share as a
-  scan over micro-batches of 4-7 rows was fastest in a sweep (Beauty 2, LastFM
-  3-4 micro-batches; see README); 6 leaves room for batches longer than
+  per view (Beauty, 2 host devices: 8 rows 29 ms, 10 rows 53 ms, 16 rows
+  80 ms; `benchmarks/micro_batches.py --row_counts`), while one device alone
+  grows about linearly: large working sets stop the two host devices from
+  running in parallel. Running a device's share as a scan over pieces of 4-7
+  rows was fastest in interleaved comparisons (`benchmarks/micro_batches.py`;
+  Beauty 2 pieces, LastFM 3-4); 6 leaves room for batches longer than
   average. Accelerators want the largest pieces, so they get 1.
   """
   if platform != "cpu":

@@ -223,7 +223,7 @@ def make_pretrain_step(model_config, objectives, options, tx, mesh,
                        micro_batches: int = 1) -> Callable:
   """The jitted pre-training step; batches hold `micro_batches` micro-batches per device."""
   options = dataclasses.replace(options, axis_name=AXIS)
-  check_micro_batches(objectives, micro_batches)
+  objectives_lib.check_micro_batches(objectives, micro_batches)
 
   def step(state: TrainState, batch: dict, tables: dict, key: jax.Array):
     def grads_and_scalars(micro):
@@ -236,17 +236,6 @@ def make_pretrain_step(model_config, objectives, options, tx, mesh,
     return _reduce_and_update(state, grads, scalars, tx)
 
   return _training_step(step, mesh, (P(AXIS), P(), P()))
-
-
-def check_micro_batches(objectives, micro_batches: int) -> None:
-  if micro_batches < 1:
-    raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
-  coupled = [o.name for o, _ in objectives if o.whole_batch]
-  if micro_batches > 1 and coupled:
-    raise ValueError(
-        f"objective(s) {', '.join(coupled)} compare each sequence with the whole global batch, "
-        f"so the batch cannot be split into {micro_batches} micro-batches; set "
-        f"pretrain.micro_batches=1 (or 0, automatic)")
 
 
 def make_objective_diagnosis(model_config, objectives, options, mesh,

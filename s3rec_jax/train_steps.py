@@ -120,8 +120,8 @@ def _reduce_and_update(state: TrainState, grads: Any, scalars: dict,
 
   ZeRO-1: the flat gradient is reduce-scattered, so each device receives the
   global sum of its 1/N slice of the vector; it runs Adam on that slice of the
-  parameters and of the (sharded) optimiser state, and the updated slices are
-  all-gathered into the replicated parameters. Adam is elementwise, so this is
+  parameters and of the (sharded) optimiser state, and the slices of the update
+  are all-gathered and added to the replicated parameters. Adam is elementwise, so this is
   the arithmetic of one update of the whole vector, at 1/N of the optimiser's
   work and memory per device; on a CPU host, whose devices share the cores,
   the replicated update was a large share of a small model's step.
@@ -145,11 +145,14 @@ def _reduce_and_update(state: TrainState, grads: Any, scalars: dict,
   finite = jnp.isfinite(grad_norm)
   for value in scalars.values():
     finite &= jnp.isfinite(value)
+  # Adam reads no parameters (XLA drops `param_slice` then); weight decay does.
   updates, opt_state = tx.update(grad_slice, state.opt_state, param_slice)
   keep = lambda new, old: jnp.where(finite, new, old)
-  new_params = jax.lax.all_gather(keep(param_slice + updates, param_slice), AXIS, tiled=True)
-  new = state.replace(step=state.step + finite.astype(state.step.dtype),
-                      params=unravel(new_params[:size]),
+  # The updates are all-gathered and added leaf by leaf: the same sums as
+  # adding them to the flat slice, without re-assembling the parameter vector.
+  all_updates = jax.lax.all_gather(jnp.where(finite, updates, 0.0), AXIS, tiled=True)
+  params = jax.tree_util.tree_map(jnp.add, state.params, unravel(all_updates[:size]))
+  new = state.replace(step=state.step + finite.astype(state.step.dtype), params=params,
                       opt_state=jax.tree_util.tree_map(keep, opt_state, state.opt_state))
   return new, dict(scalars, grad_norm=grad_norm, finite=finite)
 

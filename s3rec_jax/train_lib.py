@@ -331,16 +331,19 @@ class Evaluator:
 
   def __call__(self, params, split: str) -> dict[str, float]:
     fingerprints = self.fingerprints(params)
-    totals, dispatched = None, []
+    dispatched = []
     batches = input_pipeline.prefetch(input_pipeline.eval_batches(
         self.ds, self.splits, split, self.protocol, self.config.eval.batch_size,
         self.config.pack_sequences, shards(self.mesh)))
     for batch in batches:
-      sums = self.step(params, parallel.shard_batch(batch, self.mesh), fingerprints)
-      totals = sums if totals is None else jax.tree_util.tree_map(lambda a, b: a + b, totals, sums)
-      dispatched = dispatched[-1:] + [sums]
+      dispatched.append(self.step(params, parallel.shard_batch(batch, self.mesh), fingerprints))
       bound_in_flight(dispatched)
-    values = metrics_lib.finalize(jax.device_get(totals))
+    # The batches' sums are added on the host (float64) at the end: adding them
+    # on the devices dispatched a small computation per metric and batch, about
+    # a tenth of a Beauty validation pass.
+    per_batch = jax.device_get(dispatched)
+    values = metrics_lib.finalize(
+        {name: sum(np.float64(sums[name]) for sums in per_batch) for name in per_batch[0]})
     return {name: values[name] for name in train_steps.metric_names(self.protocol)}
 
 

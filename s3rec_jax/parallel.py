@@ -73,6 +73,9 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
   Each process passes its own rows; on one process those are the global batch.
   """
   sharding = data_sharded(mesh)
+  if jax.process_count() == 1:
+    # The same placement; one call for the whole batch costs the host less.
+    return jax.device_put(batch, sharding)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 

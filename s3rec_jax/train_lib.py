@@ -320,23 +320,46 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
 
 
 class Evaluator:
-  """Jitted evaluation of one split under one protocol, users sharded over the mesh."""
+  """Jitted evaluation of one split under one protocol, users sharded over the mesh.
 
-  def __init__(self, config, ds, splits, mcfg, mesh, protocol: str):
+  A split's batches are the same in every pass (only the parameters change),
+  so they are built and placed on the devices once and kept, unless they
+  would take more than `cache_bytes` of (this process's share of the) memory.
+  """
+
+  def __init__(self, config, ds, splits, mcfg, mesh, protocol: str,
+               cache_bytes: int = 256 * 2**20):
     ec = config.eval
     self.config, self.ds, self.splits, self.mesh, self.protocol = config, ds, splits, mesh, protocol
     self.step = train_steps.make_eval_step(mcfg, protocol, mesh, num_items=ds.max_item,
                                            chunk_size=ec.chunk_size, top_k=ec.top_k)
     self.fingerprints = train_steps.make_table_fingerprints(mesh, ec.chunk_size)
+    self.cache_bytes, self.cached = cache_bytes, {}
+
+  def batches(self, split: str):
+    """The split's batches, placed on the mesh (kept after the first pass if small enough)."""
+    if split in self.cached:
+      yield from self.cached[split]
+      return
+    kept, size = [], 0
+    for batch in input_pipeline.prefetch(input_pipeline.eval_batches(
+        self.ds, self.splits, split, self.protocol, self.config.eval.batch_size,
+        self.config.pack_sequences, shards(self.mesh))):
+      size += sum(v.nbytes for v in batch.values())
+      placed = parallel.shard_batch(batch, self.mesh)
+      if kept is not None and size <= self.cache_bytes:
+        kept.append(placed)
+      else:
+        kept = None
+      yield placed
+    if kept is not None:
+      self.cached[split] = kept
 
   def __call__(self, params, split: str) -> dict[str, float]:
     fingerprints = self.fingerprints(params)
     dispatched = []
-    batches = input_pipeline.prefetch(input_pipeline.eval_batches(
-        self.ds, self.splits, split, self.protocol, self.config.eval.batch_size,
-        self.config.pack_sequences, shards(self.mesh)))
-    for batch in batches:
-      dispatched.append(self.step(params, parallel.shard_batch(batch, self.mesh), fingerprints))
+    for batch in self.batches(split):
+      dispatched.append(self.step(params, batch, fingerprints))
       bound_in_flight(dispatched)
     # The batches' sums are added on the host (float64) at the end: adding them
     # on the devices dispatched a small computation per metric and batch, about

@@ -150,3 +150,27 @@ def test_pretrain_micro_batches_follow_the_rows_per_device(tmp_path):
   config.pretrain.micro_batches = 0
   assert train_lib.pretrain_micro_batches(config, ds, one, chosen)[0] == parallel.auto_micro_batches(
       "cpu", 240)
+
+
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_evaluator_keeps_small_splits_placed_and_gives_the_same_metrics(tmp_path, protocol):
+  config = tiny_config(**{"eval.protocol": protocol, "eval.batch_size": 16})
+  ds = train_lib.load_data(config, str(tmp_path))
+  splits = data.finetune_splits(ds, config.max_seq_length)
+  mesh = parallel.make_mesh()
+  mcfg = train_lib.model_config(config, ds)
+  params = jax.device_put(train_lib.model_lib.init_params(mcfg, jax.random.key(3)),
+                          parallel.replicated(mesh))
+  kept = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol)
+  rebuilt = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol, cache_bytes=0)
+  first = kept(params, "valid")
+  assert set(kept.cached) == {"valid"} and len(kept.cached["valid"]) == -(-ds.num_users // 16)
+  assert not rebuilt.cached
+  other = jax.tree_util.tree_map(lambda x: x * 1.5, params)  # passes differ only in params
+  for p in (params, other):
+    want = rebuilt(p, "valid")
+    assert kept(p, "valid") == want and kept(p, "test") == rebuilt(p, "test")
+  assert first == rebuilt(params, "valid")
+  # A split over the limit is built anew every pass.
+  small = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol, cache_bytes=1000)
+  assert small(params, "valid") == first and not small.cached

@@ -228,3 +228,14 @@ def test_packed_and_padded_finetuning_and_eval_agree(ds):
   np.testing.assert_allclose(values[True][0], values[False][0], rtol=1e-5)
   for name, value in values[False][1].items():
     assert values[True][1][name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_step_key_depends_on_seed_epoch_and_step_only():
+  base = jax.random.key(7)
+  got = train_steps.step_key(base, 2, 5)
+  want = jax.random.fold_in(jax.random.fold_in(base, 2), 5)
+  np.testing.assert_array_equal(jax.random.key_data(got), jax.random.key_data(want))
+  others = [train_steps.step_key(base, 2, 6), train_steps.step_key(base, 3, 5),
+            train_steps.step_key(jax.random.key(8), 2, 5)]
+  for other in others:
+    assert not np.array_equal(jax.random.key_data(other), jax.random.key_data(got))

@@ -134,21 +134,23 @@ def auto_host_devices(batch_sizes, cores: int | None = None) -> int:
 
 # Packed rows (of max_len tokens, per view) that one micro-batch of a CPU
 # device step holds at most on average; see auto_micro_batches.
-CPU_MICRO_BATCH_ROWS = 6
+CPU_MICRO_BATCH_ROWS = 9
 
 
 def auto_micro_batches(platform: str, rows_per_device: float) -> int:
   """Micro-batches per device step: at most ~CPU_MICRO_BATCH_ROWS rows each on a CPU host, else 1.
 
   On the 2-core development machine the time of a pre-training step grows
-  far faster than its row count once a device holds more than about 8 rows
-  per view (Beauty, 2 host devices: 8 rows 29 ms, 10 rows 53 ms, 16 rows
-  80 ms; `benchmarks/micro_batches.py --row_counts`), while one device alone
-  grows about linearly: large working sets stop the two host devices from
-  running in parallel. Running a device's share as a scan over pieces of 4-7
-  rows was fastest in interleaved comparisons (`benchmarks/micro_batches.py`;
-  Beauty 2 pieces, LastFM 3-4); 6 leaves room for batches longer than
-  average. Accelerators want the largest pieces, so they get 1.
+  far faster than its row count once a device holds more than about 10 rows
+  per view (Beauty, 2 host devices: 8 rows 29 ms, 10 rows 35 ms, 12 rows
+  68 ms, 16 rows 100 ms; `benchmarks/micro_batches.py --row_counts`), while
+  one device alone grows about linearly: large working sets stop the two host
+  devices from running in parallel. Where the jump sits moves with the load
+  of the machine: before the step's GELU and optimiser update shrank, it was
+  between 9 and 10 rows, and pieces of about 6 rows were fastest. Now Beauty
+  (about 8 rows per device) runs fastest in one pass in most interleaved
+  comparisons, and LastFM (about 22) runs as fast in 3 pieces as in 4.
+  Accelerators want the largest pieces, so they get 1.
   """
   if platform != "cpu":
     return 1

@@ -362,8 +362,7 @@ class Evaluator:
       dispatched.append(self.step(params, batch, fingerprints))
       bound_in_flight(dispatched)
     # The batches' sums are added on the host (float64) at the end: adding them
-    # on the devices dispatched a small computation per metric and batch, about
-    # a tenth of a Beauty validation pass.
+    # on the devices dispatched a small computation per metric and batch.
     per_batch = jax.device_get(dispatched)
     values = metrics_lib.finalize(
         {name: sum(np.float64(sums[name]) for sums in per_batch) for name in per_batch[0]})

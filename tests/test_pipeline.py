@@ -12,6 +12,7 @@ from configs import synthetic
 from s3rec_jax import checkpointing
 from s3rec_jax import config_validation
 from s3rec_jax import data
+from s3rec_jax import model
 from s3rec_jax import objectives
 from s3rec_jax import parallel
 from s3rec_jax import train_lib
@@ -159,7 +160,7 @@ def test_evaluator_keeps_small_splits_placed_and_gives_the_same_metrics(tmp_path
   splits = data.finetune_splits(ds, config.max_seq_length)
   mesh = parallel.make_mesh()
   mcfg = train_lib.model_config(config, ds)
-  params = jax.device_put(train_lib.model_lib.init_params(mcfg, jax.random.key(3)),
+  params = jax.device_put(model.init_params(mcfg, jax.random.key(3)),
                           parallel.replicated(mesh))
   kept = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol)
   rebuilt = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol, cache_bytes=0)

@@ -18,10 +18,11 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
+from s3rec_jax import errors
 from s3rec_jax import model as model_lib
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """A checkpoint that does not exist or does not fit the model."""
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from s3rec_jax import errors
 from s3rec_jax import objectives as objectives_lib
 
 PROTOCOLS = ("sampled", "full")
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError):
   pass
 
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from s3rec_jax import errors
 from s3rec_jax.model import ModelConfig, init_params
 
 MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
@@ -54,7 +55,7 @@ _STORAGE_DTYPES = {
 _MAX_PROBLEMS_SHOWN = 8
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(errors.UserError):
   """A checkpoint file is malformed, unsafe or does not fit the model config."""
 
 

@@ -19,6 +19,8 @@ from typing import Callable, Union
 
 import numpy as np
 
+from s3rec_jax import errors
+
 PathLike = Union[str, os.PathLike]
 
 # Item ids live in int32 arrays and mask_id = max_item + 1 must fit too.
@@ -34,7 +36,7 @@ _SIGNED_INT = re.compile(rb"[+-]?[0-9]+")
 _JSON_KEY = re.compile(r"[1-9][0-9]*")
 
 
-class DataError(ValueError):
+class DataError(errors.UserError):
   """Bad input.
 
   The message always names the file, the line number (1-based; for the JSON

@@ -34,6 +34,8 @@ PRETRAIN_RESUME_DIR = "pretrain_resume"   # rolling checkpoints to resume within
 FINETUNE_BEST_DIR = "finetune_best"       # the best state on validation (used for the test)
 FINETUNE_RESUME_DIR = "finetune_resume"   # state + early-stopping record after every epoch
 RESULTS_FILE = "results.json"
+RUN_FILE = "run.json"     # what serving needs: config, sizes, where the data came from
+IDS_FILE = "ids.json"     # copy of the dataset's NAME_ids.json (original <-> dense ids), if any
 # Independent PRNG streams derived from config.seed.
 STREAM_PRETRAIN_INIT = 10
 STREAM_PRETRAIN_KEY = 11
@@ -479,6 +481,23 @@ def results_payload(config: ml_collections.ConfigDict, outcome: dict) -> dict:
   return payload
 
 
+def write_run_record(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: str) -> None:
+  """WORKDIR/run.json (config and sizes) and WORKDIR/ids.json: a workdir that serves on its own."""
+  if not is_main_process():
+    return
+  ids_path = None
+  if config.dataset != "synthetic":
+    source = os.path.join(os.path.abspath(config.data_dir), f"{config.dataset}_ids.json")
+    if os.path.exists(source):
+      with open(source) as f:
+        write_text_atomic(os.path.join(workdir, IDS_FILE), f.read())
+      ids_path = source
+  write_json_atomic(os.path.join(workdir, RUN_FILE), {
+      "config": config.to_dict(), "dataset": config.dataset,
+      "data_dir": os.path.abspath(config.data_dir), "item_size": ds.item_size,
+      "attribute_size": ds.attribute_size, "max_item": ds.max_item, "ids_file": ids_path})
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pre-train (if asked), fine-tune, test; writes workdir/results.json atomically."""
   config_validation.validate(config)
@@ -489,6 +508,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   config_validation.validate_for_devices(config, mesh.size)
   init_checkpoint = named_init_checkpoint(config)
   ds = load_data(config, workdir)
+  write_run_record(config, ds, workdir)
   pretrained = None
   if config.pretrain.epochs > 0:
     pretrained = pretrain(config, ds, workdir, mesh)

@@ -1,11 +1,16 @@
 """Re-evaluate the best fine-tuned checkpoint of a workdir under either protocol.
 
   python evaluate.py --config=configs/lastfm.py --workdir=runs/lastfm --config.eval.protocol=full
+
+Every config field can be overridden as --config.FIELD=VALUE; configs/default.py
+lists them all with their meaning (and the README's "Config fields" table).
 """
 
-from absl import app
+from absl import flags
 
 from s3rec_jax import cli
+
+flags.adopt_module_key_flags(cli)
 
 
 def main(argv):
@@ -19,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

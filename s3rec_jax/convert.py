@@ -508,6 +508,11 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argpars
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  with errors.exit_on_user_error("python -m s3rec_jax.convert"):
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
   args, parser = _parse_args(argv)
   item_size, attribute_size = args.item_size, args.attribute_size
   if args.dataset is not None:
@@ -532,9 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(str(e))
   try:
     convert_file(args.input, args.output, config)
-  except (CheckpointFormatError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  except OSError as e:
+    raise errors.UserError(f"{args.input}: {e.strerror or e}") from None
   return 0
 
 

@@ -430,6 +430,40 @@ def _is_writable_dir(directory: pathlib.Path) -> bool:
 
 
 # ----------------------------------------------------------------------------
+# Id density: embedding tables have one row per id up to the largest.
+
+# Ids are too sparse when more than half of 1..max_id are unused, and more
+# than this many: a table that size is mostly rows no data ever touches.
+_MAX_UNUSED_IDS = 1024
+_PREPARE_HINT = ("map the ids to 1..N with `python -m s3rec_jax.prepare` (README: 'Your own data')")
+
+
+def _too_sparse(max_id: int, distinct: int) -> bool:
+  unused = max_id - distinct
+  return unused > _MAX_UNUSED_IDS and 2 * unused > max_id
+
+
+def check_dense_items(path: PathLike, offsets: np.ndarray, items: np.ndarray) -> None:
+  """DataError naming the line of the largest item id when the ids are far from 1..N."""
+  if not items.size:
+    return
+  max_item, distinct = int(items.max()), int(np.unique(items).size)
+  if _too_sparse(max_item, distinct):
+    row = int(np.searchsorted(offsets, int(np.argmax(items)), side="right")) - 1
+    raise DataError(f"{path}:{row + 1}: item id {max_item} but only {distinct} distinct items "
+                    f"occur; expected dense ids 1..N (the embedding table would have "
+                    f"{max_item + 2:,} rows): {_PREPARE_HINT}")
+
+
+def check_dense_attributes(path: PathLike, attr_ids: np.ndarray, max_attr: int) -> None:
+  distinct = int(np.count_nonzero(np.unique(attr_ids)))
+  if _too_sparse(max_attr, distinct):
+    raise DataError(f"{path}: attribute id {max_attr} but only {distinct} distinct attributes "
+                    f"occur; expected dense ids 1..N (the attribute table would have "
+                    f"{max_attr + 1:,} rows): {_PREPARE_HINT}")
+
+
+# ----------------------------------------------------------------------------
 # Loading.
 
 
@@ -445,7 +479,9 @@ def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None =
   data_dir = pathlib.Path(data_dir)
   user_ids, offsets, items = read_sequences(data_dir / f"{name}.txt")
   max_item = int(items.max())
+  check_dense_items(data_dir / f"{name}.txt", offsets, items)
   attr_ids, max_attr = read_item_attributes(data_dir / f"{name}_item2attributes.json", max_item)
+  check_dense_attributes(data_dir / f"{name}_item2attributes.json", attr_ids, max_attr)
   negatives = None
   if need_samples:
     sample_name = f"{name}_sample.txt"

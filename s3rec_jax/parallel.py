@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from s3rec_jax import errors
+
 DATA_AXIS = "data"
 
 
@@ -30,9 +32,9 @@ def initialize_distributed(coordinator_address: str | None, num_processes: int |
   """
   if coordinator_address:
     if num_processes is None or process_id is None:
-      raise ValueError("--coordinator_address needs --num_processes and --process_id")
+      raise errors.UserError("--coordinator_address needs --num_processes and --process_id")
     if not 0 <= process_id < num_processes:
-      raise ValueError(f"--process_id={process_id} must be in [0, {num_processes})")
+      raise errors.UserError(f"--process_id={process_id} must be in [0, {num_processes})")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
                                initialization_timeout=timeout_seconds)

@@ -30,4 +30,7 @@ def tiny_reference_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference") / "run")
   result = cli_runs.run(workdir, devices=4)
   assert result.returncode == 0, result.stderr[-3000:]
+  # What the user saw, for tests of the console output (kept beside the workdir).
+  pathlib.Path(workdir + ".stdout").write_text(result.stdout)
+  pathlib.Path(workdir + ".stderr").write_text(result.stderr)
   return workdir

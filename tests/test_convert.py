@@ -550,10 +550,12 @@ def test_cli_with_dataset(tiny_checkpoint, tmp_path, fake_save, monkeypatch):
 
 def test_cli_size_mismatch_fails_cleanly(tiny_checkpoint, tmp_path, fake_save, capsys):
   path, _, _ = tiny_checkpoint
-  code = convert.main(["--input", str(path), "--item_size", "99", "--attribute_size", "7",
-                       *_tiny_flags(tmp_path / "out")])
-  assert code == 1 and not fake_save
-  assert "another dataset" in capsys.readouterr().err
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main(["--input", str(path), "--item_size", "99", "--attribute_size", "7",
+                  *_tiny_flags(tmp_path / "out")])
+  assert exit_info.value.code == 2 and not fake_save
+  err = capsys.readouterr().err
+  assert "another dataset" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_needs_sizes(tiny_checkpoint, tmp_path):

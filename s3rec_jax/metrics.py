@@ -270,9 +270,7 @@ def full_ranking(
   # Local rows scanned: ids 1..num_items of a whole table; every row of a block.
   first_row, scan_rows = (1, num_items) if axis_name is None else (0, local_size)
   base = 0 if axis_name is None else lax.axis_index(axis_name) * local_size  # id of local row 0
-  chunk = min(chunk_size, scan_rows)
-  num_chunks = math.ceil(scan_rows / chunk)
-  chunk_k = min(top_k, chunk)
+  chunk, num_chunks = _chunking(scan_rows, chunk_size)
   score_dtype = jnp.result_type(user_repr.dtype, item_table.dtype)
   neg_inf = jnp.array(-jnp.inf, score_dtype)
   user_repr = user_repr.astype(score_dtype)
@@ -280,7 +278,6 @@ def full_ranking(
 
   answers = answers.astype(jnp.int32)
   history = history.astype(jnp.int32)
-  user_idx = jnp.arange(batch, dtype=jnp.int32)
   # History entries to remove from the candidates: real ids other than the answer.
   excluded = (history > 0) & (history != answers[:, None])
   answer_rows, answer_fp = _answer_rows(item_table, fingerprints, answers, base, axis_name)
@@ -290,11 +287,7 @@ def full_ranking(
 
   def step_fn(carry, step):
     count, top_scores, top_items = carry
-    # Chunk rows [start, start + chunk). The last chunk's slice is shifted back
-    # to stay inside the table; its rows below `start` were already seen.
-    start = first_row + step * chunk
-    offset = jnp.minimum(start, local_size - chunk)
-    rows = lax.dynamic_slice_in_dim(item_table, offset, chunk, axis=0)
+    start, offset, rows = _chunk_rows(item_table, first_row, step, chunk)
     scores = lax.dot_general(user_repr, rows, (((1,), (1,)), ((), ())))  # [B, chunk]
     # Without precomputed fingerprints, each chunk is fingerprinted here
     # (hashing the whole table at once needs scratch the size of the table).
@@ -305,23 +298,14 @@ def full_ranking(
 
     ids = base + offset + jnp.arange(chunk, dtype=jnp.int32)
     in_range = (ids >= base + start) & (ids >= 1) & (ids <= num_items)
-    local = history - (base + offset)
-    # Out-of-chunk positions go to index `chunk` and are dropped; negative
-    # indices would otherwise wrap around.
-    local = jnp.where(excluded & (local >= 0) & (local < chunk), local, chunk)
-    candidate = jnp.broadcast_to(in_range, (batch, chunk))
-    candidate = candidate.at[user_idx[:, None], local].set(False, mode="drop")
+    candidate = _chunk_candidates(in_range, history, excluded, base + offset)
 
     others = candidate & (ids[None, :] != answers[:, None])
     # A NaN answer score compares False with everything; never let it win.
     beats = (scores >= answer_score[:, None]) | jnp.isnan(answer_score)[:, None]
     count = count + jnp.sum(others & beats, axis=1, dtype=jnp.int32)
-
-    masked = jnp.where(candidate, scores, neg_inf)
-    chunk_scores, chunk_idx = lax.top_k(masked, chunk_k)
-    chunk_items = jnp.where(
-        jnp.take_along_axis(candidate, chunk_idx, axis=1), ids[chunk_idx], 0)
-    top_scores, top_items = _merge_top_k(top_scores, top_items, chunk_scores, chunk_items, top_k)
+    top_scores, top_items = _merge_chunk_top_k(top_scores, top_items, scores, candidate, ids,
+                                               top_k)
     return (count, top_scores, top_items), None
 
   init = (
@@ -339,6 +323,119 @@ def full_ranking(
                                       lax.all_gather(top_items, axis_name, axis=1, tiled=True),
                                       top_k)
   return ranks, top_items, top_scores
+
+
+def top_k_items(
+    user_repr: jax.Array,
+    item_table: jax.Array,
+    exclude: jax.Array,
+    *,
+    num_items: int,
+    chunk_size: int,
+    top_k: int,
+) -> tuple[jax.Array, jax.Array]:
+  """The `top_k` best-scoring real items per user, in chunks of the catalogue.
+
+  Candidates are item ids 1..num_items (row 0 is padding; rows beyond
+  num_items, e.g. the mask token, are never candidates) minus the user's
+  `exclude` ids. As in `full_ranking`, a scan runs over catalogue chunks of
+  `chunk_size` rows merging a running top-k, so memory stays [B, chunk]
+  whatever the catalogue size. Works with a symbolic batch dimension (for
+  `jax.export`).
+
+  Args:
+    user_repr: [B, H] user representations.
+    item_table: [item_size, H] item embeddings, item_size > num_items.
+    exclude: [B, E] int ids to leave out, in any order, repeats allowed; 0 and
+      ids outside 1..num_items are ignored (0 pads a row).
+    num_items: number of real items (static).
+    chunk_size: catalogue rows scored per scan step (static), >= 1.
+    top_k: number of items to return (static), >= 1.
+
+  Returns:
+    items: [B, top_k] int32 item ids, best first; equal scores by lowest id.
+      If fewer than top_k candidates remain, the tail holds id 0 with score -inf.
+    scores: [B, top_k] their dot-product scores.
+
+  Raises:
+    ValueError: for inconsistent static sizes.
+  """
+  chex.assert_rank([user_repr, item_table, exclude], [2, 2, 2])
+  chex.assert_equal_shape_prefix([user_repr, exclude], 1)
+  chex.assert_equal_shape_suffix([user_repr, item_table], 1)
+  chex.assert_type(exclude, int)
+  if not 1 <= num_items < item_table.shape[0]:
+    raise ValueError(
+        f"Need 1 <= num_items < item_size (row 0 is padding); got "
+        f"num_items={num_items}, item_size={item_table.shape[0]}.")
+  if chunk_size < 1 or top_k < 1:
+    raise ValueError(f"chunk_size and top_k must be >= 1; got {chunk_size}, {top_k}.")
+  batch = user_repr.shape[0]
+  chunk, num_chunks = _chunking(num_items, chunk_size)
+  score_dtype = jnp.result_type(user_repr.dtype, item_table.dtype)
+  user_repr = user_repr.astype(score_dtype)
+  item_table = item_table.astype(score_dtype)
+  exclude = exclude.astype(jnp.int32)
+  excluded = exclude > 0
+
+  def step_fn(carry, step):
+    top_scores, top_items = carry
+    start, offset, rows = _chunk_rows(item_table, 1, step, chunk)
+    scores = lax.dot_general(user_repr, rows, (((1,), (1,)), ((), ())))  # [B, chunk]
+    ids = offset + jnp.arange(chunk, dtype=jnp.int32)
+    in_range = (ids >= start) & (ids <= num_items)
+    candidate = _chunk_candidates(in_range, exclude, excluded, offset)
+    return _merge_chunk_top_k(top_scores, top_items, scores, candidate, ids, top_k), None
+
+  init = (jnp.full((batch, top_k), -jnp.inf, score_dtype), jnp.zeros((batch, top_k), jnp.int32))
+  (top_scores, top_items), _ = lax.scan(step_fn, init, jnp.arange(num_chunks, dtype=jnp.int32))
+  return top_items, top_scores
+
+
+def _chunking(scan_rows: int, chunk_size: int) -> tuple[int, int]:
+  """(rows per chunk, number of chunks) to scan `scan_rows` rows."""
+  chunk = min(chunk_size, scan_rows)
+  return chunk, math.ceil(scan_rows / chunk)
+
+
+def _chunk_rows(table, first_row, step, chunk):
+  """(start, offset, rows) of scan step `step`: the chunk's rows [start, start + chunk).
+
+  The last chunk's slice is shifted back to stay inside the table (`offset`
+  is the local row of `rows[0]`); its rows below `start` were already seen,
+  and the caller masks them out.
+  """
+  start = first_row + step * chunk
+  offset = jnp.minimum(start, table.shape[0] - chunk)
+  return start, offset, lax.dynamic_slice_in_dim(table, offset, chunk, axis=0)
+
+
+def _chunk_candidates(in_range, exclude, excluded, first_id):
+  """[B, chunk] bool: chunk ids that are in range and not excluded for the user.
+
+  Args:
+    in_range: [chunk] bool, which of the chunk's ids may be candidates at all.
+    exclude: [B, E] int32 ids; entries where `excluded` [B, E] is False are ignored.
+    first_id: id of the chunk's first row.
+  """
+  chunk = in_range.shape[0]
+  batch = exclude.shape[0]
+  local = exclude - first_id
+  # Out-of-chunk positions go to index `chunk` and are dropped; negative
+  # indices would otherwise wrap around.
+  local = jnp.where(excluded & (local >= 0) & (local < chunk), local, chunk)
+  candidate = jnp.broadcast_to(in_range, (batch, chunk))
+  user_idx = jnp.arange(batch, dtype=jnp.int32)
+  return candidate.at[user_idx[:, None], local].set(False, mode="drop")
+
+
+def _merge_chunk_top_k(top_scores, top_items, scores, candidate, ids, top_k):
+  """Merges the best candidates of a chunk's [B, chunk] scores into the running top-k."""
+  chunk_k = min(top_k, ids.shape[0])
+  masked = jnp.where(candidate, scores, jnp.array(-jnp.inf, scores.dtype))
+  chunk_scores, chunk_idx = lax.top_k(masked, chunk_k)
+  chunk_items = jnp.where(jnp.take_along_axis(candidate, chunk_idx, axis=1), ids[chunk_idx], 0)
+  return _merge_top_k(top_scores, top_items, chunk_scores, chunk_items, top_k)
 
 
 def _top_k_of(scores, items, top_k):

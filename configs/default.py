@@ -77,6 +77,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.finetune.adam_b2 = 0.999
   c.finetune.weight_decay = 0.0
   c.finetune.patience = 10          # early stopping on MRR (sampled) / NDCG@20 (full)
+  # Epochs before early stopping may stop a run (0 = the reference: from the
+  # first epoch). For datasets whose validation metric plateaus early.
+  c.finetune.min_epochs = 0
+  # The next-item loss: "bce" (the reference's: one sampled negative per
+  # position) or "ce" (softmax over the whole catalogue, in chunks of
+  # ce_chunk_size items so memory does not grow with the catalogue).
+  c.finetune.loss = "bce"
+  c.finetune.ce_chunk_size = 4096
   # Pre-training checkpoint to start from: a checkpoint folder (latest step)
   # or one of its step folders. "" = this run's own pre-training, if any.
   c.finetune.init_checkpoint = ""

@@ -6,6 +6,7 @@ import ml_collections
 
 from s3rec_jax import errors
 from s3rec_jax import objectives as objectives_lib
+from s3rec_jax import train_steps
 
 PROTOCOLS = ("sampled", "full")
 
@@ -36,10 +37,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("max_seq_length", "model.hidden_size", "model.num_layers", "model.num_heads",
                 "pretrain.batch_size", "finetune.batch_size", "eval.batch_size",
                 "eval.chunk_size", "eval.top_k", "pretrain.save_every_epochs",
-                "pretrain.log_every_steps", "finetune.patience", "sample.num_negatives"):
+                "pretrain.log_every_steps", "finetune.patience", "finetune.ce_chunk_size",
+                "sample.num_negatives"):
     _positive_int(config, field)
   for field in ("pretrain.epochs", "finetune.epochs", "num_devices", "pretrain.mip_num_negatives",
-                "pretrain.micro_batches"):
+                "pretrain.micro_batches", "finetune.min_epochs"):
     value = _get(config, field)
     if not isinstance(value, int) or value < 0:
       raise ConfigError(f"config.{field} must be a non-negative integer, got {value!r}")
@@ -53,6 +55,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.eval.protocol not in PROTOCOLS:
     raise ConfigError(f"config.eval.protocol={config.eval.protocol!r} is unknown; valid protocols: "
                       + ", ".join(PROTOCOLS))
+  if config.finetune.loss not in train_steps.FINETUNE_LOSSES:
+    raise ConfigError(f"config.finetune.loss={config.finetune.loss!r} is unknown; valid losses: "
+                      + ", ".join(train_steps.FINETUNE_LOSSES))
   if config.pretrain.form not in objectives_lib.FORMS:
     raise ConfigError(f"config.pretrain.form={config.pretrain.form!r} is unknown; valid forms: "
                       + ", ".join(objectives_lib.FORMS))

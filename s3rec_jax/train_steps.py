@@ -24,6 +24,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from s3rec_jax import catalogue_softmax
 from s3rec_jax import metrics as metrics_lib
 from s3rec_jax import model as model_lib
 from s3rec_jax import objectives as objectives_lib
@@ -273,38 +274,72 @@ def make_objective_diagnosis(model_config, objectives, options, mesh,
 # --- fine-tuning -------------------------------------------------------------
 
 
+FINETUNE_LOSSES = ("bce", "ce")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneLoss:
+  """The form of the next-item loss.
+
+  `bce`: the reference's, binary cross-entropy of the target against one
+  sampled negative per position. `ce`: softmax cross-entropy over the whole
+  catalogue (ids 1..num_items), in chunks of `chunk_size` rows
+  (catalogue_softmax), scored at the target positions only.
+  """
+  form: str = "bce"
+  num_items: int = 0          # real items, for `ce`
+  chunk_size: int = 4096      # catalogue rows per chunk, for `ce`
+
+  def __post_init__(self):
+    if self.form not in FINETUNE_LOSSES:
+      raise ValueError(f"unknown fine-tuning loss {self.form!r}; valid: {', '.join(FINETUNE_LOSSES)}")
+    if self.form == "ce" and self.num_items < 1:
+      raise ValueError("the ce loss needs num_items")
+
+
 def finetune_loss_terms(params: Any, batch: dict, key: jax.Array | None, *,
-                        model_config: model_lib.ModelConfig) -> tuple[jax.Array, jax.Array]:
-  """(sum over target positions of BCE(pos) + BCE(neg), number of target positions)."""
+                        model_config: model_lib.ModelConfig,
+                        loss: FinetuneLoss = FinetuneLoss()) -> tuple[jax.Array, jax.Array]:
+  """(sum over target positions of the next-item loss, number of target positions)."""
   out = model_lib.encode(model_config, params, batch["inputs"], causal=True, dropout_key=key,
                          segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
                          token_ids=batch.get("token_ids"))
   table = model_lib.item_table(params)
-  pos = jnp.sum(out * table[batch["targets"]], -1)
-  neg = jnp.sum(out * table[batch["negatives"]], -1)
-  is_target = (batch["targets"] > 0).astype(jnp.float32)
-  per_position = jax.nn.softplus(-pos) + jax.nn.softplus(neg)  # -log s(pos) - log(1 - s(neg))
+  targets = batch["targets"]
+  is_target = (targets > 0).astype(jnp.float32)
+  if loss.form == "ce":
+    # Packed rows are mostly target positions, so every token is scored and
+    # the non-targets get weight 0 (their target id is any valid one).
+    flat_targets = jnp.where(targets > 0, targets, 1).reshape(-1)
+    per_position = catalogue_softmax.cross_entropy(
+        out.reshape(-1, out.shape[-1]), table, flat_targets, num_items=loss.num_items,
+        chunk_size=loss.chunk_size).reshape(targets.shape)
+  else:
+    pos = jnp.sum(out * table[targets], -1)
+    neg = jnp.sum(out * table[batch["negatives"]], -1)
+    per_position = jax.nn.softplus(-pos) + jax.nn.softplus(neg)  # -log s(pos) - log(1 - s(neg))
   return jnp.sum(per_position * is_target), jnp.sum(is_target)
 
 
 def finetune_loss(params: Any, batch: dict, key: jax.Array | None, *,
-                  model_config: model_lib.ModelConfig) -> jax.Array:
-  """Mean over the target positions of BCE(pos) + BCE(neg) (one device's view)."""
-  total, count = finetune_loss_terms(params, batch, key, model_config=model_config)
+                  model_config: model_lib.ModelConfig,
+                  loss: FinetuneLoss = FinetuneLoss()) -> jax.Array:
+  """Mean over the target positions of the next-item loss (one device's view)."""
+  total, count = finetune_loss_terms(params, batch, key, model_config=model_config, loss=loss)
   return total / jnp.maximum(count, 1.0)
 
 
-def make_finetune_step(model_config, tx, mesh) -> Callable:
+def make_finetune_step(model_config, tx, mesh, loss: FinetuneLoss = FinetuneLoss()) -> Callable:
   def step(state: TrainState, batch: dict, key: jax.Array):
     # The mean is over the GLOBAL count of targets: devices hold different numbers.
-    _, count = finetune_loss_terms(state.params, batch, None, model_config=model_config)
-    global_count = jnp.maximum(jax.lax.psum(jax.lax.stop_gradient(count), AXIS), 1.0)
+    count = jnp.sum((batch["targets"] > 0).astype(jnp.float32))
+    global_count = jnp.maximum(jax.lax.psum(count, AXIS), 1.0)
 
     def loss_fn(params):
-      total, _ = finetune_loss_terms(params, batch, key, model_config=model_config)
+      total, _ = finetune_loss_terms(params, batch, key, model_config=model_config, loss=loss)
       return total / global_count
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    return _reduce_and_update(state, grads, {"loss": loss}, tx)
+    value, grads = jax.value_and_grad(loss_fn)(state.params)
+    return _reduce_and_update(state, grads, {"loss": value}, tx)
 
   return _training_step(step, mesh, (P(AXIS), P()))
 

@@ -107,8 +107,10 @@ def test_whole_batch_objectives_refuse_micro_batches(ds):
                                    micro_batches=2)
 
 
-def test_finetune_losses_match_on_1_and_4_devices(ds):
+@pytest.mark.parametrize("form", ["bce", "ce"])
+def test_finetune_losses_match_on_1_and_4_devices(ds, form):
   cfg = _config(ds)
+  loss = train_steps.FinetuneLoss(form, num_items=ds.max_item, chunk_size=7)
   splits = data.finetune_splits(ds, L)
   tx = train_steps.make_optimizer(1e-2, 0.9, 0.999)
   results = []
@@ -118,7 +120,7 @@ def test_finetune_losses_match_on_1_and_4_devices(ds):
                             shards=ip.Shards(*parallel.local_shards(mesh)))
     host_batches = list(fb.epoch(0))
     state = train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx, mesh)
-    step = train_steps.make_finetune_step(cfg, tx, mesh)
+    step = train_steps.make_finetune_step(cfg, tx, mesh, loss)
     losses = []
     for i, batch in enumerate(host_batches):
       state, out = step(state, parallel.shard_batch(batch, mesh), jax.random.key(i))
@@ -143,6 +145,24 @@ def test_finetune_loss_by_hand(ds):
     terms.append(-np.log(sig(pos)) - np.log(1 - sig(neg)))
   got = train_steps.finetune_loss(params, batch, None, model_config=cfg)
   np.testing.assert_allclose(float(got), np.mean(terms), rtol=1e-5)
+
+
+def test_finetune_ce_loss_by_hand(ds):
+  cfg = _config(ds)
+  params = model.init_params(cfg, jax.random.key(3))
+  batch = {"inputs": jnp.array([[0, 0, 0, 0, 0, 0, 0, 4, 5, 6], [0] * 7 + [0, 0, 9]]),
+           "targets": jnp.array([[0, 0, 0, 0, 0, 0, 0, 5, 6, 7], [0] * 7 + [0, 0, 11]])}
+  out = np.asarray(model.encode(cfg, params, batch["inputs"], causal=True), np.float64)
+  table = np.asarray(params["item_embeddings"]["embedding"], np.float64)
+  terms = []
+  for b, t in [(0, 7), (0, 8), (0, 9), (1, 9)]:
+    logits = table[1:ds.max_item + 1] @ out[b, t]   # every real item, nothing else
+    target = int(batch["targets"][b, t])
+    terms.append(np.log(np.sum(np.exp(logits))) - logits[target - 1])
+  for chunk_size in (5, 4096):
+    loss = train_steps.FinetuneLoss("ce", num_items=ds.max_item, chunk_size=chunk_size)
+    got = train_steps.finetune_loss(params, batch, None, model_config=cfg, loss=loss)
+    np.testing.assert_allclose(float(got), np.mean(terms), rtol=1e-5)
 
 
 @pytest.mark.parametrize("protocol", ["sampled", "full"])

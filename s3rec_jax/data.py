@@ -444,7 +444,11 @@ def _too_sparse(max_id: int, distinct: int) -> bool:
 
 
 def check_dense_items(path: PathLike, offsets: np.ndarray, items: np.ndarray) -> None:
-  """DataError naming the line of the largest item id when the ids are far from 1..N."""
+  """DataError naming the line of the largest item id when the ids are far from 1..N.
+
+  The readers accept any ids the format allows; a model, though, has a table
+  row for every id up to the largest, so train.py refuses sparse ids.
+  """
   if not items.size:
     return
   max_item, distinct = int(items.max()), int(np.unique(items).size)
@@ -456,6 +460,7 @@ def check_dense_items(path: PathLike, offsets: np.ndarray, items: np.ndarray) ->
 
 
 def check_dense_attributes(path: PathLike, attr_ids: np.ndarray, max_attr: int) -> None:
+  """The same for attribute ids (`attr_ids` is the item -> attributes table)."""
   distinct = int(np.count_nonzero(np.unique(attr_ids)))
   if _too_sparse(max_attr, distinct):
     raise DataError(f"{path}: attribute id {max_attr} but only {distinct} distinct attributes "
@@ -469,8 +474,12 @@ def check_dense_attributes(path: PathLike, attr_ids: np.ndarray, max_attr: int) 
 
 def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None = None,
                  num_negatives: int = 99, sample_seed: int = 12345, need_samples: bool = True,
-                 log: Callable[[str], object] = print) -> Dataset:
+                 log: Callable[[str], object] = print, require_dense_ids: bool = False) -> Dataset:
   """Loads and validates NAME.txt, NAME_item2attributes.json and NAME_sample.txt.
+
+  With `require_dense_ids` (what train.py asks), item and attribute ids far
+  from 1..N are a DataError (see `check_dense_ids`), raised before anything
+  is generated or written.
 
   The sample file is read from data_dir, else from sample_dir; if neither has
   it, it is generated with `sample_seed` and written to data_dir when that is
@@ -479,9 +488,11 @@ def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None =
   data_dir = pathlib.Path(data_dir)
   user_ids, offsets, items = read_sequences(data_dir / f"{name}.txt")
   max_item = int(items.max())
-  check_dense_items(data_dir / f"{name}.txt", offsets, items)
+  if require_dense_ids:   # before the attribute table, which has a row per item id
+    check_dense_items(data_dir / f"{name}.txt", offsets, items)
   attr_ids, max_attr = read_item_attributes(data_dir / f"{name}_item2attributes.json", max_item)
-  check_dense_attributes(data_dir / f"{name}_item2attributes.json", attr_ids, max_attr)
+  if require_dense_ids:
+    check_dense_attributes(data_dir / f"{name}_item2attributes.json", attr_ids, max_attr)
   negatives = None
   if need_samples:
     sample_name = f"{name}_sample.txt"

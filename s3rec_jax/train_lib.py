@@ -23,6 +23,7 @@ from s3rec_jax import checkpointing
 from s3rec_jax import config_validation
 from s3rec_jax import data as data_lib
 from s3rec_jax import input_pipeline
+from s3rec_jax import metric_writers
 from s3rec_jax import metrics as metrics_lib
 from s3rec_jax import model as model_lib
 from s3rec_jax import objectives as objectives_lib
@@ -75,16 +76,9 @@ def write_json_atomic(path: str, payload: Any) -> None:
   write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
-class JsonLog:
-  """Appends one JSON object per line to workdir/log.jsonl (process 0 only)."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "log.jsonl")
-
-  def write(self, **record) -> None:
-    if is_main_process():
-      with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def open_metric_writer(workdir: str) -> metric_writers.MetricWriter:
+  """workdir/log.jsonl and workdir/tensorboard/ on process 0; a no-op writer elsewhere."""
+  return metric_writers.create_default_writer(workdir, enabled=is_main_process())
 
 
 # --- setup -------------------------------------------------------------------
@@ -102,7 +96,8 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> data_lib.Datas
   needs_samples = config.eval.protocol == "sampled"
   ds = data_lib.load_dataset(config.data_dir, config.dataset, sample_dir=workdir,
                              num_negatives=config.sample.num_negatives,
-                             sample_seed=config.sample.seed, need_samples=needs_samples, log=log)
+                             sample_seed=config.sample.seed, need_samples=needs_samples, log=log,
+                             require_dense_ids=True)
   log(f"dataset: {config.dataset} from {os.path.abspath(config.data_dir)} ({ds.num_users} users, "
       f"{ds.max_item} items, {ds.num_interactions} interactions, {ds.max_attr} attributes)")
   return ds
@@ -112,7 +107,8 @@ def make_mesh(config: ml_collections.ConfigDict):
   devices = jax.devices()
   if config.num_devices:
     if config.num_devices > len(devices):
-      raise ValueError(f"config.num_devices={config.num_devices} but only {len(devices)} devices exist")
+      raise config_validation.ConfigError(
+          f"config.num_devices={config.num_devices} but only {len(devices)} devices exist")
     devices = devices[:config.num_devices]
   mesh = parallel.make_mesh(devices)
   log(f"devices: {mesh.size} x {devices[0].platform} ({jax.process_count()} process(es))")
@@ -203,13 +199,15 @@ def _save_once(mngr, step: int, params, meta: dict, opt_state=None) -> None:
 # --- pre-training ------------------------------------------------------------
 
 
-def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: str, mesh) -> str:
+def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: str, mesh,
+             writer: metric_writers.MetricWriter) -> str:
   """Runs config.pretrain.epochs of pre-training; returns the checkpoint folder.
 
   Hand-off checkpoints go to workdir/pretrain/EPOCH. A rolling resume
   checkpoint (workdir/pretrain_resume/GLOBAL_STEP) is written every
   `checkpoint_every_steps` steps and at every epoch end; a restarted run
   continues from it at the exact step, with the same batches and keys.
+  Losses go to `writer` at every host sync and at every epoch end.
   """
   pc = config.pretrain
   objectives = objectives_lib.resolve(pc.objectives.to_dict(), pc.form)
@@ -246,7 +244,6 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
       f"({batches.num_sequences} sequences, batch {pc.batch_size}, {micro_batches} "
       f"micro-batch(es) per device step, {why}); objectives "
       + ", ".join(f"{o.name}[{o.form}] x{w:g}" for o, w in objectives))
-  jlog = JsonLog(workdir)
   key = base_key(config, STREAM_PRETRAIN_KEY)
 
   def diagnose(epoch, step, batch):
@@ -261,6 +258,7 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   for epoch in range(start_epoch, pc.epochs):
     t0 = time.time()
     sums, seen = dict(carried["sums"]), carried["seen"]
+    seen_before = seen  # sequences of this epoch done before a resume: not this run's throughput
     first_step = start_step if epoch == start_epoch else 0
     pending = []
 
@@ -276,10 +274,17 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
             f"pre-training: non-finite loss or gradient at epoch {b_epoch + 1} step {b_step} "
             f"(objective: {', '.join(culprits)}); the last good checkpoints in "
             f"{resume.directory} and {ckpt_dir} are intact")
+      window, window_seen = dict.fromkeys((*names, "loss"), 0.0), 0.0
       for _, _, metrics, _ in records:
-        for name in (*names, "loss"):
-          sums[name] = sums.get(name, 0.0) + float(metrics[name])
-        seen += float(metrics["sequences"])  # global: a process holds only its shards
+        for name in window:
+          window[name] += float(metrics[name])
+        window_seen += float(metrics["sequences"])  # global: a process holds only its shards
+      for name, value in window.items():
+        sums[name] = sums.get(name, 0.0) + value
+      seen += window_seen
+      last_epoch, last_step = records[-1][:2]
+      writer.write_scalars(last_epoch * batches.steps_per_epoch + last_step + 1, {
+          f"pretrain/{name}": value / max(window_seen, 1) for name, value in window.items()})
       pending.clear()
 
     bar = _progress(input_pipeline.prefetch(batches.epoch(epoch, first_step)),
@@ -301,10 +306,14 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
     carried = {"sums": {}, "seen": 0}
     averages = {name: value / max(seen, 1) for name, value in sums.items()}
     elapsed = time.time() - t0
+    throughput = (seen - seen_before) / elapsed
     log(f"pretrain epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(averages.items()))
-        + f" ({elapsed:.1f}s, {batches.num_sequences / elapsed:.0f} seq/s)")
-    jlog.write(phase="pretrain", epoch=epoch + 1, seconds=elapsed, **averages)
+        + f" ({elapsed:.1f}s, {throughput:.0f} seq/s)")
+    writer.write_record(dict(phase="pretrain", epoch=epoch + 1, seconds=elapsed, **averages))
     global_step = (epoch + 1) * batches.steps_per_epoch
+    writer.write_scalars(global_step, {
+        **{f"pretrain_epoch/{name}": value for name, value in averages.items()},
+        "pretrain/sequences_per_second": throughput, "pretrain/epoch_seconds": elapsed})
     if (epoch + 1) % pc.save_every_epochs == 0 or epoch + 1 == pc.epochs:
       _save_once(handoff, epoch + 1, state.params, opt_state=state.opt_state, meta={
           "epoch": epoch + 1, "global_step": global_step, "dataset": config.dataset,
@@ -376,11 +385,14 @@ def early_stopping_metric(protocol: str) -> str:
 
 
 def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: str,
-                      mesh, init_checkpoint: str | None) -> dict:
+                      mesh, init_checkpoint: str | None,
+                      writer: metric_writers.MetricWriter) -> dict:
   """Fine-tunes with early stopping on validation; tests the best state.
 
   The state and the early-stopping record are saved after every epoch
   (workdir/finetune_resume), so a restarted run continues where it stopped.
+  The loss and validation metrics of every epoch, and the test metrics, go
+  to `writer`.
   """
   fc, protocol = config.finetune, config.eval.protocol
   mcfg = model_config(config, ds)
@@ -399,13 +411,15 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   state = train_steps.create_state(params, tx, mesh)
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size, negative_high(config, ds),
                                            config.seed, config.pack_sequences, shards(mesh))
-  step_fn = train_steps.make_finetune_step(mcfg, tx, mesh)
+  loss = train_steps.FinetuneLoss(fc.loss, num_items=ds.max_item, chunk_size=fc.ce_chunk_size)
+  step_fn = train_steps.make_finetune_step(mcfg, tx, mesh, loss)
+  log(f"fine-tuning: {fc.loss} next-item loss"
+      + (f", early stopping from epoch {fc.min_epochs} on" if fc.min_epochs else ""))
   evaluate = Evaluator(config, ds, splits, mcfg, mesh, protocol)
   target = early_stopping_metric(protocol)
   best_mngr = checkpointing.manager(os.path.join(workdir, FINETUNE_BEST_DIR), max_to_keep=1)
   resume = checkpointing.manager(os.path.join(workdir, FINETUNE_RESUME_DIR), max_to_keep=2)
   key = base_key(config, STREAM_FINETUNE_KEY)
-  jlog = JsonLog(workdir)
   record = {"epoch": 0, "best_score": None, "best_epoch": -1, "best_valid": None, "waited": 0,
             "done": False}
   restored = checkpointing.restore_latest_good(resume, state.params, state.opt_state, repl, log)
@@ -439,7 +453,12 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
     improved = best is None or valid[target] > best
     log(f"finetune epoch {epoch}: loss={train_loss:.4f} ({train_seconds:.1f}s) valid "
         + " ".join(f"{k}={v:.4f}" for k, v in valid.items()) + (" *" if improved else ""))
-    jlog.write(phase="finetune", epoch=epoch, loss=train_loss, seconds=train_seconds, valid=valid)
+    writer.write_record(dict(phase="finetune", epoch=epoch, loss=train_loss, seconds=train_seconds,
+                             valid=valid))
+    writer.write_scalars(epoch, {
+        "finetune/loss": train_loss, "finetune/epoch_seconds": train_seconds,
+        "finetune/sequences_per_second": len(splits["train_inputs"]) / train_seconds,
+        **{f"valid/{name}": value for name, value in valid.items()}})
     if improved:
       record.update(best_score=valid[target], best_epoch=epoch, best_valid=valid, waited=0)
       _save_once(best_mngr, epoch, state.params, meta={
@@ -447,7 +466,7 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
           "protocol": protocol})
     else:
       record["waited"] += 1
-      if record["waited"] >= fc.patience:
+      if record["waited"] >= fc.patience and epoch >= fc.min_epochs:
         log(f"early stopping: no {target} improvement for {fc.patience} epochs")
         record["done"] = True
     record.update(epoch=epoch, done=record["done"] or epoch >= fc.epochs,
@@ -459,6 +478,8 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   test = evaluate(best_params, "test")
   log(f"test (best epoch {record['best_epoch']}): "
       + " ".join(f"{k}={v:.4f}" for k, v in test.items()))
+  writer.write_scalars(record["best_epoch"],
+                       {f"test/{name}": value for name, value in test.items()})
   return {"test": test, "valid": record["best_valid"], "best_epoch": record["best_epoch"],
           "pretrain_checkpoint": loaded}
 
@@ -502,24 +523,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Pre-train (if asked), fine-tune, test; writes workdir/results.json atomically."""
   config_validation.validate(config)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
   mesh = make_mesh(config)
   config_validation.validate_for_devices(config, mesh.size)
   init_checkpoint = named_init_checkpoint(config)
+  # The workdir is made only once the data has loaded: bad input leaves nothing behind.
   ds = load_data(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
   write_run_record(config, ds, workdir)
   pretrained = None
+  # One writer per phase, closed when the phase ends or fails: its last points reach the disk.
   if config.pretrain.epochs > 0:
-    pretrained = pretrain(config, ds, workdir, mesh)
+    with open_metric_writer(workdir) as writer:
+      pretrained = pretrain(config, ds, workdir, mesh, writer)
   elif not config.finetune.init_checkpoint:
     log("pre-training: epochs = 0, so this run is plain SASRec")
-  outcome = finetune_and_test(config, ds, workdir, mesh, init_checkpoint or pretrained)
+  with open_metric_writer(workdir) as writer:
+    outcome = finetune_and_test(config, ds, workdir, mesh, init_checkpoint or pretrained, writer)
   payload = results_payload(config, outcome)
   if is_main_process():
     write_json_atomic(os.path.join(workdir, RESULTS_FILE), payload)
   # Timing stays out of results.json, which a resumed run must reproduce exactly.
-  JsonLog(workdir).write(phase="done", wall_seconds=time.time() - t0)
+  with open_metric_writer(workdir) as writer:
+    writer.write_record({"phase": "done", "wall_seconds": time.time() - t0})
   log(format_table(outcome["test"], f"test metrics ({config.dataset}, {config.eval.protocol})"))
   return payload
 

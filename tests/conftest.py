@@ -8,6 +8,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import fcntl  # noqa: E402
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
@@ -24,13 +25,23 @@ def shared_data_dir():
 
 
 @pytest.fixture(scope="session")
-def tiny_reference_run(tmp_path_factory):
-  """One uninterrupted single-process train.py run of tests/cli_runs.TINY on 4 CPU devices."""
+def tiny_reference_run(tmp_path_factory, worker_id):
+  """One uninterrupted single-process train.py run of tests/cli_runs.TINY on 4 CPU devices.
+
+  Read-only for the tests. Under pytest-xdist the workers share one run: the
+  first to get the lock trains, the others wait and reuse it.
+  """
   import cli_runs  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path_factory.mktemp("reference") / "run")
-  result = cli_runs.run(workdir, devices=4)
-  assert result.returncode == 0, result.stderr[-3000:]
-  # What the user saw, for tests of the console output (kept beside the workdir).
-  pathlib.Path(workdir + ".stdout").write_text(result.stdout)
-  pathlib.Path(workdir + ".stderr").write_text(result.stderr)
-  return workdir
+  base = tmp_path_factory.getbasetemp()
+  root = base if worker_id == "master" else base.parent   # the session's folder, shared
+  workdir = root / "tiny_reference" / "run"
+  done = pathlib.Path(str(workdir) + ".stderr")   # written last
+  with open(root / "tiny_reference.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      result = cli_runs.run(str(workdir), devices=4)
+      assert result.returncode == 0, result.stderr[-3000:]
+      # What the user saw, for tests of the console output (kept beside the workdir).
+      pathlib.Path(str(workdir) + ".stdout").write_text(result.stdout)
+      done.write_text(result.stderr)
+  return str(workdir)

@@ -430,3 +430,31 @@ def test_synthetic_is_structured():
   rng = np.random.default_rng(0)
   shuffled = rng.permutation(nxt)
   assert share(prev, nxt) > share(prev, shuffled) + 0.3
+
+
+# ----------------------------------------------------------------------------
+# Dense ids (what train.py requires).
+
+
+def test_dense_ids_are_required_only_when_asked(tmp_path):
+  sparse = "1 1 2 3\n2 2 3 5000\n"
+  root = _write(tmp_path / "items", seqs=sparse, attrs="{}")
+  ds = data.load_dataset(root, "T", need_samples=False, log=_no_log)   # the reader accepts them
+  assert ds.max_item == 5000
+  before = _files(tmp_path)
+  with pytest.raises(data.DataError, match=r"T\.txt:2: item id 5000 but only 4 distinct items.*"
+                     r"5,002 rows.*s3rec_jax\.prepare"):
+    # Refused before any negatives are drawn or written.
+    data.load_dataset(root, "T", need_samples=True, require_dense_ids=True, log=_no_log)
+  assert _files(tmp_path) == before
+
+
+def test_sparse_attribute_ids_are_refused(tmp_path):
+  root = _write(tmp_path, attrs='{"1": [1], "2": [3000]}')
+  with pytest.raises(data.DataError, match=r"T_item2attributes\.json: attribute id 3000 but only "
+                     r"2 distinct attributes"):
+    data.load_dataset(root, "T", need_samples=False, require_dense_ids=True, log=_no_log)
+  # A few unused ids are fine (the shipped datasets use every id; small gaps are harmless).
+  root = _write(tmp_path / "gaps", attrs='{"1": [1], "2": [900]}')
+  assert data.load_dataset(root, "T", need_samples=False, require_dense_ids=True,
+                           log=_no_log).max_attr == 900

@@ -16,8 +16,9 @@ as in the reference) it prints:
   same devices. The packed layout runs the micro-batches per device step
   that train.py would choose (or --micro_batches); the padded baseline runs
   one pass per step, as the reference does;
-- fine-tuning: seconds of one full epoch (compile excluded), for each loss form
-  of --finetune_losses (bce, ce), and each form's time relative to the first;
+- fine-tuning: seconds of one full epoch (compile excluded), for each loss of
+  --finetune_losses (next-item forms and auxiliary terms), and each one's time
+  relative to the first;
 - evaluation: seconds of one validation pass, full ranking and sampled
   (median of three passes after a first one that compiles), with the batches
   kept placed from the first pass as fine-tuning runs it, and built anew;
@@ -80,7 +81,11 @@ def parse_args(argv):
                       "as train.py chooses. The padded baseline always runs one pass per step, as "
                       "the reference does")
   p.add_argument("--finetune_losses", default="bce",
-                 help="comma list of fine-tuning loss forms to time (bce, ce), each one epoch")
+                 help="comma list of fine-tuning losses to time, one epoch each: a next-item "
+                      "form (bce, ce, sampled_softmax), optionally +OBJECTIVE[:WEIGHT] terms, "
+                      "e.g. bce,ce,ce+cl4srec,ce+duorec:0.1")
+  p.add_argument("--ce_chunk_size", type=int, default=0,
+                 help="catalogue rows per chunk of the ce loss (0 = the config's)")
   p.add_argument("--skip_finetune", action="store_true")
   p.add_argument("--skip_eval", action="store_true")
   args = p.parse_args(argv)
@@ -151,6 +156,8 @@ def make_config(args):
   config.data_dir = args.data_dir
   config.pretrain.form = args.form
   config.pretrain.micro_batches = args.micro_batches
+  if args.ce_chunk_size:
+    config.settings.next_item.chunk_size = args.ce_chunk_size
   return config
 
 
@@ -323,12 +330,20 @@ def bench_finetune(config, ds, splits, mesh, pack: bool, form: str = "bce") -> d
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size,
                                            train_lib.negative_high(config, ds), config.seed,
                                            pack, shards=train_lib.shards(mesh))
-  loss = train_steps.FinetuneLoss(form, num_items=ds.max_item, chunk_size=fc.ce_chunk_size)
-  step_fn = train_steps.make_finetune_step(mcfg, tx, mesh, loss)
+  # A spec is FORM[+OBJECTIVE[:WEIGHT]...]: the next-item form plus auxiliary terms.
+  form, *extra = form.split("+")
+  weights = {"next_item": 1.0}
+  for term in extra:
+    name, _, weight = term.partition(":")
+    weights[name] = float(weight or 0.1)
+  objectives = objectives_lib.resolve(weights, {"next_item": form}, phase="finetune")
+  step_fn = train_steps.make_finetune_step(mcfg, tx, mesh, objectives,
+                                           train_lib.objective_options(config, ds))
+  tables = parallel.replicate(train_lib.finetune_tables(objectives, ds, splits), mesh)
   base = jax.random.key(config.seed + 2)
   keys = [jax.device_put(train_steps.step_key(base, 0, i), repl)
           for i in range(batches.steps_per_epoch)]
-  steps = CompiledSteps(step_fn, mesh, lambda b: (state, b, keys[0]))
+  steps = CompiledSteps(step_fn, mesh, lambda b: (state, b, tables, keys[0]))
   rows = []
   for batch in batches.epoch(0):     # compile every shape of the epoch before timing it
     steps(batch)
@@ -336,7 +351,7 @@ def bench_finetune(config, ds, splits, mesh, pack: bool, form: str = "bce") -> d
   losses = []
   t0 = time.perf_counter()
   for step, batch in enumerate(input_pipeline.prefetch(batches.epoch(0))):
-    state, out = steps(batch)(state, parallel.shard_batch(batch, mesh), keys[step])
+    state, out = steps(batch)(state, parallel.shard_batch(batch, mesh), tables, keys[step])
     losses.append(out["loss"])
     train_lib.bound_in_flight(losses)
   block((state, losses))
@@ -376,7 +391,8 @@ def reproduce_command(args) -> str:
   parts = ["python", "benchmarks/speed.py", "--dataset", args.dataset, "--data_dir", args.data_dir,
            "--devices", str(args.devices), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--layouts", ",".join(args.layouts), "--form", args.form,
-           "--micro_batches", str(args.micro_batches), "--finetune_losses", args.finetune_losses]
+           "--micro_batches", str(args.micro_batches), "--finetune_losses", args.finetune_losses,
+           "--ce_chunk_size", str(args.ce_chunk_size)]
   parts += ["--skip_finetune"] if args.skip_finetune else []
   parts += ["--skip_eval"] if args.skip_eval else []
   return " ".join(shlex.quote(p) for p in parts)

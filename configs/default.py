@@ -53,9 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.pretrain.weight_decay = 0.0
   c.pretrain.mask_p = 0.2
   # Objective name -> weight; 0 disables one. A new objective is a registered
-  # function in s3rec_jax/objectives.py plus an entry here.
+  # function in s3rec_jax/objectives/ plus an entry here.
   c.pretrain.objectives = ml_collections.ConfigDict(
-      {"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5})
+      {"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5, "cl4srec": 0.0, "duorec": 0.0})
   c.pretrain.form = "reference"     # "reference" (sigmoid forms) or "infonce"
   c.pretrain.infonce_temperature = 1.0
   c.pretrain.mip_num_negatives = 0  # infonce MIP: 0 = whole catalogue, K = K sampled items
@@ -80,14 +80,27 @@ def get_config() -> ml_collections.ConfigDict:
   # Epochs before early stopping may stop a run (0 = the reference: from the
   # first epoch). For datasets whose validation metric plateaus early.
   c.finetune.min_epochs = 0
-  # The next-item loss: "bce" (the reference's: one sampled negative per
-  # position) or "ce" (softmax over the whole catalogue, in chunks of
-  # ce_chunk_size items so memory does not grow with the catalogue).
+  # The form of the next-item loss: "bce" (the reference's: one sampled
+  # negative per position), "ce" (softmax over the whole catalogue, in chunks
+  # of settings.next_item.chunk_size items, so memory does not grow with the
+  # catalogue) or "sampled_softmax" (settings.next_item.num_negatives shared
+  # negatives drawn by training frequency, log-Q corrected).
   c.finetune.loss = "bce"
-  c.finetune.ce_chunk_size = 4096
+  # Objective name -> weight of fine-tuning's loss: next_item, plus any
+  # self-supervised objective as an auxiliary term (CL4SRec, DuoRec). Each is
+  # a mean (over target positions or sequences) before weighting.
+  c.finetune.objectives = ml_collections.ConfigDict(
+      {"next_item": 1.0, "cl4srec": 0.0, "duorec": 0.0})
   # Pre-training checkpoint to start from: a checkpoint folder (latest step)
   # or one of its step folders. "" = this run's own pre-training, if any.
   c.finetune.init_checkpoint = ""
+
+  # Settings of plug-in objectives and views, by plug-in name.
+  c.settings = ml_collections.ConfigDict()
+  c.settings.next_item = ml_collections.ConfigDict({"chunk_size": 4096, "num_negatives": 1024})
+  c.settings.augment = ml_collections.ConfigDict({"crop": 0.6, "mask": 0.3, "reorder": 0.6})
+  c.settings.cl4srec = ml_collections.ConfigDict({"temperature": 1.0, "similarity": "dot"})
+  c.settings.duorec = ml_collections.ConfigDict({"temperature": 1.0, "similarity": "dot"})
 
   c.eval = ml_collections.ConfigDict()
   c.eval.protocol = "sampled"       # "sampled" (answer + 99 negatives) or "full" (all items)

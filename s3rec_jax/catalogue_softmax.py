@@ -10,7 +10,8 @@ this holds the [T, N] logits, and autodiff keeps them for the backward pass,
 so memory grows with the catalogue. Here a scan runs over chunks of
 `chunk_size` rows with a running (max, sum) logsumexp, and a custom VJP
 recomputes each chunk's logits in the backward pass: memory is O(T * chunk)
-whatever N is, for the price of computing the logits twice.
+whatever N is, for the price of computing the logits twice. When one chunk
+covers the catalogue, its logits are kept for the backward pass instead.
 
 Gradients (g_t the cotangent of loss_t, p_tj = softmax probability):
 
@@ -35,38 +36,19 @@ def _chunking(num_items: int, chunk_size: int) -> tuple[int, int]:
   return chunk, math.ceil(num_items / chunk)
 
 
-def _chunk_rows(table: jax.Array, step: jax.Array, chunk: int, num_items: int):
-  """Rows of chunk `step` (ids 1 + step * chunk ...) and a mask of the real candidates.
-
-  The last chunk is shifted back to stay inside the table; its rows already
-  seen are masked out, so every candidate counts exactly once.
-  """
-  start = 1 + step * chunk
-  offset = jnp.minimum(start, table.shape[0] - chunk)
-  rows = lax.dynamic_slice_in_dim(table, offset, chunk, axis=0)
-  ids = offset + jnp.arange(chunk, dtype=jnp.int32)
-  valid = (ids >= start) & (ids <= num_items)
-  return rows, valid, offset
+def _chunked_rows(table: jax.Array, num_items: int, chunk: int, num_chunks: int):
+  """Rows of ids 1 .. num_chunks * chunk as [num_chunks, chunk, H] (zero rows past the
+  table) and the mask of real candidates (ids <= num_items) [num_chunks, chunk]."""
+  needed = 1 + num_chunks * chunk
+  if table.shape[0] < needed:
+    table = jnp.pad(table, ((0, needed - table.shape[0]), (0, 0)))
+  rows = table[1:needed].reshape(num_chunks, chunk, table.shape[1])
+  ids = 1 + jnp.arange(num_chunks * chunk, dtype=jnp.int32).reshape(num_chunks, chunk)
+  return rows, ids <= num_items
 
 
-def _logsumexp(queries: jax.Array, table: jax.Array, num_items: int, chunk: int,
-               num_chunks: int) -> jax.Array:
-  """[T] logsumexp of each query's scores over ids 1..num_items, chunk by chunk."""
-  neg_inf = jnp.array(-jnp.inf, queries.dtype)
-
-  def body(carry, step):
-    running_max, running_sum = carry
-    rows, valid, _ = _chunk_rows(table, step, chunk, num_items)
-    logits = jnp.where(valid[None, :], queries @ rows.T, neg_inf)
-    new_max = jnp.maximum(running_max, jnp.max(logits, axis=1))
-    running_sum = (running_sum * jnp.exp(running_max - new_max)
-                   + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=1))
-    return (new_max, running_sum), None
-
-  num_queries = queries.shape[0]
-  init = (jnp.full((num_queries,), neg_inf), jnp.zeros((num_queries,), queries.dtype))
-  (running_max, running_sum), _ = lax.scan(body, init, jnp.arange(num_chunks, dtype=jnp.int32))
-  return running_max + jnp.log(running_sum)
+def _masked_logits(queries, rows, valid):
+  return jnp.where(valid[None, :], queries @ rows.T, -jnp.inf)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -77,28 +59,44 @@ def _cross_entropy(queries, table, targets, num_items, chunk_size):
 
 def _cross_entropy_fwd(queries, table, targets, num_items, chunk_size):
   chunk, num_chunks = _chunking(num_items, chunk_size)
-  lse = _logsumexp(queries, table, num_items, chunk, num_chunks)
+  rows, valid = _chunked_rows(table, num_items, chunk, num_chunks)
+  num_queries = queries.shape[0]
+
+  def body(carry, xs):
+    running_max, running_sum = carry
+    logits = _masked_logits(queries, *xs)
+    new_max = jnp.maximum(running_max, jnp.max(logits, axis=1))
+    running_sum = (running_sum * jnp.exp(running_max - new_max)
+                   + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=1))
+    # One chunk: keep its logits for the backward pass instead of recomputing them.
+    return (new_max, running_sum), (logits if num_chunks == 1 else None)
+
+  init = (jnp.full((num_queries,), -jnp.inf, queries.dtype),
+          jnp.zeros((num_queries,), queries.dtype))
+  (running_max, running_sum), kept = lax.scan(body, init, (rows, valid))
+  lse = running_max + jnp.log(running_sum)
   target_rows = jnp.take(table, targets, axis=0)
   loss = lse - jnp.sum(queries * target_rows, axis=1)
-  return loss, (queries, table, targets, lse)
+  return loss, (queries, table, targets, lse, kept)
 
 
 def _cross_entropy_bwd(num_items, chunk_size, residuals, g):
-  queries, table, targets, lse = residuals
+  queries, table, targets, lse, kept = residuals
   chunk, num_chunks = _chunking(num_items, chunk_size)
+  rows, valid = _chunked_rows(table, num_items, chunk, num_chunks)
 
-  def body(d_queries, step):
-    rows, valid, offset = _chunk_rows(table, step, chunk, num_items)
-    logits = queries @ rows.T
-    weighted = jnp.where(valid[None, :], jnp.exp(logits - lse[:, None]), 0.0) * g[:, None]
-    return d_queries + weighted @ rows, (offset, weighted.T @ queries)
+  def body(d_queries, xs):
+    chunk_rows, chunk_valid, logits = xs
+    if logits is None:
+      logits = _masked_logits(queries, chunk_rows, chunk_valid)
+    weighted = jnp.exp(logits - lse[:, None]) * g[:, None]      # 0 where masked (-inf)
+    return d_queries + weighted @ chunk_rows, weighted.T @ queries
 
-  d_queries, (offsets, d_chunks) = lax.scan(
-      body, jnp.zeros_like(queries), jnp.arange(num_chunks, dtype=jnp.int32))
-  # Scatter-add each chunk's gradient at its offset (the shifted last chunk's
-  # overlap carries zeros there: those rows were masked out).
-  row_ids = (offsets[:, None] + jnp.arange(chunk, dtype=jnp.int32)[None, :]).reshape(-1)
-  d_table = jnp.zeros_like(table).at[row_ids].add(d_chunks.reshape(-1, table.shape[1]))
+  d_queries, d_chunks = lax.scan(body, jnp.zeros_like(queries), (rows, valid, kept))
+  # Chunk rows are ids 1, 2, ...: the table's gradient is row 0 (padding), then
+  # the chunks' rows, cut or zero-padded to the table's length.
+  d_rows = d_chunks.reshape(-1, table.shape[1])[:table.shape[0] - 1]
+  d_table = jnp.pad(d_rows, ((1, table.shape[0] - 1 - d_rows.shape[0]), (0, 0)))
   # The target term -q . e_y.
   d_queries = d_queries - g[:, None] * jnp.take(table, targets, axis=0)
   d_table = d_table.at[targets].add(-g[:, None] * queries)

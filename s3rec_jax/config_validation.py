@@ -6,7 +6,7 @@ import ml_collections
 
 from s3rec_jax import errors
 from s3rec_jax import objectives as objectives_lib
-from s3rec_jax import train_steps
+from s3rec_jax.objectives import next_item
 
 PROTOCOLS = ("sampled", "full")
 
@@ -37,8 +37,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("max_seq_length", "model.hidden_size", "model.num_layers", "model.num_heads",
                 "pretrain.batch_size", "finetune.batch_size", "eval.batch_size",
                 "eval.chunk_size", "eval.top_k", "pretrain.save_every_epochs",
-                "pretrain.log_every_steps", "finetune.patience", "finetune.ce_chunk_size",
-                "sample.num_negatives"):
+                "pretrain.log_every_steps", "finetune.patience", "settings.next_item.chunk_size",
+                "settings.next_item.num_negatives", "sample.num_negatives"):
     _positive_int(config, field)
   for field in ("pretrain.epochs", "finetune.epochs", "num_devices", "pretrain.mip_num_negatives",
                 "pretrain.micro_batches", "finetune.min_epochs"):
@@ -55,9 +55,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.eval.protocol not in PROTOCOLS:
     raise ConfigError(f"config.eval.protocol={config.eval.protocol!r} is unknown; valid protocols: "
                       + ", ".join(PROTOCOLS))
-  if config.finetune.loss not in train_steps.FINETUNE_LOSSES:
+  if config.finetune.loss not in next_item.FORMS:
     raise ConfigError(f"config.finetune.loss={config.finetune.loss!r} is unknown; valid losses: "
-                      + ", ".join(train_steps.FINETUNE_LOSSES))
+                      + ", ".join(next_item.FORMS))
+  for field in ("augment.crop", "augment.mask", "augment.reorder"):
+    _probability(_get(config.settings, field), f"settings.{field}")
+  for name in ("cl4srec", "duorec"):
+    if _get(config.settings, f"{name}.temperature") <= 0:
+      raise ConfigError(f"config.settings.{name}.temperature must be > 0")
+    if _get(config.settings, f"{name}.similarity") not in ("dot", "cosine"):
+      raise ConfigError(f"config.settings.{name}.similarity must be 'dot' or 'cosine'")
+  try:
+    objectives_lib.resolve(config.finetune.objectives.to_dict(), {"next_item": config.finetune.loss},
+                           phase="finetune")
+  except ValueError as e:
+    raise ConfigError(f"config.finetune.objectives: {e}") from None
   if config.pretrain.form not in objectives_lib.FORMS:
     raise ConfigError(f"config.pretrain.form={config.pretrain.form!r} is unknown; valid forms: "
                       + ", ".join(objectives_lib.FORMS))
@@ -65,7 +77,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError("config.pretrain.infonce_temperature must be > 0")
   if config.pretrain.epochs > 0:
     try:
-      chosen = objectives_lib.resolve(config.pretrain.objectives.to_dict(), config.pretrain.form)
+      chosen = objectives_lib.resolve(config.pretrain.objectives.to_dict(), config.pretrain.form,
+                                      phase="pretrain")
     except ValueError as e:
       raise ConfigError(f"config.pretrain.objectives: {e}") from None
     if config.pretrain.micro_batches:   # 0 = automatic, which never splits such a batch

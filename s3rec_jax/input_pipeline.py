@@ -212,8 +212,9 @@ class Packer:
 
     Adds segment_ids and positions (per token), token_ids (sequence index in
     the global batch * max_len + position: what dropout keys on, so it does
-    not depend on the layout) and last_index (each sequence's newest token in the flattened
-    [num_rows * max_len] layout; 0 for an empty sequence).
+    not depend on the layout), last_index (each sequence's newest token in the flattened
+    [num_rows * max_len] layout; 0 for an empty sequence) and lengths (tokens
+    per sequence).
     """
     L = self.max_len
     row, first, slot, used = self.layout(lengths) if layout is None else layout
@@ -239,6 +240,7 @@ class Packer:
     out["positions"] = positions.reshape(num_rows, L)
     out["token_ids"] = token_ids.reshape(num_rows, L)
     out["last_index"] = np.where(lengths > 0, row * L + first + lengths - 1, 0).astype(np.int32)
+    out["lengths"] = np.asarray(lengths, np.int32)   # tokens per sequence (0: none, e.g. padding)
     return out
 
 

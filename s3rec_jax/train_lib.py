@@ -149,6 +149,35 @@ def pretrain_micro_batches(config: ml_collections.ConfigDict, ds: data_lib.Datas
   return count, f"automatic: {platform} devices, about {rows:.1f} rows per device step"
 
 
+def pretrain_objectives(config: ml_collections.ConfigDict):
+  pc = config.pretrain
+  return objectives_lib.resolve(pc.objectives.to_dict(), pc.form, phase="pretrain")
+
+
+def finetune_objectives(config: ml_collections.ConfigDict):
+  """config.finetune.objectives, with finetune.loss as the form of next_item."""
+  fc = config.finetune
+  return objectives_lib.resolve(fc.objectives.to_dict(), {"next_item": fc.loss}, phase="finetune")
+
+
+def objective_options(config: ml_collections.ConfigDict,
+                      ds: data_lib.Dataset) -> objectives_lib.ObjectiveOptions:
+  pc = config.pretrain
+  return objectives_lib.ObjectiveOptions(
+      mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
+      mip_num_negatives=pc.mip_num_negatives,
+      settings=objectives_lib.settings_tuple(config.settings.to_dict()))
+
+
+def finetune_tables(objectives, ds: data_lib.Dataset, splits: dict) -> dict:
+  """Lookup tables fine-tuning objectives read: the sampling distribution of the
+  sampled softmax, if it is used."""
+  if any(o.name == "next_item" and o.form == "sampled_softmax" for o, _ in objectives):
+    return {"item_log_q": objectives_lib.next_item.item_log_q(splits["train_targets"],
+                                                              ds.item_size)}
+  return {}
+
+
 def negative_high(config: ml_collections.ConfigDict, ds: data_lib.Dataset) -> int:
   return ds.mask_id if config.negatives_include_mask_id else ds.max_item
 
@@ -210,17 +239,15 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   Losses go to `writer` at every host sync and at every epoch end.
   """
   pc = config.pretrain
-  objectives = objectives_lib.resolve(pc.objectives.to_dict(), pc.form)
+  objectives = pretrain_objectives(config)
   names = tuple(o.name for o, _ in objectives)
-  mcfg = model_config(config, ds, head_names=names)
+  mcfg = model_config(config, ds, head_names=objectives_lib.head_names(objectives))
   micro_batches, why = pretrain_micro_batches(config, ds, mesh, objectives)
   batches = input_pipeline.PretrainBatches(
       ds, input_pipeline.PretrainSettings(pc.batch_size, config.max_seq_length, pc.mask_p,
                                           negative_high(config, ds), config.pack_sequences),
       config.seed, shards(mesh, micro_batches))
-  options = objectives_lib.ObjectiveOptions(
-      mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
-      mip_num_negatives=pc.mip_num_negatives)
+  options = objective_options(config, ds)
   tx = train_steps.make_optimizer(pc.learning_rate, pc.adam_b1, pc.adam_b2, pc.weight_decay)
   repl = parallel.replicated(mesh)
   init_key = base_key(config, STREAM_PRETRAIN_INIT)
@@ -411,10 +438,12 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   state = train_steps.create_state(params, tx, mesh)
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size, negative_high(config, ds),
                                            config.seed, config.pack_sequences, shards(mesh))
-  loss = train_steps.FinetuneLoss(fc.loss, num_items=ds.max_item, chunk_size=fc.ce_chunk_size)
-  step_fn = train_steps.make_finetune_step(mcfg, tx, mesh, loss)
-  log(f"fine-tuning: {fc.loss} next-item loss"
-      + (f", early stopping from epoch {fc.min_epochs} on" if fc.min_epochs else ""))
+  objectives = finetune_objectives(config)
+  names = tuple(o.name for o, _ in objectives)
+  step_fn = train_steps.make_finetune_step(mcfg, tx, mesh, objectives, objective_options(config, ds))
+  tables = parallel.replicate(finetune_tables(objectives, ds, splits), mesh)
+  log("fine-tuning: objectives " + ", ".join(f"{o.name}[{o.form}] x{w:g}" for o, w in objectives)
+      + (f"; early stopping from epoch {fc.min_epochs} on" if fc.min_epochs else ""))
   evaluate = Evaluator(config, ds, splits, mcfg, mesh, protocol)
   target = early_stopping_metric(protocol)
   best_mngr = checkpointing.manager(os.path.join(workdir, FINETUNE_BEST_DIR), max_to_keep=1)
@@ -434,29 +463,34 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
     t0 = time.time()
     metrics = []
     for step, batch in enumerate(input_pipeline.prefetch(batches.epoch(epoch))):
-      state, out = step_fn(state, parallel.shard_batch(batch, mesh),
+      state, out = step_fn(state, parallel.shard_batch(batch, mesh), tables,
                            train_steps.step_key(key, epoch, step))
       metrics.append((epoch, step, out))
       bound_in_flight(metrics)
     metrics = jax.device_get(metrics)
     bad = _first_non_finite(metrics)
     if bad is not None:
+      culprits = [n for n in names if not np.isfinite(bad[2][n])] or ["(the joint loss)"]
       raise NumericalError(
           f"fine-tuning: non-finite loss or gradient at epoch {bad[0] + 1} step {bad[1]} "
-          f"(objective: finetune); the last good checkpoints in {resume.directory} and "
-          f"{best_mngr.directory} are intact")
+          f"(objective: {', '.join(culprits)}); the last good checkpoints in {resume.directory} "
+          f"and {best_mngr.directory} are intact")
     train_loss = float(np.mean([m["loss"] for _, _, m in metrics]))
+    per_objective = {n: float(np.mean([m[n] for _, _, m in metrics])) for n in names}
     train_seconds = time.time() - t0
     valid = evaluate(state.params, "valid")
     epoch += 1
     best = record["best_score"]
     improved = best is None or valid[target] > best
-    log(f"finetune epoch {epoch}: loss={train_loss:.4f} ({train_seconds:.1f}s) valid "
+    parts = (" (" + " ".join(f"{n}={v:.4f}" for n, v in per_objective.items()) + ")"
+             if len(names) > 1 else "")
+    log(f"finetune epoch {epoch}: loss={train_loss:.4f}{parts} ({train_seconds:.1f}s) valid "
         + " ".join(f"{k}={v:.4f}" for k, v in valid.items()) + (" *" if improved else ""))
     writer.write_record(dict(phase="finetune", epoch=epoch, loss=train_loss, seconds=train_seconds,
-                             valid=valid))
+                             valid=valid, objectives=per_objective))
     writer.write_scalars(epoch, {
         "finetune/loss": train_loss, "finetune/epoch_seconds": train_seconds,
+        **({f"finetune/{n}": v for n, v in per_objective.items()} if len(names) > 1 else {}),
         "finetune/sequences_per_second": len(splits["train_inputs"]) / train_seconds,
         **{f"valid/{name}": value for name, value in valid.items()}})
     if improved:

@@ -24,11 +24,11 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from s3rec_jax import catalogue_softmax
 from s3rec_jax import metrics as metrics_lib
 from s3rec_jax import model as model_lib
 from s3rec_jax import objectives as objectives_lib
 from s3rec_jax import parallel
+from s3rec_jax import views as views_lib
 
 AXIS = parallel.DATA_AXIS
 
@@ -163,35 +163,61 @@ def _reduce_and_update(state: TrainState, grads: Any, scalars: dict,
   return new, dict(scalars, grad_norm=grad_norm, finite=finite)
 
 
-# --- pre-training ------------------------------------------------------------
+# --- the objectives' loss, for both phases -----------------------------------
+
+PHASES = objectives_lib.PHASES
 
 
-def pretrain_loss(params: Any, batch: dict, tables: dict, key: jax.Array, *,
-                  model_config: model_lib.ModelConfig, objectives: Sequence,
-                  options: objectives_lib.ObjectiveOptions, train: bool = True):
-  """Joint pre-training loss; all views are encoded in ONE bidirectional pass.
-
-  The views are stacked along the row axis (inside the per-device body, so no
-  data moves between devices): first those some objective reads at every
-  token, then those read only at each sequence's newest token, for which the
-  last layer computes just that token.
-  """
-  full_views, last_views = objectives_lib.views_of(objectives)
-  views = full_views + last_views
+def _phase_keys(key: jax.Array, phase: str) -> tuple[jax.Array, jax.Array]:
+  """(dropout key, objectives' key) of a step. Fine-tuning encodes with the step's key
+  itself, as it always has, so runs of the default losses keep their random streams."""
+  if phase == "finetune":
+    return key, jax.random.fold_in(key, 1)
   dropout_key, objective_key = jax.random.split(key)
-  ids = jnp.stack([batch[v] for v in views])                         # [V, R, L]
+  return dropout_key, objective_key
+
+
+def phase_batch(batch: dict, phase: str) -> dict:
+  """The batch with `sequence`, the phase's item sequence: pre-training's prefixes
+  (`items`) or fine-tuning's inputs."""
+  if "sequence" in batch:
+    return batch
+  return dict(batch, sequence=batch["items"] if phase == "pretrain" else batch["inputs"])
+
+
+def objective_losses(params: Any, batch: dict, tables: dict, key: jax.Array, *,
+                     model_config: model_lib.ModelConfig, objectives: Sequence,
+                     options: objectives_lib.ObjectiveOptions, phase: str,
+                     train: bool = True) -> dict[str, jax.Array]:
+  """Each objective's loss (a sum over this device's batch); all views in ONE encoder pass.
+
+  The views the objectives read (batch arrays, or built on device by
+  s3rec_jax.views) are stacked along the row axis (inside the per-device body,
+  so no data moves between devices): first those some objective reads at
+  every token, then those read only at each sequence's newest token, for
+  which the last layer computes just that token. Pre-training encodes
+  bidirectionally, fine-tuning causally.
+  """
+  batch = phase_batch(batch, phase)
+  full_views, last_views = objectives_lib.views_of(objectives)
+  names = full_views + last_views
+  dropout_key, objective_key = _phase_keys(key, phase)
+  view_key = jax.random.fold_in(objective_key, 0x5EED)
+  built = {name: views_lib.build(name, batch, view_key, options) for name in names}
+  stack = lambda field: jnp.stack([getattr(built[n], field) for n in names])   # [V, R, L]
+  ids = stack("ids")
   v, r, l = ids.shape
-  per_view = lambda x: jnp.broadcast_to(x[None], (v, r, l)).reshape(v * r, l)
   # Each view of a token is a distinct token for dropout.
   token_ids = batch["token_ids"][None] * v + jnp.arange(v)[:, None, None]
   queries = None
   if last_views:
-    newest = batch["last_index"][None] + (jnp.arange(len(last_views)) * r * l)[:, None]
+    newest = (jnp.stack([built[n].last_index for n in last_views])
+              + (jnp.arange(len(last_views)) * r * l)[:, None])
     queries = model_lib.Queries(dense_rows=len(full_views) * r, index=newest.reshape(-1))
-  out = model_lib.encode(model_config, params, ids.reshape(v * r, l), causal=False,
+  out = model_lib.encode(model_config, params, ids.reshape(v * r, l), causal=phase == "finetune",
                          dropout_key=dropout_key if train else None,
-                         segment_ids=per_view(batch["segment_ids"]),
-                         positions=per_view(batch["positions"]),
+                         segment_ids=stack("segment_ids").reshape(v * r, l),
+                         positions=stack("positions").reshape(v * r, l),
                          token_ids=token_ids.reshape(v * r, l), queries=queries)
   hidden = out.shape[-1]
   dense = out[:len(full_views) * r * l].reshape(len(full_views), r, l, hidden)
@@ -200,8 +226,28 @@ def pretrain_loss(params: Any, batch: dict, tables: dict, key: jax.Array, *,
   inputs = objectives_lib.ObjectiveInputs(
       outputs={name: dense[i] for i, name in enumerate(full_views)}, params=params, batch=batch,
       tables=tables, key=objective_key, options=options,
-      last_outputs={name: newest_out[i] for i, name in enumerate(last_views)})
-  return objectives_lib.joint_loss(objectives, inputs)
+      last_outputs={name: newest_out[i] for i, name in enumerate(last_views)},
+      layouts={n: built[n] for n in names if views_lib.is_built_on_device(n)})
+  return objectives_lib.losses_of(objectives, inputs)
+
+
+def pretrain_loss(params: Any, batch: dict, tables: dict, key: jax.Array, *,
+                  model_config: model_lib.ModelConfig, objectives: Sequence,
+                  options: objectives_lib.ObjectiveOptions, train: bool = True):
+  """(joint pre-training loss: the weighted sum of the objectives' sums, each loss by name)."""
+  losses = objective_losses(params, batch, tables, key, model_config=model_config,
+                            objectives=objectives, options=options, phase="pretrain", train=train)
+  return objectives_lib.weighted_total(objectives, losses), losses
+
+
+def mean_divisors(batch: dict, axis_name: str | None = AXIS) -> dict[str, jax.Array]:
+  """Fine-tuning's divisors: the GLOBAL numbers of target positions and of sequences
+  (devices hold different numbers of each)."""
+  counts = {"targets": jnp.sum((batch["targets"] > 0).astype(jnp.float32)),
+            "sequences": jnp.sum(objectives_lib.sequence_weights(batch).astype(jnp.float32))}
+  if axis_name is not None:
+    counts = jax.lax.psum(counts, axis_name)
+  return {k: jnp.maximum(jax.lax.stop_gradient(v), 1.0) for k, v in counts.items()}
 
 
 def micro_batch_sum(fn: Callable, batch: dict, micro_batches: int) -> Any:
@@ -228,17 +274,30 @@ def micro_batch_sum(fn: Callable, batch: dict, micro_batches: int) -> Any:
   return total
 
 
-def make_pretrain_step(model_config, objectives, options, tx, mesh,
-                       micro_batches: int = 1) -> Callable:
-  """The jitted pre-training step; batches hold `micro_batches` micro-batches per device."""
+def make_train_step(model_config, objectives, options, tx, mesh, *, phase: str,
+                    micro_batches: int = 1) -> Callable:
+  """The jitted step (state, batch, tables, key) -> (state, metrics) of either phase.
+
+  Pre-training sums the objectives' losses with their weights (the
+  reference's reduction) and reports the sums; fine-tuning divides each by
+  its global count (`Objective.mean_over`) and reports the means. Batches
+  hold `micro_batches` micro-batches per device.
+  """
+  if phase not in PHASES:
+    raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
   options = dataclasses.replace(options, axis_name=AXIS)
   objectives_lib.check_micro_batches(objectives, micro_batches)
 
   def step(state: TrainState, batch: dict, tables: dict, key: jax.Array):
+    divisors = mean_divisors(batch) if phase == "finetune" else None
+
     def grads_and_scalars(micro):
       def loss_fn(params):
-        return pretrain_loss(params, micro, tables, key, model_config=model_config,
-                             objectives=objectives, options=options)
+        losses = objective_losses(params, micro, tables, key, model_config=model_config,
+                                  objectives=objectives, options=options, phase=phase)
+        if divisors is not None:
+          losses = {o.name: losses[o.name] / divisors[o.mean_over] for o, _ in objectives}
+        return objectives_lib.weighted_total(objectives, losses), losses
       (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       return grads, dict(losses, loss=total, sequences=jnp.sum(micro["weights"]))
     grads, scalars = micro_batch_sum(grads_and_scalars, batch, micro_batches)
@@ -247,8 +306,27 @@ def make_pretrain_step(model_config, objectives, options, tx, mesh,
   return _training_step(step, mesh, (P(AXIS), P(), P()))
 
 
+def make_pretrain_step(model_config, objectives, options, tx, mesh,
+                       micro_batches: int = 1) -> Callable:
+  """The jitted pre-training step; batches hold `micro_batches` micro-batches per device."""
+  return make_train_step(model_config, objectives, options, tx, mesh, phase="pretrain",
+                         micro_batches=micro_batches)
+
+
+def default_finetune_objectives(form: str = "bce"):
+  return objectives_lib.resolve({"next_item": 1.0}, {"next_item": form}, phase="finetune")
+
+
+def make_finetune_step(model_config, tx, mesh, objectives=None, options=None) -> Callable:
+  """The jitted fine-tuning step (default: the reference's bce next-item loss alone)."""
+  objectives = objectives or default_finetune_objectives()
+  options = options or objectives_lib.ObjectiveOptions(mask_id=model_config.item_size - 1,
+                                                       num_items=model_config.item_size - 2)
+  return make_train_step(model_config, objectives, options, tx, mesh, phase="finetune")
+
+
 def make_objective_diagnosis(model_config, objectives, options, mesh,
-                             micro_batches: int = 1) -> Callable:
+                             micro_batches: int = 1, phase: str = "pretrain") -> Callable:
   """(params, batch, tables, key) -> {objective: (loss, gradient norm)}, each on its own.
 
   Run only after a non-finite step, to name the objective that caused it.
@@ -260,9 +338,10 @@ def make_objective_diagnosis(model_config, objectives, options, mesh,
     for objective, weight in objectives:
       def loss_and_grads(micro, objective=objective, weight=weight):
         def loss_fn(p):
-          total, _ = pretrain_loss(p, micro, tables, key, model_config=model_config,
-                                   objectives=((objective, weight),), options=options)
-          return total
+          losses = objective_losses(p, micro, tables, key, model_config=model_config,
+                                    objectives=((objective, weight),), options=options,
+                                    phase=phase)
+          return weight * losses[objective.name]
         return jax.value_and_grad(loss_fn)(params)
       loss, grads = _psum_flat(micro_batch_sum(loss_and_grads, batch, micro_batches))
       out[objective.name] = (loss, optax.tree.norm(grads))
@@ -271,77 +350,27 @@ def make_objective_diagnosis(model_config, objectives, options, mesh,
   return _data_parallel(diagnose, mesh, 1, 2, out_specs=P())
 
 
-# --- fine-tuning -------------------------------------------------------------
-
-
-FINETUNE_LOSSES = ("bce", "ce")
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneLoss:
-  """The form of the next-item loss.
-
-  `bce`: the reference's, binary cross-entropy of the target against one
-  sampled negative per position. `ce`: softmax cross-entropy over the whole
-  catalogue (ids 1..num_items), in chunks of `chunk_size` rows
-  (catalogue_softmax), scored at the target positions only.
-  """
-  form: str = "bce"
-  num_items: int = 0          # real items, for `ce`
-  chunk_size: int = 4096      # catalogue rows per chunk, for `ce`
-
-  def __post_init__(self):
-    if self.form not in FINETUNE_LOSSES:
-      raise ValueError(f"unknown fine-tuning loss {self.form!r}; valid: {', '.join(FINETUNE_LOSSES)}")
-    if self.form == "ce" and self.num_items < 1:
-      raise ValueError("the ce loss needs num_items")
-
-
-def finetune_loss_terms(params: Any, batch: dict, key: jax.Array | None, *,
-                        model_config: model_lib.ModelConfig,
-                        loss: FinetuneLoss = FinetuneLoss()) -> tuple[jax.Array, jax.Array]:
-  """(sum over target positions of the next-item loss, number of target positions)."""
-  out = model_lib.encode(model_config, params, batch["inputs"], causal=True, dropout_key=key,
-                         segment_ids=batch.get("segment_ids"), positions=batch.get("positions"),
-                         token_ids=batch.get("token_ids"))
-  table = model_lib.item_table(params)
-  targets = batch["targets"]
-  is_target = (targets > 0).astype(jnp.float32)
-  if loss.form == "ce":
-    # Packed rows are mostly target positions, so every token is scored and
-    # the non-targets get weight 0 (their target id is any valid one).
-    flat_targets = jnp.where(targets > 0, targets, 1).reshape(-1)
-    per_position = catalogue_softmax.cross_entropy(
-        out.reshape(-1, out.shape[-1]), table, flat_targets, num_items=loss.num_items,
-        chunk_size=loss.chunk_size).reshape(targets.shape)
-  else:
-    pos = jnp.sum(out * table[targets], -1)
-    neg = jnp.sum(out * table[batch["negatives"]], -1)
-    per_position = jax.nn.softplus(-pos) + jax.nn.softplus(neg)  # -log s(pos) - log(1 - s(neg))
-  return jnp.sum(per_position * is_target), jnp.sum(is_target)
-
-
 def finetune_loss(params: Any, batch: dict, key: jax.Array | None, *,
-                  model_config: model_lib.ModelConfig,
-                  loss: FinetuneLoss = FinetuneLoss()) -> jax.Array:
-  """Mean over the target positions of the next-item loss (one device's view)."""
-  total, count = finetune_loss_terms(params, batch, key, model_config=model_config, loss=loss)
-  return total / jnp.maximum(count, 1.0)
-
-
-def make_finetune_step(model_config, tx, mesh, loss: FinetuneLoss = FinetuneLoss()) -> Callable:
-  def step(state: TrainState, batch: dict, key: jax.Array):
-    # The mean is over the GLOBAL count of targets: devices hold different numbers.
-    count = jnp.sum((batch["targets"] > 0).astype(jnp.float32))
-    global_count = jnp.maximum(jax.lax.psum(count, AXIS), 1.0)
-
-    def loss_fn(params):
-      total, _ = finetune_loss_terms(params, batch, key, model_config=model_config, loss=loss)
-      return total / global_count
-    value, grads = jax.value_and_grad(loss_fn)(state.params)
-    return _reduce_and_update(state, grads, {"loss": value}, tx)
-
-  return _training_step(step, mesh, (P(AXIS), P()))
+                  model_config: model_lib.ModelConfig, form: str = "bce",
+                  chunk_size: int = 4096) -> jax.Array:
+  """Mean over the target positions of the next-item loss (one device's view, no mesh)."""
+  options = objectives_lib.ObjectiveOptions(
+      mask_id=model_config.item_size - 1, num_items=model_config.item_size - 2,
+      settings=objectives_lib.settings_tuple({"next_item": {"chunk_size": chunk_size}}))
+  objectives = default_finetune_objectives(form)
+  batch = dict(batch)
+  batch.setdefault("weights", jnp.ones((batch["inputs"].shape[0],), jnp.float32))
+  if "segment_ids" not in batch:   # one left-padded sequence per row
+    rows, length = batch["inputs"].shape
+    max_len = model_config.max_len   # what model.encode assumes without a layout
+    batch["segment_ids"] = (batch["inputs"] > 0).astype(jnp.int32)
+    batch["positions"] = jnp.broadcast_to(jnp.arange(max_len - length, max_len), (rows, length))
+    batch["token_ids"] = jnp.arange(rows)[:, None] * max_len + batch["positions"]
+    batch["last_index"] = jnp.arange(rows) * length + length - 1
+  losses = objective_losses(params, batch, {}, key if key is not None else jax.random.key(0),
+                            model_config=model_config, objectives=objectives, options=options,
+                            phase="finetune", train=key is not None)
+  return losses["next_item"] / mean_divisors(batch, axis_name=None)["targets"]
 
 
 # --- evaluation --------------------------------------------------------------

@@ -140,7 +140,8 @@ def test_reference_run_event_files_match_its_log(tiny_reference_run):
   for r in pretrain_epochs:
     assert set(r) == {"phase", "epoch", "seconds", *objectives}
   for r in finetune_epochs:
-    assert set(r) == {"phase", "epoch", "loss", "seconds", "valid"}
+    assert set(r) == {"phase", "epoch", "loss", "seconds", "valid", "objectives"}
+    assert set(r["objectives"]) == {"next_item"}
   assert set(by_phase("done")[0]) == {"phase", "wall_seconds"}
 
   # Epoch means at the global step of each epoch end.

@@ -107,10 +107,16 @@ def test_whole_batch_objectives_refuse_micro_batches(ds):
                                    micro_batches=2)
 
 
-@pytest.mark.parametrize("form", ["bce", "ce"])
-def test_finetune_losses_match_on_1_and_4_devices(ds, form):
+@pytest.mark.parametrize("form, weights", [
+    ("bce", {"next_item": 1.0}), ("ce", {"next_item": 1.0}),
+    ("bce", {"next_item": 1.0, "cl4srec": 0.3, "duorec": 0.2})],
+    ids=["bce", "ce", "bce_with_contrastive"])
+def test_finetune_losses_match_on_1_and_4_devices(ds, form, weights):
   cfg = _config(ds)
-  loss = train_steps.FinetuneLoss(form, num_items=ds.max_item, chunk_size=7)
+  chosen = objectives.resolve(weights, {"next_item": form}, phase="finetune")
+  options = objectives.ObjectiveOptions(
+      mask_id=ds.mask_id, num_items=ds.max_item,
+      settings=objectives.settings_tuple({"next_item": {"chunk_size": 7}}))
   splits = data.finetune_splits(ds, L)
   tx = train_steps.make_optimizer(1e-2, 0.9, 0.999)
   results = []
@@ -120,10 +126,10 @@ def test_finetune_losses_match_on_1_and_4_devices(ds, form):
                             shards=ip.Shards(*parallel.local_shards(mesh)))
     host_batches = list(fb.epoch(0))
     state = train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx, mesh)
-    step = train_steps.make_finetune_step(cfg, tx, mesh, loss)
+    step = train_steps.make_finetune_step(cfg, tx, mesh, chosen, options)
     losses = []
     for i, batch in enumerate(host_batches):
-      state, out = step(state, parallel.shard_batch(batch, mesh), jax.random.key(i))
+      state, out = step(state, parallel.shard_batch(batch, mesh), {}, jax.random.key(i))
       losses.append(float(out["loss"]))
     results.append(losses)
   np.testing.assert_allclose(results[0], results[1], rtol=2e-5)
@@ -160,8 +166,8 @@ def test_finetune_ce_loss_by_hand(ds):
     target = int(batch["targets"][b, t])
     terms.append(np.log(np.sum(np.exp(logits))) - logits[target - 1])
   for chunk_size in (5, 4096):
-    loss = train_steps.FinetuneLoss("ce", num_items=ds.max_item, chunk_size=chunk_size)
-    got = train_steps.finetune_loss(params, batch, None, model_config=cfg, loss=loss)
+    got = train_steps.finetune_loss(params, batch, None, model_config=cfg, form="ce",
+                                    chunk_size=chunk_size)
     np.testing.assert_allclose(float(got), np.mean(terms), rtol=1e-5)
 
 

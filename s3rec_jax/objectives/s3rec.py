@@ -1,121 +1,29 @@
-"""Self-supervised pre-training objectives as pure functions in a registry.
+"""S3-Rec's four pre-training objectives: AAP, MIP, MAP and SP.
 
-An objective maps (encoder outputs, parameters, batch, tables, options) to a
-scalar loss summed over the global batch. It declares the encoder *views* it
-reads (names of [B, L] id arrays in the pre-training batch): `views` whose
-output it needs at every token, and `last_token_views` whose output it needs
-only at each sequence's newest token. The training step encodes the union of
-the views of the enabled objectives in one batched pass, and computes the
-last layer only at the newest tokens of views no objective needs in full.
-A new objective is one decorated function here plus a weight in the config
-(`config.pretrain.objectives.<name>`); its head `heads/<name>` is created
-from that name. An objective whose loss for a sequence reads other sequences
-of the batch (in-batch negatives) registers with `whole_batch=True`, which
-keeps the training step from splitting the batch into micro-batches.
-
-Two estimator forms exist for each built-in objective:
+Two estimator forms of each:
 - `reference`: the sigmoid forms with summed reduction of the reference code,
   which give the published numbers;
 - `infonce`: the paper's mutual-information form, softmax cross-entropy of the
   positive's bilinear score against negatives' scores, divided by a
   temperature, also summed over targets.
+
+They read the views the input pipeline builds for pre-training
+(`masked_items`, `segment_context`, `segment_positive`, `segment_negative`)
+and each has its own dense head `heads/<name>`.
 """
 
 from __future__ import annotations
-
-import dataclasses
-from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 
 from s3rec_jax import model as model_lib
-
-FORMS = ("reference", "infonce")
-
-
-@dataclasses.dataclass(frozen=True)
-class ObjectiveOptions:
-  """Static settings an objective may read."""
-  mask_id: int
-  num_items: int                 # real items are 1..num_items
-  temperature: float = 1.0       # infonce forms
-  mip_num_negatives: int = 0     # infonce MIP: 0 = every other item, K = K shared samples
-  axis_name: str | None = None   # set inside a shard_map: the batch is split over this axis
+from s3rec_jax.objectives.core import ObjectiveInputs
+from s3rec_jax.objectives.core import register as _register
 
 
-@dataclasses.dataclass(frozen=True)
-class ObjectiveInputs:
-  outputs: Mapping[str, jax.Array]   # full view name -> encoder output [R, L, H]
-  params: Mapping                    # full parameter tree (embeddings + heads)
-  # Pre-training batch (see input_pipeline.PretrainBatches): per-token [R, L]
-  # views laid out alike (one or several sequences per row), and per-sequence
-  # `last_index` [B] (each sequence's newest token in the flattened R * L
-  # tokens) and `weights` [B] (0 = padding).
-  batch: Mapping[str, jax.Array]
-  tables: Mapping[str, jax.Array]    # replicated lookup tables, e.g. 'attr_ids' [item_size, K]
-  key: jax.Array                     # for objectives that sample on device
-  options: ObjectiveOptions
-  # last-token view name -> encoder output at each sequence's newest token [B, H]
-  last_outputs: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
-  # Values several objectives compute alike, computed once per loss evaluation.
-  _shared: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
-
-  def shared(self, key, compute: Callable[[], jax.Array]) -> jax.Array:
-    """compute(), once per loss evaluation for each key (later calls reuse it)."""
-    if key not in self._shared:
-      self._shared[key] = compute()
-    return self._shared[key]
-
-  def last_token(self, view: str) -> jax.Array:
-    """[B, H] output at each sequence's newest token (0 rows are padding sequences)."""
-    if view in self.last_outputs:
-      return self.last_outputs[view]
-    out = self.outputs[view]
-    return out.reshape(-1, out.shape[-1])[self.batch["last_index"]]
-
-
-ObjectiveFn = Callable[[ObjectiveInputs], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  name: str
-  form: str
-  views: tuple[str, ...]             # needed at every token
-  last_token_views: tuple[str, ...]  # needed at the newest token only
-  fn: ObjectiveFn
-  # True when a sequence's loss reads other sequences of the global batch
-  # (e.g. in-batch negatives): the batch must then be encoded in one piece.
-  whole_batch: bool = False
-
-
-REGISTRY: dict[tuple[str, str], Objective] = {}
-
-
-def register(name: str, form: str, views: tuple[str, ...] = (),
-             last_token_views: tuple[str, ...] = (), whole_batch: bool = False):
-  """Decorator adding `fn` to the registry under (name, form)."""
-  def wrap(fn: ObjectiveFn) -> ObjectiveFn:
-    key = (name, form)
-    if key in REGISTRY:
-      raise ValueError(f"objective {name!r} form {form!r} is registered twice")
-    REGISTRY[key] = Objective(name, form, tuple(views), tuple(last_token_views), fn, whole_batch)
-    return fn
-  return wrap
-
-
-def names() -> tuple[str, ...]:
-  return tuple(sorted({n for n, _ in REGISTRY}))
-
-
-def get(name: str, form: str) -> Objective:
-  if (name, form) not in REGISTRY:
-    if name not in names():
-      raise ValueError(f"unknown objective {name!r}; valid objectives: {', '.join(names())}")
-    valid = sorted(f for n, f in REGISTRY if n == name)
-    raise ValueError(f"objective {name!r} has no form {form!r}; valid forms: {', '.join(valid)}")
-  return REGISTRY[(name, form)]
+def register(name, form, **kwargs):
+  return _register(name, form, uses_head=True, **kwargs)
 
 
 # --- shared pieces ----------------------------------------------------------
@@ -298,49 +206,3 @@ def sp_infonce(inputs: ObjectiveInputs) -> jax.Array:
   logits = jnp.where(all_weights[None, :] > 0, logits, -jnp.inf)   # padding rows are no negatives
   per_row = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, own[:, None], 1)[:, 0]
   return jnp.sum(jnp.where(weights > 0, per_row, 0.0) * weights)
-
-
-# --- the joint loss ---------------------------------------------------------
-
-
-def resolve(weights: Mapping[str, float], form: str | Mapping[str, str]) -> tuple[tuple[Objective, float], ...]:
-  """The enabled objectives (weight != 0) with their weights, in name order."""
-  chosen = []
-  for name in sorted(weights):
-    weight = float(weights[name])
-    if weight == 0.0:
-      continue
-    chosen_form = form if isinstance(form, str) else form.get(name, "reference")
-    chosen.append((get(name, chosen_form), weight))
-  if not chosen:
-    raise ValueError("config.pretrain.objectives enables no objective (all weights are 0)")
-  return tuple(chosen)
-
-
-def check_micro_batches(objectives, micro_batches: int) -> None:
-  """Refuses to split a batch into micro-batches when an enabled objective needs it whole."""
-  if micro_batches < 1:
-    raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
-  coupled = [o.name for o, _ in objectives if o.whole_batch]
-  if micro_batches > 1 and coupled:
-    raise ValueError(
-        f"objective(s) {', '.join(coupled)} compare each sequence with the whole global batch, "
-        f"so the whole batch must be encoded in one piece, not in {micro_batches} "
-        f"micro-batches; set pretrain.micro_batches=1 (or 0, automatic)")
-
-
-def views_of(objectives) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  """(views some objective needs at every token, views needed at the newest token only)."""
-  full, last = [], []
-  for objective, _ in objectives:
-    full.extend(v for v in objective.views if v not in full)
-  for objective, _ in objectives:
-    last.extend(v for v in objective.last_token_views if v not in full and v not in last)
-  return tuple(full), tuple(last)
-
-
-def joint_loss(objectives, inputs: ObjectiveInputs) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Weighted sum of the objectives' losses, and each loss by name."""
-  losses = {objective.name: objective.fn(inputs) for objective, _ in objectives}
-  total = sum(weight * losses[objective.name] for objective, weight in objectives)
-  return total, losses

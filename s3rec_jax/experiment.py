@@ -1,0 +1,289 @@
+"""Experiments over seeds: a grid of config overrides x seeds, resumable, summarised.
+
+  python -m s3rec_jax.experiment experiments/lastfm_ablation.py --workdir runs/lastfm_ablation
+  python -m s3rec_jax.experiment SPEC --workdir DIR --seeds 42,1,2 --cells S3-Rec,SASRec
+
+A spec is a Python file with `get_spec()` returning a dict:
+
+  {"config": "configs/lastfm.py",          # the base config file
+   "overrides": {"eval.protocol": "full"},  # for every cell (optional)
+   "cells": {"S3-Rec": {}, "SASRec": {"pretrain.epochs": 0}},   # name -> overrides
+   "seeds": [42, 1, 2],                     # optional (default 42, 1, 2)
+   "metrics": ["HR@20", "NDCG@20"],         # the table's columns (optional: all test metrics)
+   "published": {"S3-Rec": {"HR@20": 0.0994}}}   # figures to print beside (optional)
+
+Each (cell, seed) is one `train.py` run in its own process, in
+DIR/<cell>/seed_<seed>; a run whose results.json exists is skipped, and one
+that was killed resumes from its own checkpoints, so the same command
+finishes an interrupted experiment. DIR/results.md (mean +- std of every
+metric per cell, with each seed's value and the cell's overrides),
+DIR/results.png (bars with the std as error bars) and DIR/results.json are
+written atomically after every run. Every seed run is reported, never a
+selection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from typing import Callable, Mapping, Sequence
+
+from s3rec_jax import errors
+
+PROG = "python -m s3rec_jax.experiment"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_SEEDS = (42, 1, 2)
+
+
+class SpecError(errors.UserError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  path: str
+  config: str
+  overrides: Mapping[str, object]
+  cells: Mapping[str, Mapping[str, object]]
+  seeds: tuple[int, ...]
+  metrics: tuple[str, ...] | None
+  published: Mapping[str, Mapping[str, float]]
+
+
+def load_spec(path: str) -> Spec:
+  if not os.path.isfile(path):
+    raise SpecError(f"{path}: no such spec file")
+  module_spec = importlib.util.spec_from_file_location("experiment_spec", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+    raw = module.get_spec()
+  except Exception as e:  # pylint: disable=broad-except
+    raise SpecError(f"{path}: cannot load the spec ({type(e).__name__}: {e})") from None
+  if not isinstance(raw, Mapping):
+    raise SpecError(f"{path}: get_spec() returned {type(raw).__name__}; expected a dict")
+  unknown = set(raw) - {"config", "overrides", "cells", "seeds", "metrics", "published"}
+  if unknown:
+    raise SpecError(f"{path}: unknown spec field(s) {', '.join(sorted(unknown))}; expected "
+                    "config, overrides, cells, seeds, metrics, published")
+  for field in ("config", "cells"):
+    if field not in raw:
+      raise SpecError(f"{path}: the spec needs a {field!r} field")
+  cells = raw["cells"]
+  if not isinstance(cells, Mapping) or not cells:
+    raise SpecError(f"{path}: 'cells' must be a non-empty dict of cell name -> overrides")
+  for name, overrides in cells.items():
+    if not isinstance(overrides, Mapping):
+      raise SpecError(f"{path}: cell {name!r} maps to {overrides!r}; expected a dict of overrides")
+  seeds = tuple(int(s) for s in raw.get("seeds", DEFAULT_SEEDS))
+  config = raw["config"]
+  if not os.path.isabs(config):
+    config = os.path.join(REPO, config)
+  return Spec(path=path, config=config, overrides=dict(raw.get("overrides", {})),
+              cells={str(k): dict(v) for k, v in cells.items()}, seeds=seeds,
+              metrics=tuple(raw["metrics"]) if raw.get("metrics") else None,
+              published=dict(raw.get("published", {})))
+
+
+def slug(name: str) -> str:
+  """A folder name for a cell (its name, with anything but letters, digits, - and _ as _)."""
+  return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "cell"
+
+
+def _value(v) -> str:
+  return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+def run_command(spec: Spec, cell: str, seed: int, workdir: str) -> list[str]:
+  overrides = dict(spec.overrides, **spec.cells[cell], seed=seed)
+  return ([sys.executable, os.path.join(REPO, "train.py"), f"--config={spec.config}",
+           f"--workdir={workdir}"] + [f"--config.{k}={_value(v)}" for k, v in overrides.items()])
+
+
+def run_subprocess(command: list[str], log_path: str) -> int:
+  """Runs one train.py, its output appended to log_path."""
+  with open(log_path, "a") as log:
+    return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def read_results(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for one value)."""
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, 0.0
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def collect(spec: Spec, root: str) -> dict:
+  """{cell: {"seeds": {seed: test metrics}, "overrides", "best_epochs"}} of the finished runs."""
+  out = {}
+  for cell in spec.cells:
+    seeds, epochs = {}, {}
+    for seed in spec.seeds:
+      results = read_results(os.path.join(root, slug(cell), f"seed_{seed}"))
+      if results is not None:
+        seeds[seed] = results["test"]
+        epochs[seed] = results.get("best_epoch")
+    out[cell] = {"seeds": seeds, "best_epochs": epochs,
+                 "overrides": dict(spec.overrides, **spec.cells[cell])}
+  return out
+
+
+def markdown_table(spec: Spec, collected: dict) -> str:
+  metrics = spec.metrics or sorted({m for c in collected.values() for s in c["seeds"].values()
+                                    for m in s})
+  lines = [f"Test metrics, mean +- std over seeds (each seed's value in brackets, seeds "
+           f"{', '.join(map(str, spec.seeds))}). Spec: `{os.path.relpath(spec.path, REPO)}`, "
+           f"config `{os.path.relpath(spec.config, REPO)}`.", ""]
+  header = ["cell", "runs"] + list(metrics) + ["best epochs", "overrides"]
+  lines.append("| " + " | ".join(header) + " |")
+  lines.append("|" + " --- |" * len(header))
+  for cell, c in collected.items():
+    row = [cell, f"{len(c['seeds'])}/{len(spec.seeds)}"]
+    for metric in metrics:
+      values = [c["seeds"][s][metric] for s in spec.seeds if s in c["seeds"]]
+      if not values:
+        row.append("")
+        continue
+      mean, std = mean_std(values)
+      row.append(f"{mean:.4f} +- {std:.4f} [" + ", ".join(f"{v:.4f}" for v in values) + "]")
+    row.append(", ".join(str(c["best_epochs"][s]) for s in spec.seeds if s in c["best_epochs"]))
+    row.append(", ".join(f"`{k}={_value(v)}`" for k, v in c["overrides"].items()) or "")
+    lines.append("| " + " | ".join(row) + " |")
+  if spec.published:
+    lines += ["", "Published figures, for comparison (not measured here):", ""]
+    lines.append("| cell | " + " | ".join(metrics) + " |")
+    lines.append("|" + " --- |" * (len(metrics) + 1))
+    for cell, figures in spec.published.items():
+      lines.append(f"| {cell} | " + " | ".join(
+          f"{figures[m]:.4f}" if m in figures else "" for m in metrics) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def bar_chart(spec: Spec, collected: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  metrics = spec.metrics or sorted({m for c in collected.values() for s in c["seeds"].values()
+                                    for m in s})
+  cells = [c for c in collected if collected[c]["seeds"]]
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(cells) * len(metrics) ** 0.5 + 3), 4.2))
+  width = 0.8 / max(len(metrics), 1)
+  for k, metric in enumerate(metrics):
+    stats = [mean_std([collected[c]["seeds"][s][metric] for s in collected[c]["seeds"]])
+             for c in cells]
+    xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(cells))]
+    ax.bar(xs, [m for m, _ in stats], width, yerr=[s for _, s in stats], capsize=3, label=metric)
+  ax.set_xticks(range(len(cells)))
+  ax.set_xticklabels(cells, rotation=20, ha="right")
+  ax.set_ylabel("test metric (mean +- std over seeds)")
+  ax.legend(fontsize=8)
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png",
+                             dir=os.path.dirname(os.path.abspath(path)))
+  os.close(fd)
+  try:
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+  finally:
+    plt.close(fig)
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def summarize(spec: Spec, root: str) -> dict:
+  collected = collect(spec, root)
+  _atomic_write(os.path.join(root, "results.md"), markdown_table(spec, collected).encode())
+  _atomic_write(os.path.join(root, "results.json"),
+                (json.dumps(collected, indent=2, default=str) + "\n").encode())
+  if any(c["seeds"] for c in collected.values()):
+    bar_chart(spec, collected, os.path.join(root, "results.png"))
+  return collected
+
+
+def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
+        runner: Callable[[list[str], str], int] = run_subprocess,
+        log: Callable[[str], None] = print) -> dict:
+  """Runs every missing (cell, seed) of the spec in order, summarising after each."""
+  os.makedirs(root, exist_ok=True)
+  chosen = list(cells) if cells else list(spec.cells)
+  for cell in chosen:
+    if cell not in spec.cells:
+      raise SpecError(f"{spec.path}: no cell {cell!r}; cells: {', '.join(spec.cells)}")
+  for cell in chosen:
+    for seed in spec.seeds:
+      workdir = os.path.join(root, slug(cell), f"seed_{seed}")
+      if read_results(workdir) is not None:
+        log(f"{cell}, seed {seed}: done before, skipped")
+        continue
+      os.makedirs(workdir, exist_ok=True)
+      command = run_command(spec, cell, seed, workdir)
+      log(f"{cell}, seed {seed}: running {' '.join(command[1:])}")
+      code = runner(command, os.path.join(workdir, "train.log"))
+      if code != 0 or read_results(workdir) is None:
+        raise errors.UserError(f"{cell}, seed {seed}: train.py exited with status {code}; see "
+                               f"{os.path.join(workdir, 'train.log')} (rerun to resume)")
+      summarize(spec, root)
+  collected = summarize(spec, root)
+  log(markdown_table(spec, collected))
+  return collected
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+  parser.add_argument("spec", help="a spec file (experiments/*.py)")
+  parser.add_argument("--workdir", required=True, help="the experiment's folder")
+  parser.add_argument("--seeds", help="comma list overriding the spec's seeds")
+  parser.add_argument("--cells", help="comma list: run only these cells")
+  parser.add_argument("--summarize_only", action="store_true",
+                      help="write the table and chart of the runs finished so far")
+  args = parser.parse_args(argv)
+  with errors.exit_on_user_error(PROG):
+    spec = load_spec(args.spec)
+    if args.seeds:
+      try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+      except ValueError:
+        raise errors.UserError(f"--seeds={args.seeds!r}: expected a comma list of integers") from None
+      spec = dataclasses.replace(spec, seeds=seeds)
+    root = os.path.abspath(args.workdir)
+    if args.summarize_only:
+      os.makedirs(root, exist_ok=True)
+      print(markdown_table(spec, summarize(spec, root)))
+    else:
+      run(spec, root, cells=args.cells.split(",") if args.cells else None)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

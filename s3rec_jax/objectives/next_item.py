@@ -1,0 +1,103 @@
+"""The next-item loss of fine-tuning, in three forms (config finetune.loss).
+
+At every target position t of the causal encoding h_t of the `sequence` view,
+with target item y_t:
+
+- `bce` (the reference's): -log s(h_t . e_y) - log(1 - s(h_t . e_n)), one
+  negative n per position sampled by the input pipeline outside the user's
+  sequence.
+- `ce`: softmax cross-entropy over the whole catalogue,
+  log sum_j exp(h_t . e_j) - h_t . e_y over the real items j = 1..num_items,
+  computed in chunks of the catalogue (s3rec_jax.catalogue_softmax), so memory
+  does not grow with the catalogue.
+- `sampled_softmax`: K negatives drawn on device from the items' training
+  frequency Q and shared by the batch, with the log-Q correction of the
+  sampling bias: scores s_j - log(K Q(j)) for the target and the negatives
+  (a negative equal to the target is dropped), then softmax cross-entropy.
+
+Each is a sum over target positions; fine-tuning divides it by the global
+number of target positions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from s3rec_jax import catalogue_softmax
+from s3rec_jax import model as model_lib
+from s3rec_jax.objectives.core import ObjectiveInputs
+from s3rec_jax.objectives.core import register
+
+FORMS = ("bce", "ce", "sampled_softmax")
+DEFAULT_CHUNK_SIZE = 4096
+DEFAULT_NUM_NEGATIVES = 1024
+
+
+def _register(form: str):
+  return register("next_item", form, views=("sequence",), phases=("finetune",),
+                  mean_over="targets")
+
+
+def _targets(inputs: ObjectiveInputs):
+  targets = inputs.batch["targets"]
+  return targets, (targets > 0).astype(jnp.float32)
+
+
+@_register("bce")
+def next_item_bce(inputs: ObjectiveInputs) -> jax.Array:
+  out = inputs.outputs["sequence"]
+  table = model_lib.item_table(inputs.params)
+  targets, is_target = _targets(inputs)
+  pos = jnp.sum(out * table[targets], -1)
+  neg = jnp.sum(out * table[inputs.batch["negatives"]], -1)
+  per_position = jax.nn.softplus(-pos) + jax.nn.softplus(neg)  # -log s(pos) - log(1 - s(neg))
+  return jnp.sum(per_position * is_target)
+
+
+@_register("ce")
+def next_item_ce(inputs: ObjectiveInputs) -> jax.Array:
+  out = inputs.outputs["sequence"]
+  targets, is_target = _targets(inputs)
+  # Packed rows are mostly target positions, so every token is scored and the
+  # others get weight 0 (their target id is any valid one).
+  per_position = catalogue_softmax.cross_entropy(
+      out.reshape(-1, out.shape[-1]), model_lib.item_table(inputs.params),
+      jnp.where(targets > 0, targets, 1).reshape(-1), num_items=inputs.options.num_items,
+      chunk_size=int(inputs.options.setting("next_item", "chunk_size", DEFAULT_CHUNK_SIZE)))
+  return jnp.sum(per_position.reshape(targets.shape) * is_target)
+
+
+@_register("sampled_softmax")
+def next_item_sampled_softmax(inputs: ObjectiveInputs) -> jax.Array:
+  """Needs tables['item_log_q'] [item_size]: log of each item's sampling probability."""
+  out = inputs.outputs["sequence"]
+  table = model_lib.item_table(inputs.params)
+  targets, is_target = _targets(inputs)
+  log_q = inputs.tables["item_log_q"]
+  k = int(inputs.options.setting("next_item", "num_negatives", DEFAULT_NUM_NEGATIVES))
+  negatives = jax.random.categorical(inputs.key, log_q, shape=(k,))     # shared by the batch
+  correction = jnp.log(float(k)) + log_q
+  flat = out.reshape(-1, out.shape[-1])
+  flat_targets = targets.reshape(-1)
+  pos = jnp.sum(flat * table[flat_targets], -1) - correction[flat_targets]
+  neg = flat @ table[negatives].T - correction[negatives][None, :]      # [T, K]
+  neg = jnp.where(negatives[None, :] == flat_targets[:, None], -jnp.inf, neg)
+  per_position = jax.nn.logsumexp(jnp.concatenate([pos[:, None], neg], axis=1), axis=1) - pos
+  return jnp.sum(per_position.reshape(targets.shape) * is_target)
+
+
+def item_log_q(train_targets, item_size: int, smoothing: float = 1.0):
+  """log Q over the item rows from the training targets' frequencies (numpy, host side).
+
+  Padding (row 0) and the mask row are never drawn; every real item keeps a
+  pseudo-count of `smoothing`, so none has probability 0.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  counts = np.bincount(np.asarray(train_targets).reshape(-1), minlength=item_size)[:item_size]
+  counts = counts.astype(np.float64)
+  counts[0] = 0.0
+  counts[1:item_size - 1] += smoothing
+  counts[item_size - 1] = 0.0
+  with np.errstate(divide="ignore"):
+    return np.log(counts / counts.sum()).astype(np.float32)

@@ -1,0 +1,94 @@
+"""The experiment runner: grid x seeds, resumable, table and chart of every seed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from s3rec_jax import experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _spec(tmp_path, body):
+  path = tmp_path / "spec.py"
+  path.write_text(body)
+  return str(path)
+
+
+SPEC = '''
+def get_spec():
+  return {"config": "configs/synthetic.py", "overrides": {"finetune.epochs": 3},
+          "cells": {"S3-Rec": {}, "SASRec, min 2": {"pretrain.epochs": 0, "finetune.min_epochs": 2}},
+          "seeds": [1, 2], "metrics": ["HR@10", "MRR"],
+          "published": {"paper": {"MRR": 0.5}}}
+'''
+
+
+class FakeTrain:
+  """Writes a results.json whose metrics depend on the cell and seed; counts runs."""
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, command, log_path):
+    self.calls.append(command)
+    workdir = next(a.split("=", 1)[1] for a in command if a.startswith("--workdir="))
+    seed = int(next(a.split("=", 1)[1] for a in command if a.startswith("--config.seed=")))
+    sasrec = any(a == "--config.pretrain.epochs=0" for a in command)
+    value = (0.3 if sasrec else 0.5) + 0.01 * seed
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump({"test": {"HR@10": value, "MRR": value / 2}, "best_epoch": seed + 1}, f)
+    return 0
+
+
+def test_runs_every_cell_and_seed_once_and_summarises(tmp_path):
+  spec = experiment.load_spec(_spec(tmp_path, SPEC))
+  fake = FakeTrain()
+  root = str(tmp_path / "exp")
+  collected = experiment.run(spec, root, runner=fake, log=lambda _: None)
+  assert len(fake.calls) == 4
+  command = fake.calls[-1]
+  assert command[1].endswith("train.py") and "--config.finetune.min_epochs=2" in command
+  assert "--config.finetune.epochs=3" in command and "--config.seed=2" in command
+  assert collected["S3-Rec"]["seeds"] == {1: {"HR@10": 0.51, "MRR": 0.255},
+                                          2: {"HR@10": 0.52, "MRR": 0.26}}
+  table = open(os.path.join(root, "results.md")).read()
+  # mean +- sample std, then every seed's value; the overrides that made the cell.
+  assert "| S3-Rec | 2/2 | 0.5150 +- 0.0071 [0.5100, 0.5200] |" in table
+  assert "`finetune.min_epochs=2`" in table and "| paper |  | 0.5000 |" in table
+  png = open(os.path.join(root, "results.png"), "rb").read()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+  # Resumable: finished runs are skipped.
+  experiment.run(spec, root, runner=fake, log=lambda _: None)
+  assert len(fake.calls) == 4
+
+
+def test_a_failed_run_stops_with_its_log_named(tmp_path):
+  spec = experiment.load_spec(_spec(tmp_path, SPEC))
+  with pytest.raises(experiment.errors.UserError, match=r"S3-Rec, seed 1: train.py exited with "
+                     r"status 3; see .*seed_1/train.log"):
+    experiment.run(spec, str(tmp_path / "exp"), runner=lambda c, l: 3, log=lambda _: None)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("def get_spec():\n  return {'cells': {'a': {}}}\n", "needs a 'config' field"),
+    ("def get_spec():\n  return {'config': 'c.py', 'cells': {}}\n", "'cells' must be a non-empty"),
+    ("def get_spec():\n  return {'config': 'c.py', 'cells': {'a': {}}, 'seed': 1}\n",
+     "unknown spec field(s) seed"),
+    ("def get_spec(:\n", "cannot load the spec (SyntaxError"),
+])
+def test_bad_specs_are_one_line_errors(tmp_path, body, message):
+  path = _spec(tmp_path, body)
+  result = subprocess.run([sys.executable, "-m", "s3rec_jax.experiment", path, "--workdir",
+                           str(tmp_path / "exp")], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_shipped_specs_load():
+  for name in ("lastfm_ablation.py", "beauty_full_ranking.py"):
+    spec = experiment.load_spec(os.path.join(REPO, "experiments", name))
+    assert os.path.exists(spec.config) and spec.seeds == (42, 1, 2) and len(spec.cells) >= 6

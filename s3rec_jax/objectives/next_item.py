@@ -76,15 +76,20 @@ def next_item_sampled_softmax(inputs: ObjectiveInputs) -> jax.Array:
   targets, is_target = _targets(inputs)
   log_q = inputs.tables["item_log_q"]
   k = int(inputs.options.setting("next_item", "num_negatives", DEFAULT_NUM_NEGATIVES))
-  negatives = jax.random.categorical(inputs.key, log_q, shape=(k,))     # shared by the batch
+  # Inverse-CDF draws, shared by the batch (jax.random.categorical's Gumbel
+  # trick would draw K x catalogue random numbers every step).
+  cdf = jnp.cumsum(jnp.exp(log_q))
+  u = jax.random.uniform(inputs.key, (k,)) * cdf[-1]
+  negatives = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 1, log_q.shape[0] - 2)
   correction = jnp.log(float(k)) + log_q
   flat = out.reshape(-1, out.shape[-1])
-  flat_targets = targets.reshape(-1)
+  # Non-target positions score item 1 (Q(0) = 0 would make them inf - inf).
+  flat_targets = jnp.where(targets > 0, targets, 1).reshape(-1)
   pos = jnp.sum(flat * table[flat_targets], -1) - correction[flat_targets]
   neg = flat @ table[negatives].T - correction[negatives][None, :]      # [T, K]
   neg = jnp.where(negatives[None, :] == flat_targets[:, None], -jnp.inf, neg)
   per_position = jax.nn.logsumexp(jnp.concatenate([pos[:, None], neg], axis=1), axis=1) - pos
-  return jnp.sum(per_position.reshape(targets.shape) * is_target)
+  return jnp.sum(jnp.where(is_target > 0, per_position.reshape(targets.shape), 0.0))
 
 
 def item_log_q(train_targets, item_size: int, smoothing: float = 1.0):

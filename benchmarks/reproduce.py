@@ -517,8 +517,8 @@ def render_markdown(rows: Sequence[Row], datasets: Sequence[str], protocols: Seq
 
 
 def write_atomic(path: str, text: str) -> None:
-  from s3rec_jax import train_lib  # pylint: disable=g-import-not-at-top
-  train_lib.write_text_atomic(path, text)
+  from s3rec_jax import files  # pylint: disable=g-import-not-at-top
+  files.write_text_atomic(path, text)
 
 
 def describe_machine() -> str:

@@ -101,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.settings.augment = ml_collections.ConfigDict({"crop": 0.6, "mask": 0.3, "reorder": 0.6})
   c.settings.cl4srec = ml_collections.ConfigDict({"temperature": 1.0, "similarity": "dot"})
   c.settings.duorec = ml_collections.ConfigDict({"temperature": 1.0, "similarity": "dot"})
+  # The infonce form of AAP/MAP over an item's attributes: "mean" (the paper's
+  # expectation over A_i) or "sum" (this project's form before the fix).
+  c.settings.infonce = ml_collections.ConfigDict({"attribute_reduction": "mean"})
 
   c.eval = ml_collections.ConfigDict()
   c.eval.protocol = "sampled"       # "sampled" (answer + 99 negatives) or "full" (all items)

@@ -65,6 +65,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.settings.{name}.temperature must be > 0")
     if _get(config.settings, f"{name}.similarity") not in ("dot", "cosine"):
       raise ConfigError(f"config.settings.{name}.similarity must be 'dot' or 'cosine'")
+  if config.settings.infonce.attribute_reduction not in ("mean", "sum"):
+    raise ConfigError("config.settings.infonce.attribute_reduction must be 'mean' or 'sum', got "
+                      f"{config.settings.infonce.attribute_reduction!r}")
   try:
     objectives_lib.resolve(config.finetune.objectives.to_dict(), {"next_item": config.finetune.loss},
                            phase="finetune")

@@ -33,10 +33,10 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from typing import Callable, Mapping, Sequence
 
 from s3rec_jax import errors
+from s3rec_jax import files
 
 PROG = "python -m s3rec_jax.experiment"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,19 +122,6 @@ def read_results(workdir: str) -> dict | None:
     return json.load(f)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
   """Mean and sample standard deviation (0 for one value)."""
   mean = sum(values) / len(values)
@@ -209,23 +196,16 @@ def bar_chart(spec: Spec, collected: dict, path: str) -> None:
   ax.legend(fontsize=8)
   ax.grid(axis="y", alpha=0.3)
   fig.tight_layout()
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png",
-                             dir=os.path.dirname(os.path.abspath(path)))
-  os.close(fd)
   try:
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    files.save_figure_atomic(fig, path, dpi=120)
   finally:
     plt.close(fig)
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def summarize(spec: Spec, root: str) -> dict:
   collected = collect(spec, root)
-  _atomic_write(os.path.join(root, "results.md"), markdown_table(spec, collected).encode())
-  _atomic_write(os.path.join(root, "results.json"),
-                (json.dumps(collected, indent=2, default=str) + "\n").encode())
+  files.write_text_atomic(os.path.join(root, "results.md"), markdown_table(spec, collected))
+  files.write_json_atomic(os.path.join(root, "results.json"), collected)
   if any(c["seeds"] for c in collected.values()):
     bar_chart(spec, collected, os.path.join(root, "results.png"))
   return collected

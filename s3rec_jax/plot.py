@@ -25,10 +25,10 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from typing import Sequence
 
 from s3rec_jax import errors
+from s3rec_jax import files
 from s3rec_jax import metric_writers
 
 PROG = "python -m s3rec_jax.plot"
@@ -212,18 +212,8 @@ def make_figure(runs: Sequence[RunCurves], metrics: Sequence[str] | None = None)
 
 
 def save_png(fig, path: str) -> None:
-  """Writes `fig` to `path` as a PNG through a temp file in the same folder and a rename."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      fig.savefig(f, format="png", dpi=110)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  """Writes `fig` to `path` as a PNG, atomically."""
+  files.save_figure_atomic(fig, path)
 
 
 def _split_list(text: str | None) -> list[str] | None:

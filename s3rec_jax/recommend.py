@@ -47,6 +47,7 @@ from jax.sharding import PartitionSpec as P
 
 from s3rec_jax import checkpointing
 from s3rec_jax import errors
+from s3rec_jax import files
 from s3rec_jax import metrics as metrics_lib
 from s3rec_jax import model as model_lib
 from s3rec_jax import parallel
@@ -535,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                "scores": [float(s) for s in r.scores]}) + "\n"
                    for user, r in zip(users, results))
     if args.output:
-      train_lib.write_text_atomic(args.output, text)
+      files.write_text_atomic(args.output, text)
     else:
       sys.stdout.write(text)
       sys.stdout.flush()

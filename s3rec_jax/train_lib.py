@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from s3rec_jax import checkpointing
 from s3rec_jax import config_validation
 from s3rec_jax import data as data_lib
+from s3rec_jax import files
 from s3rec_jax import input_pipeline
 from s3rec_jax import metric_writers
 from s3rec_jax import metrics as metrics_lib
@@ -52,28 +52,6 @@ def log(message: str) -> None:
   if is_main_process():
     tqdm.write(message, file=sys.stdout)
     sys.stdout.flush()
-
-
-def write_text_atomic(path: str, text: str) -> None:
-  """Writes through a temp file, fsync and a rename, so readers never see half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes it private
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-  write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def open_metric_writer(workdir: str) -> metric_writers.MetricWriter:
@@ -545,9 +523,9 @@ def write_run_record(config: ml_collections.ConfigDict, ds: data_lib.Dataset, wo
     source = os.path.join(os.path.abspath(config.data_dir), f"{config.dataset}_ids.json")
     if os.path.exists(source):
       with open(source) as f:
-        write_text_atomic(os.path.join(workdir, IDS_FILE), f.read())
+        files.write_text_atomic(os.path.join(workdir, IDS_FILE), f.read())
       ids_path = source
-  write_json_atomic(os.path.join(workdir, RUN_FILE), {
+  files.write_json_atomic(os.path.join(workdir, RUN_FILE), {
       "config": config.to_dict(), "dataset": config.dataset,
       "data_dir": os.path.abspath(config.data_dir), "item_size": ds.item_size,
       "attribute_size": ds.attribute_size, "max_item": ds.max_item, "ids_file": ids_path})
@@ -576,7 +554,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     outcome = finetune_and_test(config, ds, workdir, mesh, init_checkpoint or pretrained, writer)
   payload = results_payload(config, outcome)
   if is_main_process():
-    write_json_atomic(os.path.join(workdir, RESULTS_FILE), payload)
+    files.write_json_atomic(os.path.join(workdir, RESULTS_FILE), payload)
   # Timing stays out of results.json, which a resumed run must reproduce exactly.
   with open_metric_writer(workdir) as writer:
     writer.write_record({"phase": "done", "wall_seconds": time.time() - t0})

@@ -1,5 +1,7 @@
 """Each objective, in both forms, against an independent numpy computation on a 2-sequence batch."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,7 +80,7 @@ def _np_attribute_reference(params, outputs, batch, multi_hot, head, positions):
   return float((bce * positions).sum())
 
 
-def _np_attribute_infonce(params, outputs, batch, multi_hot, head, positions, tau):
+def _np_attribute_infonce(params, outputs, batch, multi_hot, head, positions, tau, mean=True):
   q = _head(params, head, outputs["masked_items"].astype(np.float64))
   logits = q @ params["attribute_embeddings"]["embedding"].T.astype(np.float64) / tau
   total = 0.0
@@ -88,9 +90,10 @@ def _np_attribute_infonce(params, outputs, batch, multi_hot, head, positions, ta
         continue
       own = np.flatnonzero(multi_hot[batch["items"][b, t]])
       negs = [a for a in range(1, ATTRS) if a not in own]
-      for a in own:
-        z = np.concatenate([[logits[b, t, a]], logits[b, t, negs]])
-        total += -(z[0] - np.log(np.exp(z).sum()))
+      terms = [-(z[0] - np.log(np.exp(z).sum())) for z in (
+          np.concatenate([[logits[b, t, a]], logits[b, t, negs]]) for a in own)]
+      # The paper's expectation over the item's attributes, or their sum.
+      total += (np.mean(terms) if mean else np.sum(terms)) if terms else 0.0
   return total
 
 
@@ -113,6 +116,15 @@ def test_attribute_objectives(name, form):
   else:
     want = _np_attribute_infonce(params, outputs, batch, multi_hot, name, positions, 0.5)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+  if form == "infonce":   # the named option keeps the sum over attributes
+    inputs = _inputs(batch, attr_ids, params, outputs, 0.5)
+    inputs = dataclasses.replace(inputs, options=dataclasses.replace(
+        inputs.options,
+        settings=objectives.settings_tuple({"infonce": {"attribute_reduction": "sum"}})))
+    summed = float(objectives.get(name, form).fn(inputs))
+    np.testing.assert_allclose(summed, _np_attribute_infonce(
+        params, outputs, batch, multi_hot, name, positions, 0.5, mean=False), rtol=1e-5)
+    assert summed > got
 
 
 def test_mip_reference():

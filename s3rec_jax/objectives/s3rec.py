@@ -49,8 +49,10 @@ def _attribute_bce_sum(scores: jax.Array, attr_ids: jax.Array) -> jax.Array:
   return jnp.sum(_softplus(scores), -1) - jnp.sum(jnp.where(attr_ids > 0, own, 0.0), -1)
 
 
-def _attribute_infonce(scores: jax.Array, attr_ids: jax.Array, temperature: float) -> jax.Array:
-  """Per position: sum over the item's attributes a of -log softmax over {a} + non-attributes.
+def _attribute_infonce(scores: jax.Array, attr_ids: jax.Array, temperature: float,
+                       reduction: str = "mean") -> jax.Array:
+  """Per position: over the item's attributes a, -log softmax of a among {a} + non-attributes,
+  averaged (`mean`: the paper's expectation over A_i) or summed (`sum`).
 
   scores [N, A]; attr_ids [N, K] padded with 0 (row/attribute 0 is never a candidate).
   """
@@ -63,7 +65,10 @@ def _attribute_infonce(scores: jax.Array, attr_ids: jax.Array, temperature: floa
   # -log(e^p / (e^p + sum_neg e^n)) = softplus(lse_neg - p); 0 where the item has every attribute.
   per_attr = jax.nn.softplus(neg_lse[:, None] - pos)
   per_attr = jnp.where(jnp.isfinite(neg_lse)[:, None], per_attr, 0.0)
-  return jnp.sum(jnp.where(attr_ids > 0, per_attr, 0.0), -1)
+  total = jnp.sum(jnp.where(attr_ids > 0, per_attr, 0.0), -1)
+  if reduction == "sum":
+    return total
+  return total / jnp.maximum(jnp.sum(attr_ids > 0, -1), 1).astype(total.dtype)
 
 
 def _attribute_scores(inputs: ObjectiveInputs) -> jax.Array:
@@ -91,8 +96,9 @@ def _attribute_loss(inputs: ObjectiveInputs, position_mask: jax.Array, form: str
     attr_ids = inputs.tables["attr_ids"][inputs.batch["items"]]                 # [B, L, K]
     if form == "reference":
       return _attribute_bce_sum(scores, attr_ids)
+    reduction = inputs.options.setting("infonce", "attribute_reduction", "mean")
     return _attribute_infonce(scores.reshape(b * l, -1), attr_ids.reshape(b * l, -1),
-                              inputs.options.temperature).reshape(b, l)
+                              inputs.options.temperature, reduction).reshape(b, l)
   return jnp.sum(inputs.shared(("attribute_loss", form), per_position) * position_mask)
 
 

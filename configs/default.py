@@ -20,11 +20,20 @@ def get_config() -> ml_collections.ConfigDict:
   # rows. False = the reference's padded layout (dropout draws differ).
   c.pack_sequences = True
 
+  # After a run with pre-training, also train plain SASRec (the same config with
+  # pre-training off) in WORKDIR/sasrec and print both runs' test metrics side by side.
+  c.compare_to_sasrec = False
+
   # Built-in synthetic dataset (used when dataset == "synthetic").
+  # kind "markov": dense item-level Markov chains (small and fast; the tests' data).
+  # kind "long_tail": short histories, rare items, successors that follow the
+  # item categories (configs/synthetic.py: where attribute pre-training pays).
   c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.kind = "markov"
   c.synthetic.num_users = 500
   c.synthetic.num_items = 300
   c.synthetic.num_attributes = 30
+  c.synthetic.num_categories = 25   # long_tail only: the informative attributes
   c.synthetic.seed = 0
 
   # Negatives of the sampled protocol: read from NAME_sample.txt, or generated.
@@ -103,7 +112,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.settings.duorec = ml_collections.ConfigDict({"temperature": 1.0, "similarity": "dot"})
   # The infonce form of AAP/MAP over an item's attributes: "mean" (the paper's
   # expectation over A_i) or "sum" (this project's form before the fix).
-  c.settings.infonce = ml_collections.ConfigDict({"attribute_reduction": "mean"})
+  # SP's infonce negatives: "same_layout" (sp_num_negatives spans at the
+  # positive's own positions, the first being the reference's negative) or
+  # "in_batch" (the other sequences' spans: differ in layout; the earlier form).
+  c.settings.infonce = ml_collections.ConfigDict({
+      "attribute_reduction": "mean", "sp_negatives": "same_layout", "sp_num_negatives": 1})
 
   c.eval = ml_collections.ConfigDict()
   c.eval.protocol = "sampled"       # "sampled" (answer + 99 negatives) or "full" (all items)

@@ -65,6 +65,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.settings.{name}.temperature must be > 0")
     if _get(config.settings, f"{name}.similarity") not in ("dot", "cosine"):
       raise ConfigError(f"config.settings.{name}.similarity must be 'dot' or 'cosine'")
+  if config.dataset == "synthetic":
+    s = config.synthetic
+    if s.kind not in ("markov", "long_tail"):
+      raise ConfigError(f"config.synthetic.kind={s.kind!r} is unknown; expected 'markov' or "
+                        "'long_tail'")
+    if s.kind == "long_tail" and not 2 <= s.num_categories < s.num_attributes:
+      raise ConfigError(f"config.synthetic.num_categories={s.num_categories} must be at least 2 "
+                        f"and below config.synthetic.num_attributes={s.num_attributes}")
+    if s.num_items < 2 * (s.num_categories if s.kind == "long_tail" else 10):
+      raise ConfigError(f"config.synthetic.num_items={s.num_items} is too small for the "
+                        f"{s.kind} dataset")
+  if config.settings.infonce.sp_negatives not in ("same_layout", "in_batch"):
+    raise ConfigError("config.settings.infonce.sp_negatives must be 'same_layout' or 'in_batch', "
+                      f"got {config.settings.infonce.sp_negatives!r}")
+  _positive_int(config, "settings.infonce.sp_num_negatives")
   if config.settings.infonce.attribute_reduction not in ("mean", "sum"):
     raise ConfigError("config.settings.infonce.attribute_reduction must be 'mean' or 'sum', got "
                       f"{config.settings.infonce.attribute_reduction!r}")

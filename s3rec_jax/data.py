@@ -621,6 +621,95 @@ def synthetic_dataset(*, num_users: int = 500, num_items: int = 300, num_attribu
                  sample_negatives=negatives)
 
 
+def synthetic_long_tail_dataset(*, num_users: int = 2000, num_items: int = 1500,
+                                num_categories: int = 25, num_attributes: int = 60,
+                                min_len: int = 4, max_len: int = 8, popularity_exponent: float = 1.0,
+                                category_follow: float = 0.85, seed: int = 0,
+                                num_negatives: int | None = 99) -> Dataset:
+  """A seeded dataset on which attribute-aware pre-training pays: the README demo.
+
+  What S3-Rec is for, in miniature: short histories, a long tail of rare items,
+  and successors that follow the attributes rather than the item ids.
+  Every item has one category (attributes 1..num_categories) and, half the
+  time, one uninformative tag (the other attribute ids). Categories form a
+  hidden chain: the next item's category is the current one's successor
+  w.p. `category_follow` (else any category), and the item is drawn within
+  that category by a Zipf popularity. Most items are rare, so fine-tuning
+  alone sees each a few times and cannot place it; the item-attribute
+  objectives learn its category from the attribute table, which is exactly
+  what the next step depends on.
+
+  Args:
+    num_users: users, with ids 1..num_users.
+    num_items: item ids 1..num_items; all occur when num_users >= num_items.
+    num_categories: the informative attribute ids 1..num_categories.
+    num_attributes: all attribute ids; those past num_categories are noise tags.
+    min_len: shortest sequence (at least 3).
+    max_len: longest sequence.
+    popularity_exponent: Zipf exponent of the item popularity within a category.
+    category_follow: how often the next category is the chain's successor.
+    seed: seeds everything, the sampled negatives included.
+    num_negatives: sampled negatives per user (None for none).
+  """
+  if not MIN_SEQUENCE_LENGTH <= min_len <= max_len:
+    raise ValueError(f"need {MIN_SEQUENCE_LENGTH} <= min_len <= max_len, got {min_len}, {max_len}")
+  if num_items < 2 * num_categories or num_users < 1 or num_categories < 2:
+    raise ValueError("need num_items >= 2 * num_categories >= 4 and num_users >= 1")
+  if num_attributes <= num_categories:
+    raise ValueError(f"need num_attributes > num_categories, got {num_attributes}, "
+                     f"{num_categories}")
+  if not 0.0 <= category_follow <= 1.0:
+    raise ValueError(f"need 0 <= category_follow <= 1, got {category_follow}")
+  rng = np.random.default_rng(seed)
+  item_ids = np.arange(1, num_items + 1)
+  # Balanced categories, shuffled so that ids say nothing about them.
+  category = np.zeros(num_items + 1, dtype=np.int64)
+  category[1:] = rng.permutation(np.arange(num_items) % num_categories)
+  has_tag = rng.random(num_items) < 0.5
+  tags = rng.integers(num_categories + 1, num_attributes + 1, size=num_items)
+  item_col = np.concatenate([item_ids, item_ids[has_tag]])
+  attr_col = np.concatenate([category[1:] + 1, tags[has_tag]])
+
+  # Within each category, a random popularity order with Zipf weights.
+  members = [rng.permutation(np.flatnonzero(category[1:] == g) + 1)
+             for g in range(num_categories)]
+  cum_popularity = [np.cumsum(w / w.sum()) for w in
+                    (1.0 / np.arange(1, m.size + 1) ** popularity_exponent for m in members)]
+  successor = rng.permutation(num_categories)
+
+  def draw_in(categories: np.ndarray) -> np.ndarray:
+    out = np.empty(categories.shape[0], dtype=np.int64)
+    u = rng.random(categories.shape[0])
+    for g in range(num_categories):  # loop over categories; users are vectorised
+      rows = np.flatnonzero(categories == g)
+      pos = np.searchsorted(cum_popularity[g], u[rows]).clip(max=members[g].size - 1)
+      out[rows] = members[g][pos]
+    return out
+
+  lengths = rng.integers(min_len, max_len + 1, size=num_users)
+  walk = np.zeros((num_users, max_len), dtype=np.int64)
+  # Every item starts some user's sequence (when users suffice), so all occur.
+  walk[:, 0] = rng.permutation(np.resize(item_ids, num_users))
+  for t in range(1, max_len):
+    current = category[walk[:, t - 1]]
+    follow = rng.random(num_users) < category_follow
+    nxt = np.where(follow, successor[current], rng.integers(0, num_categories, size=num_users))
+    walk[:, t] = draw_in(nxt)
+
+  mask = np.arange(max_len)[None, :] < lengths[:, None]
+  items = walk[mask].astype(np.int32)
+  offsets = np.zeros(num_users + 1, dtype=np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  max_item = int(items.max())
+  negatives = None
+  if num_negatives:
+    negatives = generate_sample_negatives((offsets, items), num_negatives, rng)
+  return Dataset(name="synthetic", user_ids=np.arange(1, num_users + 1, dtype=np.int64),
+                 offsets=offsets, items=items, max_item=max_item, max_attr=int(attr_col.max()),
+                 attr_ids=_build_attr_table(item_col, attr_col, max_item),
+                 sample_negatives=negatives)
+
+
 # ----------------------------------------------------------------------------
 # Splits.
 

@@ -254,6 +254,9 @@ class PretrainSettings:
   mask_p: float
   negative_high: int        # negatives are drawn from 1..negative_high
   pack: bool = True         # several short sequences per row (same math, fewer rows)
+  # Same-layout SP negatives per sequence: `segment_negative`, then
+  # `segment_negative_2` .. (drawn after every other view, so the others do not change).
+  segment_negatives: int = 1
 
 
 class PretrainBatches:
@@ -335,6 +338,11 @@ class PretrainBatches:
         "items": items, "masked_items": masked_items, "negative_items": negative_items,
         "segment_context": context, "segment_positive": positive, "segment_negative": negative,
     }
+    for k in range(2, s.segment_negatives + 1):   # more spans like `negative`, elsewhere
+      start_k = rng.integers(0, len(ds.items) - span + 1)
+      index_k = np.clip(start_k[:, None] + pos_in_t - span_start[:, None], 0, len(ds.items) - 1)
+      views[f"segment_negative_{k}"] = np.where(keep, items,
+                                                np.where(in_span, ds.items[index_k], outside))
     return self.packer.pack_shards(lengths, {k: v.astype(np.int32) for k, v in views.items()},
                                    {"weights": weights}, self.shards, num_rows)
 

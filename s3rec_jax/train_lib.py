@@ -23,6 +23,7 @@ from s3rec_jax import config_validation
 from s3rec_jax import data as data_lib
 from s3rec_jax import files
 from s3rec_jax import input_pipeline
+from s3rec_jax import loop
 from s3rec_jax import metric_writers
 from s3rec_jax import metrics as metrics_lib
 from s3rec_jax import model as model_lib
@@ -34,6 +35,8 @@ PRETRAIN_DIR = "pretrain"                 # hand-off checkpoints, one per saved 
 PRETRAIN_RESUME_DIR = "pretrain_resume"   # rolling checkpoints to resume within an epoch
 FINETUNE_BEST_DIR = "finetune_best"       # the best state on validation (used for the test)
 FINETUNE_RESUME_DIR = "finetune_resume"   # state + early-stopping record after every epoch
+SASREC_DIR = "sasrec"
+COMPARISON_FILE = "comparison.md"
 RESULTS_FILE = "results.json"
 RUN_FILE = "run.json"     # what serving needs: config, sizes, where the data came from
 IDS_FILE = "ids.json"     # copy of the dataset's NAME_ids.json (original <-> dense ids), if any
@@ -65,10 +68,13 @@ def open_metric_writer(workdir: str) -> metric_writers.MetricWriter:
 def load_data(config: ml_collections.ConfigDict, workdir: str) -> data_lib.Dataset:
   if config.dataset == "synthetic":
     s = config.synthetic
-    ds = data_lib.synthetic_dataset(num_users=s.num_users, num_items=s.num_items,
-                                    num_attributes=s.num_attributes, seed=s.seed,
-                                    num_negatives=config.sample.num_negatives)
-    log(f"dataset: built-in synthetic ({ds.num_users} users, {ds.max_item} items, "
+    sizes = dict(num_users=s.num_users, num_items=s.num_items, num_attributes=s.num_attributes,
+                 seed=s.seed, num_negatives=config.sample.num_negatives)
+    if s.kind == "long_tail":
+      ds = data_lib.synthetic_long_tail_dataset(num_categories=s.num_categories, **sizes)
+    else:
+      ds = data_lib.synthetic_dataset(**sizes)
+    log(f"dataset: built-in synthetic, {s.kind} ({ds.num_users} users, {ds.max_item} items, "
         f"{ds.max_attr} attributes, seed {s.seed})")
     return ds
   needs_samples = config.eval.protocol == "sampled"
@@ -156,6 +162,13 @@ def finetune_tables(objectives, ds: data_lib.Dataset, splits: dict) -> dict:
   return {}
 
 
+def segment_negatives(objectives, options: objectives_lib.ObjectiveOptions) -> int:
+  """How many same-layout SP negatives per sequence the input pipeline must build."""
+  wanted = [v for v in objectives_lib.views_of(objectives, options)[1]
+            if v.startswith("segment_negative")]
+  return max(1, len(wanted))
+
+
 def negative_high(config: ml_collections.ConfigDict, ds: data_lib.Dataset) -> int:
   return ds.mask_id if config.negatives_include_mask_id else ds.max_item
 
@@ -164,46 +177,65 @@ def base_key(config: ml_collections.ConfigDict, stream: int) -> jax.Array:
   return jax.random.fold_in(jax.random.key(config.seed), stream)
 
 
-def _progress(iterable, total: int, desc: str):
-  return tqdm(iterable, total=total, desc=desc, leave=False, disable=not is_main_process(),
-              file=sys.stderr, mininterval=1.0)
+# The loop's fault type and in-flight bound, under the names callers already use.
+NumericalError = loop.NumericalError
+bound_in_flight = loop.bound_in_flight
 
 
-# --- numerical faults and checkpoint helpers ----------------------------------
+def diagnosis(mcfg, objectives, options, mesh, tables, micro_batches: int = 1,
+              phase: str = "pretrain"):
+  """The loop's `diagnose`: which objectives are not finite on one batch, each alone."""
+  per_objective = train_steps.make_objective_diagnosis(mcfg, objectives, options, mesh,
+                                                       micro_batches, phase=phase)
 
+  def diagnose(params, batch, key):
+    found = jax.device_get(per_objective(params, parallel.shard_batch(batch, mesh), tables, key))
+    return [name for name, (loss, norm) in found.items()
+            if not (np.isfinite(loss) and np.isfinite(norm))]
 
-class NumericalError(FloatingPointError):
-  """A loss or gradient became NaN or Inf."""
-
-
-def _first_non_finite(records):
-  """(epoch, step, metrics) of the first record whose step was not finite, or None."""
-  for record in records:
-    if not bool(record[2]["finite"]):
-      return record
-  return None
-
-
-def bound_in_flight(dispatched: list) -> None:
-  """Waits for the step before the newest one: at most two steps in flight.
-
-  One queued step is enough to keep the devices busy while the host builds
-  the next batch; a long queue of programs with collectives can stall
-  XLA:CPU's host devices (seen as a rendezvous timeout that aborts the
-  process).
-  """
-  if len(dispatched) >= 2:
-    jax.block_until_ready(dispatched[-2])
-
-
-def _save_once(mngr, step: int, params, meta: dict, opt_state=None) -> None:
-  # A resumed run may redo an epoch whose checkpoint was already written; the
-  # content would be identical, so the existing one is kept.
-  if step not in mngr.all_steps():
-    checkpointing.save(mngr, step, params, meta, opt_state=opt_state)
+  return diagnose
 
 
 # --- pre-training ------------------------------------------------------------
+
+
+class PretrainLog(loop.Action):
+  """Losses to the writer at every host sync; the epoch's line, record and scalars."""
+
+  def __init__(self, writer: metric_writers.MetricWriter):
+    self.writer = writer
+
+  def after_sync(self, phase, global_step, window):
+    self.writer.write_scalars(global_step, {f"pretrain/{n}": v for n, v in window.items()})
+
+  def after_epoch(self, phase, end):
+    throughput = end.sequences / end.seconds
+    log(f"pretrain epoch {end.epoch}: "
+        + " ".join(f"{k}={v:.4f}" for k, v in sorted(end.averages.items()))
+        + f" ({end.seconds:.1f}s, {throughput:.0f} seq/s)")
+    self.writer.write_record(dict(phase="pretrain", epoch=end.epoch, seconds=end.seconds,
+                                  **end.averages))
+    self.writer.write_scalars(end.global_step, {
+        **{f"pretrain_epoch/{name}": value for name, value in end.averages.items()},
+        "pretrain/sequences_per_second": throughput, "pretrain/epoch_seconds": end.seconds})
+    return False
+
+
+class HandoffCheckpoints(loop.Action):
+  """Parameters for fine-tuning, every `every` epochs and at the last (workdir/pretrain/EPOCH)."""
+
+  def __init__(self, mngr, every: int, meta: dict):
+    self.mngr, self.every, self.meta = mngr, every, meta
+
+  def after_epoch(self, phase, end):
+    if end.epoch % self.every == 0 or end.epoch == phase.epochs:
+      loop.save_once(self.mngr, end.epoch, end.state.params, opt_state=end.state.opt_state,
+                     meta=dict(self.meta, epoch=end.epoch, global_step=end.global_step))
+      log(f"pre-training: saved checkpoint {self.mngr.directory}/{end.epoch}")
+    return False
+
+  def checkpoint_dirs(self):
+    return (self.mngr.directory,)
 
 
 def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: str, mesh,
@@ -221,114 +253,39 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   names = tuple(o.name for o, _ in objectives)
   mcfg = model_config(config, ds, head_names=objectives_lib.head_names(objectives))
   micro_batches, why = pretrain_micro_batches(config, ds, mesh, objectives)
+  options = objective_options(config, ds)
   batches = input_pipeline.PretrainBatches(
       ds, input_pipeline.PretrainSettings(pc.batch_size, config.max_seq_length, pc.mask_p,
-                                          negative_high(config, ds), config.pack_sequences),
+                                          negative_high(config, ds), config.pack_sequences,
+                                          segment_negatives=segment_negatives(objectives, options)),
       config.seed, shards(mesh, micro_batches))
-  options = objective_options(config, ds)
   tx = train_steps.make_optimizer(pc.learning_rate, pc.adam_b1, pc.adam_b2, pc.weight_decay)
-  repl = parallel.replicated(mesh)
-  init_key = base_key(config, STREAM_PRETRAIN_INIT)
-  state = train_steps.create_state(model_lib.init_params(mcfg, init_key), tx, mesh)
+  state = train_steps.create_state(
+      model_lib.init_params(mcfg, base_key(config, STREAM_PRETRAIN_INIT)), tx, mesh)
   tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
-  step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh, micro_batches)
-
-  ckpt_dir = os.path.join(workdir, PRETRAIN_DIR)
-  handoff = checkpointing.manager(ckpt_dir)
-  resume = checkpointing.manager(os.path.join(workdir, PRETRAIN_RESUME_DIR), max_to_keep=2)
-  start_epoch, start_step, carried = 0, 0, {"sums": {}, "seen": 0}
-  restored = checkpointing.restore_latest_good(resume, state.params, state.opt_state, repl, log)
-  if restored is not None:
-    global_step, params, opt_state, meta = restored
-    state = state.replace(params=params, opt_state=opt_state,
-                          step=parallel.replicate(np.int32(global_step), mesh))
-    start_epoch, start_step, carried = meta["epoch"], meta["step"], meta["partial"]
-    log(f"pre-training: resuming at epoch {start_epoch + 1} step {start_step} "
-        f"(global step {global_step})")
+  phase = loop.Phase(
+      label="pre-training", tag="pretrain", epochs=pc.epochs,
+      steps_per_epoch=batches.steps_per_epoch, batches=batches.epoch,
+      step_fn=train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh, micro_batches),
+      tables=tables, key=base_key(config, STREAM_PRETRAIN_KEY), objective_names=names,
+      per_sequence=True, sync_every_steps=pc.log_every_steps,
+      checkpoint_every_steps=pc.checkpoint_every_steps,
+      diagnose=diagnosis(mcfg, objectives, options, mesh, tables, micro_batches))
   log(f"pre-training: {pc.epochs} epochs x {batches.steps_per_epoch} steps "
       f"({batches.num_sequences} sequences, batch {pc.batch_size}, {micro_batches} "
       f"micro-batch(es) per device step, {why}); objectives "
       + ", ".join(f"{o.name}[{o.form}] x{w:g}" for o, w in objectives))
-  key = base_key(config, STREAM_PRETRAIN_KEY)
-
-  def diagnose(epoch, step, batch):
-    per_objective = train_steps.make_objective_diagnosis(mcfg, objectives, options, mesh,
-                                                         micro_batches)(
-        state.params, parallel.shard_batch(batch, mesh), tables,
-        train_steps.step_key(key, epoch, step))
-    bad = [name for name, (loss, norm) in jax.device_get(per_objective).items()
-           if not (np.isfinite(loss) and np.isfinite(norm))]
-    return bad or ["(the joint loss; no single objective)"]
-
-  for epoch in range(start_epoch, pc.epochs):
-    t0 = time.time()
-    sums, seen = dict(carried["sums"]), carried["seen"]
-    seen_before = seen  # sequences of this epoch done before a resume: not this run's throughput
-    first_step = start_step if epoch == start_epoch else 0
-    pending = []
-
-    def flush():
-      nonlocal seen
-      records = jax.device_get(pending)
-      bad = _first_non_finite(records)
-      if bad is not None:
-        b_epoch, b_step, b_metrics, b_batch = bad
-        culprits = [k for k in names if not np.isfinite(b_metrics[k])] or diagnose(
-            b_epoch, b_step, b_batch)
-        raise NumericalError(
-            f"pre-training: non-finite loss or gradient at epoch {b_epoch + 1} step {b_step} "
-            f"(objective: {', '.join(culprits)}); the last good checkpoints in "
-            f"{resume.directory} and {ckpt_dir} are intact")
-      window, window_seen = dict.fromkeys((*names, "loss"), 0.0), 0.0
-      for _, _, metrics, _ in records:
-        for name in window:
-          window[name] += float(metrics[name])
-        window_seen += float(metrics["sequences"])  # global: a process holds only its shards
-      for name, value in window.items():
-        sums[name] = sums.get(name, 0.0) + value
-      seen += window_seen
-      last_epoch, last_step = records[-1][:2]
-      writer.write_scalars(last_epoch * batches.steps_per_epoch + last_step + 1, {
-          f"pretrain/{name}": value / max(window_seen, 1) for name, value in window.items()})
-      pending.clear()
-
-    bar = _progress(input_pipeline.prefetch(batches.epoch(epoch, first_step)),
-                    batches.steps_per_epoch - first_step, f"pretrain {epoch + 1}/{pc.epochs}")
-    for step, batch in enumerate(bar, start=first_step):
-      state, metrics = step_fn(state, parallel.shard_batch(batch, mesh), tables,
-                               train_steps.step_key(key, epoch, step))
-      pending.append((epoch, step, metrics, batch))
-      bound_in_flight(pending)
-      last = step == batches.steps_per_epoch - 1
-      global_step = epoch * batches.steps_per_epoch + step + 1
-      periodic = pc.checkpoint_every_steps and global_step % pc.checkpoint_every_steps == 0
-      if len(pending) >= pc.log_every_steps or last or periodic:
-        flush()
-        bar.set_postfix(loss=f"{sums['loss'] / max(seen, 1):.4f}")
-      if periodic and not last:
-        _save_once(resume, global_step, state.params, opt_state=state.opt_state, meta={
-            "epoch": epoch, "step": step + 1, "partial": {"sums": sums, "seen": seen}})
-    carried = {"sums": {}, "seen": 0}
-    averages = {name: value / max(seen, 1) for name, value in sums.items()}
-    elapsed = time.time() - t0
-    throughput = (seen - seen_before) / elapsed
-    log(f"pretrain epoch {epoch + 1}: " + " ".join(f"{k}={v:.4f}" for k, v in sorted(averages.items()))
-        + f" ({elapsed:.1f}s, {throughput:.0f} seq/s)")
-    writer.write_record(dict(phase="pretrain", epoch=epoch + 1, seconds=elapsed, **averages))
-    global_step = (epoch + 1) * batches.steps_per_epoch
-    writer.write_scalars(global_step, {
-        **{f"pretrain_epoch/{name}": value for name, value in averages.items()},
-        "pretrain/sequences_per_second": throughput, "pretrain/epoch_seconds": elapsed})
-    if (epoch + 1) % pc.save_every_epochs == 0 or epoch + 1 == pc.epochs:
-      _save_once(handoff, epoch + 1, state.params, opt_state=state.opt_state, meta={
-          "epoch": epoch + 1, "global_step": global_step, "dataset": config.dataset,
-          "item_size": ds.item_size, "attribute_size": ds.attribute_size,
-          "objectives": list(names), "form": pc.form})
-      log(f"pre-training: saved checkpoint {ckpt_dir}/{epoch + 1}")
-    _save_once(resume, global_step, state.params, opt_state=state.opt_state, meta={
-        "epoch": epoch + 1, "step": 0, "partial": carried})
-  handoff.close()
-  resume.close()
+  ckpt_dir = os.path.join(workdir, PRETRAIN_DIR)
+  handoff = checkpointing.manager(ckpt_dir)
+  resume = checkpointing.manager(os.path.join(workdir, PRETRAIN_RESUME_DIR), max_to_keep=2)
+  actions = [PretrainLog(writer), HandoffCheckpoints(handoff, pc.save_every_epochs, meta={
+      "dataset": config.dataset, "item_size": ds.item_size, "attribute_size": ds.attribute_size,
+      "objectives": list(names), "form": pc.form})]
+  try:
+    loop.train(phase, state, actions, resume, mesh, log, is_main_process())
+  finally:
+    handoff.close()
+    resume.close()
   return ckpt_dir
 
 
@@ -389,6 +346,60 @@ def early_stopping_metric(protocol: str) -> str:
   return "MRR" if protocol == "sampled" else "NDCG@20"
 
 
+class Validation(loop.Action):
+  """Fine-tuning's epoch end: validate, log, keep the best state, stop early.
+
+  The best state on validation goes to `best_mngr` (its step is the epoch);
+  the phase stops after `patience` epochs without improvement, once
+  `min_epochs` epochs are done. Its record is in the resume checkpoints.
+  """
+
+  def __init__(self, evaluate, target: str, best_mngr, writer, *, patience: int, min_epochs: int,
+               meta: dict):
+    self.evaluate, self.target, self.best_mngr, self.writer = evaluate, target, best_mngr, writer
+    self.patience, self.min_epochs, self.meta = patience, min_epochs, meta
+    self.record = {"best_score": None, "best_epoch": -1, "best_valid": None, "waited": 0}
+
+  def state(self):
+    return dict(self.record)
+
+  def restore(self, state):
+    self.record.update(state)
+
+  def checkpoint_dirs(self):
+    return (self.best_mngr.directory,)
+
+  def after_epoch(self, phase, end):
+    valid = self.evaluate(end.state.params, "valid")
+    names = phase.objective_names
+    per_objective = {n: end.averages[n] for n in names}
+    best = self.record["best_score"]
+    improved = best is None or valid[self.target] > best
+    parts = (" (" + " ".join(f"{n}={v:.4f}" for n, v in per_objective.items()) + ")"
+             if len(names) > 1 else "")
+    loss = end.averages["loss"]
+    log(f"finetune epoch {end.epoch}: loss={loss:.4f}{parts} ({end.seconds:.1f}s) valid "
+        + " ".join(f"{k}={v:.4f}" for k, v in valid.items()) + (" *" if improved else ""))
+    self.writer.write_record(dict(phase="finetune", epoch=end.epoch, loss=loss,
+                                  seconds=end.seconds, valid=valid, objectives=per_objective))
+    self.writer.write_scalars(end.epoch, {
+        "finetune/loss": loss, "finetune/epoch_seconds": end.seconds,
+        **({f"finetune/{n}": v for n, v in per_objective.items()} if len(names) > 1 else {}),
+        "finetune/sequences_per_second": end.sequences / end.seconds,
+        **{f"valid/{name}": value for name, value in valid.items()}})
+    if improved:
+      self.record.update(best_score=valid[self.target], best_epoch=end.epoch, best_valid=valid,
+                         waited=0)
+      loop.save_once(self.best_mngr, end.epoch, end.state.params,
+                     meta=dict(self.meta, epoch=end.epoch, valid=valid))
+      return False
+    self.record["waited"] += 1
+    if self.record["waited"] >= self.patience and end.epoch >= self.min_epochs:
+      log(f"early stopping: no {self.target} improvement for {self.patience} epochs")
+      return True
+    return False
+
+
 def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: str,
                       mesh, init_checkpoint: str | None,
                       writer: metric_writers.MetricWriter) -> dict:
@@ -417,76 +428,32 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size, negative_high(config, ds),
                                            config.seed, config.pack_sequences, shards(mesh))
   objectives = finetune_objectives(config)
-  names = tuple(o.name for o, _ in objectives)
-  step_fn = train_steps.make_finetune_step(mcfg, tx, mesh, objectives, objective_options(config, ds))
+  options = objective_options(config, ds)
   tables = parallel.replicate(finetune_tables(objectives, ds, splits), mesh)
+  phase = loop.Phase(
+      label="fine-tuning", tag="finetune", epochs=fc.epochs,
+      steps_per_epoch=batches.steps_per_epoch, batches=batches.epoch,
+      step_fn=train_steps.make_finetune_step(mcfg, tx, mesh, objectives, options),
+      tables=tables, key=base_key(config, STREAM_FINETUNE_KEY),
+      objective_names=tuple(o.name for o, _ in objectives),
+      diagnose=diagnosis(mcfg, objectives, options, mesh, tables, phase="finetune"))
   log("fine-tuning: objectives " + ", ".join(f"{o.name}[{o.form}] x{w:g}" for o, w in objectives)
       + (f"; early stopping from epoch {fc.min_epochs} on" if fc.min_epochs else ""))
   evaluate = Evaluator(config, ds, splits, mcfg, mesh, protocol)
-  target = early_stopping_metric(protocol)
   best_mngr = checkpointing.manager(os.path.join(workdir, FINETUNE_BEST_DIR), max_to_keep=1)
   resume = checkpointing.manager(os.path.join(workdir, FINETUNE_RESUME_DIR), max_to_keep=2)
-  key = base_key(config, STREAM_FINETUNE_KEY)
-  record = {"epoch": 0, "best_score": None, "best_epoch": -1, "best_valid": None, "waited": 0,
-            "done": False}
-  restored = checkpointing.restore_latest_good(resume, state.params, state.opt_state, repl, log)
-  if restored is not None:
-    _, params, opt_state, record = restored
-    state = state.replace(params=params, opt_state=opt_state,
-                          step=parallel.replicate(np.int32(record["global_step"]), mesh))
-    log(f"fine-tuning: resuming after epoch {record['epoch']}"
-        + (" (already finished)" if record["done"] else ""))
-  epoch = record["epoch"]
-  while not record["done"] and epoch < fc.epochs:
-    t0 = time.time()
-    metrics = []
-    for step, batch in enumerate(input_pipeline.prefetch(batches.epoch(epoch))):
-      state, out = step_fn(state, parallel.shard_batch(batch, mesh), tables,
-                           train_steps.step_key(key, epoch, step))
-      metrics.append((epoch, step, out))
-      bound_in_flight(metrics)
-    metrics = jax.device_get(metrics)
-    bad = _first_non_finite(metrics)
-    if bad is not None:
-      culprits = [n for n in names if not np.isfinite(bad[2][n])] or ["(the joint loss)"]
-      raise NumericalError(
-          f"fine-tuning: non-finite loss or gradient at epoch {bad[0] + 1} step {bad[1]} "
-          f"(objective: {', '.join(culprits)}); the last good checkpoints in {resume.directory} "
-          f"and {best_mngr.directory} are intact")
-    train_loss = float(np.mean([m["loss"] for _, _, m in metrics]))
-    per_objective = {n: float(np.mean([m[n] for _, _, m in metrics])) for n in names}
-    train_seconds = time.time() - t0
-    valid = evaluate(state.params, "valid")
-    epoch += 1
-    best = record["best_score"]
-    improved = best is None or valid[target] > best
-    parts = (" (" + " ".join(f"{n}={v:.4f}" for n, v in per_objective.items()) + ")"
-             if len(names) > 1 else "")
-    log(f"finetune epoch {epoch}: loss={train_loss:.4f}{parts} ({train_seconds:.1f}s) valid "
-        + " ".join(f"{k}={v:.4f}" for k, v in valid.items()) + (" *" if improved else ""))
-    writer.write_record(dict(phase="finetune", epoch=epoch, loss=train_loss, seconds=train_seconds,
-                             valid=valid, objectives=per_objective))
-    writer.write_scalars(epoch, {
-        "finetune/loss": train_loss, "finetune/epoch_seconds": train_seconds,
-        **({f"finetune/{n}": v for n, v in per_objective.items()} if len(names) > 1 else {}),
-        "finetune/sequences_per_second": len(splits["train_inputs"]) / train_seconds,
-        **{f"valid/{name}": value for name, value in valid.items()}})
-    if improved:
-      record.update(best_score=valid[target], best_epoch=epoch, best_valid=valid, waited=0)
-      _save_once(best_mngr, epoch, state.params, meta={
-          "epoch": epoch, "valid": valid, "init_checkpoint": loaded, "dataset": config.dataset,
-          "protocol": protocol})
-    else:
-      record["waited"] += 1
-      if record["waited"] >= fc.patience and epoch >= fc.min_epochs:
-        log(f"early stopping: no {target} improvement for {fc.patience} epochs")
-        record["done"] = True
-    record.update(epoch=epoch, done=record["done"] or epoch >= fc.epochs,
-                  global_step=int(jax.device_get(state.step)))
-    _save_once(resume, epoch, state.params, opt_state=state.opt_state, meta=record)
-  best_params = checkpointing.restore_params(best_mngr, record["best_epoch"], state.params, repl)
-  best_mngr.close()
-  resume.close()
+  validation = Validation(evaluate, early_stopping_metric(protocol), best_mngr, writer,
+                          patience=fc.patience, min_epochs=fc.min_epochs, meta={
+                              "init_checkpoint": loaded, "dataset": config.dataset,
+                              "protocol": protocol})
+  try:
+    state = loop.train(phase, state, [validation], resume, mesh, log, is_main_process())
+    record = validation.state()
+    best_params = checkpointing.restore_params(best_mngr, record["best_epoch"], state.params,
+                                               repl)
+  finally:
+    best_mngr.close()
+    resume.close()
   test = evaluate(best_params, "test")
   log(f"test (best epoch {record['best_epoch']}): "
       + " ".join(f"{k}={v:.4f}" for k, v in test.items()))
@@ -532,7 +499,56 @@ def write_run_record(config: ml_collections.ConfigDict, ds: data_lib.Dataset, wo
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Pre-train (if asked), fine-tune, test; writes workdir/results.json atomically."""
+  """Pre-train (if asked), fine-tune, test; writes workdir/results.json atomically.
+
+  With config.compare_to_sasrec, plain SASRec (the same config without
+  pre-training) then trains in workdir/sasrec, and both runs' test metrics
+  are printed side by side and written to workdir/comparison.md.
+  """
+  payload = run_one(config, workdir)
+  pretrained = config.pretrain.epochs > 0 or bool(config.finetune.init_checkpoint)
+  if not (config.compare_to_sasrec and pretrained):
+    return payload
+  baseline = sasrec_baseline(config)
+  log(f"compare_to_sasrec: training plain SASRec in {os.path.join(workdir, SASREC_DIR)}")
+  baseline_payload = run_one(baseline, os.path.join(workdir, SASREC_DIR))
+  table = comparison_table({"S3-Rec": payload["test"], "SASRec": baseline_payload["test"]},
+                           decide_by=early_stopping_metric(config.eval.protocol))
+  log(table)
+  if is_main_process():
+    files.write_text_atomic(os.path.join(os.path.abspath(workdir), COMPARISON_FILE), table + "\n")
+  return payload
+
+
+def sasrec_baseline(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The same run with pre-training off: the baseline that pre-training must beat."""
+  baseline = ml_collections.ConfigDict(config.to_dict())
+  baseline.pretrain.epochs = 0
+  baseline.finetune.init_checkpoint = ""
+  baseline.compare_to_sasrec = False
+  return baseline
+
+
+def comparison_table(runs: dict[str, dict[str, float]], decide_by: str) -> str:
+  """Test metrics of several runs, one row per metric, and which run won on `decide_by`."""
+  names = list(runs)
+  metrics = list(next(iter(runs.values())))
+  width = max(10, *(len(n) for n in names))
+  lines = ["test metrics, side by side", f"{'metric':>8} " + " ".join(f"{n:>{width}}" for n in names)]
+  for m in metrics:
+    lines.append(f"{m:>8} " + " ".join(f"{runs[n][m]:>{width}.4f}" for n in names))
+  ranked = sorted(names, key=lambda n: runs[n][decide_by], reverse=True)
+  best, runner_up = ranked[0], ranked[1]
+  if runs[best][decide_by] == runs[runner_up][decide_by]:
+    lines.append(f"{best} and {runner_up} tie on test {decide_by} ({runs[best][decide_by]:.4f})")
+  else:
+    lines.append(f"{best} wins on test {decide_by}: {runs[best][decide_by]:.4f} against "
+                 f"{runs[runner_up][decide_by]:.4f} for {runner_up}")
+  return "\n".join(lines)
+
+
+def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """One run: pre-train (if asked), fine-tune, test; writes workdir/results.json atomically."""
   config_validation.validate(config)
   workdir = os.path.abspath(workdir)
   t0 = time.time()

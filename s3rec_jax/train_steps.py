@@ -199,7 +199,7 @@ def objective_losses(params: Any, batch: dict, tables: dict, key: jax.Array, *,
   bidirectionally, fine-tuning causally.
   """
   batch = phase_batch(batch, phase)
-  full_views, last_views = objectives_lib.views_of(objectives)
+  full_views, last_views = objectives_lib.views_of(objectives, options)
   names = full_views + last_views
   dropout_key, objective_key = _phase_keys(key, phase)
   view_key = jax.random.fold_in(objective_key, 0x5EED)

@@ -11,7 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A tiny synthetic run: every phase (pre-training with mid-epoch checkpoints,
 # fine-tuning with early stopping, test) in well under a minute.
 TINY = {
-    "synthetic.num_users": 120, "synthetic.num_items": 60, "synthetic.num_attributes": 12,
+    "synthetic.kind": "markov", "compare_to_sasrec": False, "synthetic.num_users": 120,
+    "synthetic.num_items": 60, "synthetic.num_attributes": 12,
     "sample.num_negatives": 20, "max_seq_length": 12, "model.hidden_size": 16,
     "model.num_layers": 1, "pretrain.epochs": 2, "pretrain.batch_size": 64,
     "pretrain.save_every_epochs": 1, "pretrain.checkpoint_every_steps": 5,

@@ -432,6 +432,42 @@ def test_synthetic_is_structured():
   assert share(prev, nxt) > share(prev, shuffled) + 0.3
 
 
+def test_long_tail_synthetic_has_what_s3rec_is_for():
+  ds = data.synthetic_long_tail_dataset(num_users=600, num_items=500, num_categories=10,
+                                        num_attributes=30, seed=4)
+  assert ds.max_item == 500 and ds.num_users == 600 and ds.max_attr <= 30
+  again = data.synthetic_long_tail_dataset(num_users=600, num_items=500, num_categories=10,
+                                           num_attributes=30, seed=4)
+  np.testing.assert_array_equal(ds.items, again.items)
+  lengths = ds.lengths()
+  assert lengths.min() >= 4 and lengths.max() <= 8            # short histories
+  counts = np.bincount(ds.items, minlength=ds.item_size)[1:ds.max_item + 1]
+  assert counts.min() >= 1                                     # every item occurs
+  assert np.mean(counts <= 3) > 0.3                            # a long tail of rare items
+  assert counts.max() > 20 * np.median(counts)                 # and a popular head
+  # Exactly one category (attribute 1..10) per item; the next item's category
+  # follows the current one's far more often than its item id does.
+  category = np.array([row[(row > 0) & (row <= 10)] for row in ds.attr_ids[1:ds.max_item + 1]])
+  assert category.shape == (500, 1)
+  category = np.concatenate([[0], category[:, 0]])
+  same_user = np.repeat(np.arange(ds.num_users), lengths)
+  keep = same_user[1:] == same_user[:-1]
+  prev, nxt = ds.items[:-1][keep], ds.items[1:][keep]
+  pairs = np.zeros((11, 11))
+  np.add.at(pairs, (category[prev], category[nxt]), 1)
+  assert pairs.max(axis=1).sum() / pairs.sum() > 0.8           # categories: nearly determined
+  items = np.zeros((ds.item_size, ds.item_size))
+  np.add.at(items, (prev, nxt), 1)
+  assert items.max(axis=1).sum() / items.sum() < 0.5           # item ids: far from it
+
+
+def test_long_tail_synthetic_rejects_bad_sizes():
+  with pytest.raises(ValueError, match="num_attributes > num_categories"):
+    data.synthetic_long_tail_dataset(num_categories=30, num_attributes=30)
+  with pytest.raises(ValueError, match="min_len"):
+    data.synthetic_long_tail_dataset(min_len=2)
+
+
 # ----------------------------------------------------------------------------
 # Dense ids (what train.py requires).
 

@@ -203,6 +203,26 @@ def test_packed_pretraining_batch_holds_the_same_views(ds):
     np.testing.assert_array_equal(_unpack(b, name, lengths, L), a[name], err_msg=name)
 
 
+def test_more_segment_negatives_share_the_positive_layout(ds):
+  settings = dict(batch_size=16, max_len=L, mask_p=0.2, negative_high=ds.mask_id, pack=False)
+  one = next(ip.PretrainBatches(ds, ip.PretrainSettings(**settings), seed=7).epoch(0))
+  three = next(ip.PretrainBatches(ds, ip.PretrainSettings(**settings, segment_negatives=3),
+                                  seed=7).epoch(0))
+  assert "segment_negative_2" not in one
+  for name, value in one.items():   # drawn after every other view: those do not change
+    np.testing.assert_array_equal(three[name], value, err_msg=name)
+  positive = three["segment_positive"]
+  in_span = (positive != ds.mask_id) & (positive > 0)
+  differs = 0
+  for name in ("segment_negative_2", "segment_negative_3"):
+    negative = three[name]
+    # Outside the span: the positive's own tokens (padding and masks), so the layout is equal.
+    np.testing.assert_array_equal(np.where(in_span, 0, negative), np.where(in_span, 0, positive))
+    assert np.all((negative[in_span] > 0) & (negative[in_span] <= ds.max_item))
+    differs += int(np.sum(negative[in_span] != positive[in_span]))
+  assert differs > 0
+
+
 def test_shards_are_balanced_and_cover_the_batch(ds):
   settings = ip.PretrainSettings(batch_size=32, max_len=L, mask_p=0.2, negative_high=ds.mask_id)
   whole = ip.PretrainBatches(ds, settings, seed=4)

@@ -58,9 +58,11 @@ def _setup(seed=0):
   return batch, attr_ids, params, outputs, multi_hot
 
 
-def _inputs(batch, attr_ids, params, outputs, temperature=1.0, mip_num_negatives=0):
+def _inputs(batch, attr_ids, params, outputs, temperature=1.0, mip_num_negatives=0,
+            settings=None):
   options = objectives.ObjectiveOptions(mask_id=MASK, num_items=ITEMS, temperature=temperature,
-                                        mip_num_negatives=mip_num_negatives)
+                                        mip_num_negatives=mip_num_negatives,
+                                        settings=objectives.settings_tuple(settings or {}))
   as_jax = lambda t: jax.tree_util.tree_map(jnp.asarray, t)
   return objectives.ObjectiveInputs(as_jax(outputs), as_jax(params), as_jax(batch),
                                     {"attr_ids": jnp.asarray(attr_ids)}, jax.random.key(0), options)
@@ -176,18 +178,44 @@ def test_sp_reference():
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+IN_BATCH = {"infonce": {"sp_negatives": "in_batch"}}
+
+
 def test_sp_infonce_in_batch_negatives_and_padding_rows():
   batch, attr_ids, params, outputs, _ = _setup()
   c = _head(params, "sp", outputs["segment_context"][:, -1].astype(np.float64))
   s = outputs["segment_positive"][:, -1].astype(np.float64)
   logits = c @ s.T / 0.7
   want = sum(-(logits[i, i] - np.log(np.exp(logits[i]).sum())) for i in range(2))
-  got = float(objectives.get("sp", "infonce").fn(_inputs(batch, attr_ids, params, outputs, 0.7)))
+  sp = objectives.get("sp", "infonce").fn
+  got = float(sp(_inputs(batch, attr_ids, params, outputs, 0.7, settings=IN_BATCH)))
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # A padding row (weight 0) neither adds a loss nor serves as a negative.
   batch["weights"] = np.array([1.0, 0.0], np.float32)
-  got = float(objectives.get("sp", "infonce").fn(_inputs(batch, attr_ids, params, outputs, 0.7)))
+  got = float(sp(_inputs(batch, attr_ids, params, outputs, 0.7, settings=IN_BATCH)))
   np.testing.assert_allclose(got, 0.0, atol=1e-6)  # row 0's only candidate is its own span
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_sp_infonce_same_layout_negatives(count):
+  batch, attr_ids, params, outputs, _ = _setup()
+  rng = np.random.default_rng(5)
+  for k in range(2, count + 1):
+    outputs[f"segment_negative_{k}"] = rng.normal(0, 1, (2, L, H)).astype(np.float32)
+  names = ["segment_positive", "segment_negative"] + [f"segment_negative_{k}"
+                                                      for k in range(2, count + 1)]
+  c = _head(params, "sp", outputs["segment_context"][:, -1].astype(np.float64))
+  logits = np.stack([(c * outputs[n][:, -1]).sum(-1) for n in names], 1) / 0.7   # [B, 1+K]
+  want = float(np.sum(np.log(np.exp(logits).sum(1)) - logits[:, 0]))
+  settings = {"infonce": {"sp_num_negatives": count}}
+  got = float(objectives.get("sp", "infonce").fn(
+      _inputs(batch, attr_ids, params, outputs, 0.7, settings=settings)))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # The objective asks for exactly those views; the other sequences' spans play no part.
+  options = _inputs(batch, attr_ids, params, outputs, settings=settings).options
+  chosen = objectives.resolve({"sp": 1.0}, "infonce")
+  assert objectives.views_of(chosen, options) == ((), ("segment_context", *names))
+
 
 
 def test_padding_rows_contribute_nothing():

@@ -20,6 +20,8 @@ from s3rec_jax import train_lib
 
 def tiny_config(**overrides):
   c = synthetic.get_config()
+  c.synthetic.kind = "markov"
+  c.compare_to_sasrec = False
   c.synthetic.num_users = 120
   c.synthetic.num_items = 60
   c.synthetic.num_attributes = 12
@@ -94,6 +96,31 @@ def test_sasrec_without_pretraining_says_so(tmp_path, capsys):
   assert "HR@20" in results and not os.path.exists(tmp_path / "pretrain")
 
 
+@pytest.mark.slow
+def test_compare_to_sasrec_trains_the_baseline_and_prints_both(tmp_path, capsys):
+  results = train_lib.run(tiny_config(**{"compare_to_sasrec": True, "pretrain.epochs": 1,
+                                         "finetune.epochs": 2}), str(tmp_path))
+  out = capsys.readouterr().out
+  baseline = json.loads((tmp_path / "sasrec" / "results.json").read_text())
+  assert baseline["pretrain_checkpoint"] is None and results["pretrain_checkpoint"] is not None
+  assert baseline["config"]["pretrain"]["epochs"] == 0
+  table = (tmp_path / "comparison.md").read_text()
+  assert table.strip() in out
+  mrr = {"S3-Rec": results["MRR"], "SASRec": baseline["MRR"]}
+  winner = max(mrr, key=mrr.get)
+  assert f"{winner} wins on test MRR" in table or "tie on test MRR" in table
+  assert f"{results['MRR']:.4f}" in table and f"{baseline['MRR']:.4f}" in table
+
+
+def test_comparison_table_names_the_winner():
+  table = train_lib.comparison_table({"A": {"MRR": 0.5, "HR@1": 0.3},
+                                      "B": {"MRR": 0.6, "HR@1": 0.2}}, decide_by="MRR")
+  assert "B wins on test MRR: 0.6000 against 0.5000 for A" in table
+  assert "HR@1" in table.splitlines()[3]
+  tie = train_lib.comparison_table({"A": {"MRR": 0.5}, "B": {"MRR": 0.5}}, decide_by="MRR")
+  assert "tie on test MRR" in tie
+
+
 def test_missing_init_checkpoint_fails_before_training(tmp_path):
   config = tiny_config(**{"pretrain.epochs": 0, "finetune.init_checkpoint": str(tmp_path / "nope")})
   with pytest.raises(checkpointing.CheckpointError, match="does not exist"):
@@ -110,6 +137,7 @@ def test_missing_init_checkpoint_fails_before_training(tmp_path):
     ("pretrain.batch_size", 0, "positive integer"),
     ("finetune.epochs", -1, "non-negative"),
     ("pretrain.micro_batches", -1, "non-negative"),
+    ("synthetic.kind", "zipf", "expected 'markov' or 'long_tail'"),
 ])
 def test_config_validation(field, value, message):
   with pytest.raises(config_validation.ConfigError, match=message):

@@ -137,6 +137,8 @@ def test_parse_args_rejects_unknown_rows():
 def _tiny_config(dataset):
   assert dataset == "synthetic"
   c = synthetic.get_config()
+  c.synthetic.kind = "markov"
+  c.compare_to_sasrec = False
   c.synthetic.num_users = 64
   c.synthetic.num_items = 40
   c.synthetic.num_attributes = 8

@@ -11,6 +11,7 @@ from s3rec_jax import metrics
 from s3rec_jax import model
 from s3rec_jax import objectives
 from s3rec_jax import parallel
+from s3rec_jax import train_lib
 from s3rec_jax import train_steps
 
 L = 10
@@ -27,19 +28,29 @@ def _config(ds, heads=()):
                            hidden_size=16, num_layers=1, num_heads=2, max_len=L, head_names=heads)
 
 
-@pytest.mark.parametrize("form", ["reference", "infonce"])
-def test_pretrain_losses_match_on_1_and_4_devices(ds, form):
+SP_IN_BATCH = {"infonce": {"sp_negatives": "in_batch"}}
+SP_TWO_NEGATIVES = {"infonce": {"sp_num_negatives": 2}}
+
+
+@pytest.mark.parametrize("form, settings", [("reference", {}), ("infonce", {}),
+                                            ("infonce", SP_IN_BATCH),
+                                            ("infonce", SP_TWO_NEGATIVES)])
+def test_pretrain_losses_match_on_1_and_4_devices(ds, form, settings):
   assert len(jax.devices()) >= 4, "tests/conftest.py forces 4 CPU devices"
   chosen = objectives.resolve({"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5}, form)
   cfg = _config(ds, tuple(o.name for o, _ in chosen))
   options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item,
-                                        mip_num_negatives=0)
+                                        mip_num_negatives=0,
+                                        settings=objectives.settings_tuple(settings))
+  negatives = train_lib.segment_negatives(chosen, options)
+  assert negatives == (2 if settings is SP_TWO_NEGATIVES else 1)
   tx = train_steps.make_optimizer(1e-2, 0.9, 0.999)
   trajectories = []
   for n in (1, 4):
     mesh = parallel.make_mesh(jax.devices()[:n])
     # Each device gets its own packed shard: the layouts differ, the math does not.
-    batches = ip.PretrainBatches(ds, ip.PretrainSettings(16, L, 0.2, ds.mask_id), seed=0,
+    batches = ip.PretrainBatches(ds, ip.PretrainSettings(16, L, 0.2, ds.mask_id,
+                                                         segment_negatives=negatives), seed=0,
                                  shards=ip.Shards(*parallel.local_shards(mesh)))
     host_batches = list(batches.epoch(0))[:3]
     state = train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx, mesh)
@@ -210,9 +221,11 @@ def test_unknown_protocol():
     train_steps.metric_names("leave-one-out")
 
 
-@pytest.mark.parametrize("form, train", [("reference", False), ("infonce", False),
-                                         ("reference", True)])
-def test_packed_and_padded_batches_give_the_same_losses(ds, form, train):
+@pytest.mark.parametrize("form, train, settings", [("reference", False, {}),
+                                                   ("infonce", False, {}),
+                                                   ("infonce", False, SP_TWO_NEGATIVES),
+                                                   ("reference", True, {})])
+def test_packed_and_padded_batches_give_the_same_losses(ds, form, train, settings):
   """Packing changes the layout, not the math: same sequences, masks, negatives -> same losses.
 
   With dropout on too: its masks hash each token's identity, not its place.
@@ -220,11 +233,14 @@ def test_packed_and_padded_batches_give_the_same_losses(ds, form, train):
   chosen = objectives.resolve({"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5}, form)
   cfg = _config(ds, tuple(o.name for o, _ in chosen))
   params = model.init_params(cfg, jax.random.key(5))
-  options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item)
+  options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item,
+                                        settings=objectives.settings_tuple(settings))
+  negatives = train_lib.segment_negatives(chosen, options)
   tables = {"attr_ids": jnp.asarray(ds.attr_ids)}
   losses = {}
   for pack in (False, True):
-    batches = ip.PretrainBatches(ds, ip.PretrainSettings(48, L, 0.2, ds.mask_id, pack=pack), seed=2)
+    batches = ip.PretrainBatches(ds, ip.PretrainSettings(48, L, 0.2, ds.mask_id, pack=pack,
+                                                         segment_negatives=negatives), seed=2)
     batch = next(batches.epoch(0))
     _, losses[pack] = train_steps.pretrain_loss(
         params, batch, tables, jax.random.key(0), model_config=cfg, objectives=chosen,

@@ -115,6 +115,12 @@ class Objective:
   phases: tuple[str, ...] = ("pretrain",)
   mean_over: str = "sequences"       # fine-tuning's divisor: "sequences" or "targets"
   uses_head: bool = False            # a dense head heads/<name> (pre-training parameters)
+  # options -> more last-token views, for views whose number is a setting.
+  more_last_token_views: Callable[[ObjectiveOptions], tuple[str, ...]] | None = None
+
+  def last_token_views_for(self, options: ObjectiveOptions | None) -> tuple[str, ...]:
+    extra = self.more_last_token_views(options) if (self.more_last_token_views and options) else ()
+    return self.last_token_views + tuple(v for v in extra if v not in self.last_token_views)
 
 
 REGISTRY: dict[tuple[str, str], Objective] = {}
@@ -123,7 +129,8 @@ REGISTRY: dict[tuple[str, str], Objective] = {}
 def register(name: str, form: str, views: tuple[str, ...] = (),
              last_token_views: tuple[str, ...] = (), whole_batch: bool = False,
              phases: tuple[str, ...] = ("pretrain",), mean_over: str = "sequences",
-             uses_head: bool = False):
+             uses_head: bool = False,
+             more_last_token_views: Callable[[ObjectiveOptions], tuple[str, ...]] | None = None):
   """Decorator adding `fn` to the registry under (name, form)."""
   if not set(phases) <= set(PHASES) or not phases:
     raise ValueError(f"objective {name!r}: phases must be among {PHASES}, got {phases}")
@@ -135,7 +142,7 @@ def register(name: str, form: str, views: tuple[str, ...] = (),
     if key in REGISTRY:
       raise ValueError(f"objective {name!r} form {form!r} is registered twice")
     REGISTRY[key] = Objective(name, form, tuple(views), tuple(last_token_views), fn, whole_batch,
-                              tuple(phases), mean_over, uses_head)
+                              tuple(phases), mean_over, uses_head, more_last_token_views)
     return fn
   return wrap
 
@@ -199,13 +206,15 @@ def check_micro_batches(objectives, micro_batches: int) -> None:
         f"micro-batches; set pretrain.micro_batches=1 (or 0, automatic)")
 
 
-def views_of(objectives) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def views_of(objectives, options: ObjectiveOptions | None = None
+             ) -> tuple[tuple[str, ...], tuple[str, ...]]:
   """(views some objective needs at every token, views needed at the newest token only)."""
   full, last = [], []
   for objective, _ in objectives:
     full.extend(v for v in objective.views if v not in full)
   for objective, _ in objectives:
-    last.extend(v for v in objective.last_token_views if v not in full and v not in last)
+    last.extend(v for v in objective.last_token_views_for(options)
+                if v not in full and v not in last)
   return tuple(full), tuple(last)
 
 

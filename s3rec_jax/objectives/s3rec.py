@@ -196,12 +196,37 @@ def sp_reference(inputs: ObjectiveInputs) -> jax.Array:
   return jnp.sum(_difference_of_sigmoids_loss(pos, neg) * inputs.batch["weights"])
 
 
-@register("sp", "infonce", last_token_views=_SEGMENT_VIEWS[:2], whole_batch=True)
+def segment_negative_views(options) -> tuple[str, ...]:
+  """The same-layout negatives SP's infonce form reads: the reference's own
+  `segment_negative` and, for settings.infonce.sp_num_negatives = K > 1,
+  `segment_negative_2` .. `segment_negative_K` (the input pipeline builds them)."""
+  if options.setting("infonce", "sp_negatives", "same_layout") != "same_layout":
+    return ()
+  count = int(options.setting("infonce", "sp_num_negatives", 1))
+  return ("segment_negative",) + tuple(f"segment_negative_{k}" for k in range(2, count + 1))
+
+
+@register("sp", "infonce", last_token_views=_SEGMENT_VIEWS[:2], whole_batch=True,
+          more_last_token_views=segment_negative_views)
 def sp_infonce(inputs: ObjectiveInputs) -> jax.Array:
-  """Each context against its own span and the other sequences' spans of the global batch."""
+  """Each context against its own span and negatives, softmax cross-entropy over temperature.
+
+  `same_layout` (settings.infonce.sp_negatives, the default): the negatives
+  are spans of the same length at the same positions as the positive's,
+  with other items (the reference's negative, and more when
+  sp_num_negatives > 1), so nothing but the span's content tells them apart.
+  `in_batch`: the other sequences' positive spans of the global batch, which
+  differ from the positive in length and mask layout (the earlier form).
+  """
   query = _head(inputs, "sp", inputs.last_token("segment_context"))
   positive = inputs.last_token("segment_positive")
   weights = inputs.batch["weights"]
+  negatives = segment_negative_views(inputs.options)
+  if negatives:
+    candidates = jnp.stack([positive] + [inputs.last_token(v) for v in negatives], 1)  # [B, 1+K, H]
+    logits = jnp.einsum("bh,bkh->bk", query, candidates) / inputs.options.temperature
+    per_row = jax.nn.logsumexp(logits, -1) - logits[:, 0]
+    return jnp.sum(jnp.where(weights > 0, per_row, 0.0) * weights)
   all_positive, all_weights, own = positive, weights, jnp.arange(len(weights))
   axis = inputs.options.axis_name
   if axis is not None:  # negatives come from the whole global batch

@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.hidden_dropout = 0.5
   c.model.attention_dropout = 0.5
   c.model.initializer_range = 0.02
+  # "bfloat16": matmuls and attention in bfloat16; parameters, optimiser state,
+  # LayerNorm statistics, softmaxes and losses stay float32 (for accelerators).
+  c.model.compute_dtype = "float32"
 
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.epochs = 0             # 0 = no pre-training (plain SASRec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from s3rec_jax import errors
+from s3rec_jax import model as model_lib
 from s3rec_jax import objectives as objectives_lib
 from s3rec_jax.objectives import next_item
 
@@ -52,6 +53,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                       f"config.model.num_heads={config.model.num_heads}")
   for field in ("model.hidden_dropout", "model.attention_dropout", "pretrain.mask_p"):
     _probability(_get(config, field), field)
+  if config.model.compute_dtype not in model_lib.COMPUTE_DTYPES:
+    raise ConfigError(f"config.model.compute_dtype={config.model.compute_dtype!r} is unknown; "
+                      "expected " + " or ".join(model_lib.COMPUTE_DTYPES))
   if config.eval.protocol not in PROTOCOLS:
     raise ConfigError(f"config.eval.protocol={config.eval.protocol!r} is unknown; valid protocols: "
                       + ", ".join(PROTOCOLS))

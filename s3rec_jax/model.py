@@ -37,6 +37,7 @@ from s3rec_jax import hashing
 BIDIRECTIONAL_MASK_VALUE = -1e8
 CAUSAL_MASK_VALUE = -10000.0
 LAYER_NORM_EPSILON = 1e-12
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # Parameter groups that make up "the encoder" carried from pre-training into
 # fine-tuning; the heads stay behind.
@@ -62,22 +63,35 @@ class ModelConfig:
   attention_dropout: float = 0.5
   initializer_range: float = 0.02
   head_names: tuple[str, ...] = ()
+  # "bfloat16": the encoder's matmuls and attention products in bfloat16, with
+  # float32 parameters, LayerNorm statistics and outputs, and softmaxes.
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
       raise ValueError(
           f"model.hidden_size={self.hidden_size} must be divisible by "
           f"model.num_heads={self.num_heads}")
+    if self.compute_dtype not in COMPUTE_DTYPES:
+      raise ValueError(f"model.compute_dtype={self.compute_dtype!r} is unknown; expected one of "
+                       + ", ".join(COMPUTE_DTYPES))
+
+  @property
+  def dtype(self):
+    return jnp.dtype(self.compute_dtype)
 
 
 def _layer_norm(name: str) -> nn.LayerNorm:
   # use_fast_variance=False: compute E[(x - mean)^2] as the reference does.
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False, name=name)
+  # float32 in and out whatever the compute dtype: the residual stream stays float32.
+  return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False, dtype=jnp.float32,
+                      param_dtype=jnp.float32, name=name)
 
 
-def _dense(features: int, std: float, name: str) -> nn.Dense:
+def _dense(features: int, std: float, name: str, dtype=jnp.float32) -> nn.Dense:
   return nn.Dense(features, kernel_init=nn.initializers.normal(std),
-                  bias_init=nn.initializers.zeros, name=name)
+                  bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=jnp.float32,
+                  name=name)
 
 
 def attention_bias(segment_ids: jax.Array, causal: bool) -> jax.Array:
@@ -181,22 +195,24 @@ class SelfAttention(nn.Module):
     cfg = self.config
     hidden = x.shape[-1]
     heads, head_dim = cfg.num_heads, hidden // cfg.num_heads
-    query, key, value = (_dense(hidden, cfg.initializer_range, name)(x)
+    query, key, value = (_dense(hidden, cfg.initializer_range, name, cfg.dtype)(x)
                          for name in ("query", "key", "value"))              # [b, L, H]
     # One head at a time: plain batched [L, d] x [d, L] products, which XLA:CPU
     # runs faster than one 4-D einsum over all heads (no transposes).
     contexts = []
     for h in range(heads):
       part = slice(h * head_dim, (h + 1) * head_dim)
-      scores = jnp.einsum("bqd,bkd->bqk", query[..., part], key[..., part]) / math.sqrt(head_dim)
-      probs = jax.nn.softmax(scores + bias[:, 0], axis=-1)
+      scores = jnp.einsum("bqd,bkd->bqk", query[..., part], key[..., part],
+                          preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+      probs = jax.nn.softmax(scores + bias[:, 0], axis=-1).astype(cfg.dtype)   # softmax in f32
       # Attention weight (query token, key position, head): keys of other
       # sequences are masked out, so a key is identified by its position.
       key_ids = positions[:, None, :] * heads + h
       probs = token_dropout(probs, seed, cfg.attention_dropout, token_ids[:, :, None], key_ids)
       contexts.append(jnp.einsum("bqk,bkd->bqd", probs, value[..., part]))
     context = jnp.concatenate(contexts, axis=-1)                             # [b, L, H]
-    return _dense(hidden, cfg.initializer_range, "output")(_gather_tokens(context, queries))
+    return _dense(hidden, cfg.initializer_range, "output", cfg.dtype)(
+        _gather_tokens(context, queries)).astype(jnp.float32)
 
 
 class FeedForward(nn.Module):
@@ -205,12 +221,13 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg = self.config
-    y = _dense(4 * cfg.hidden_size, cfg.initializer_range, "dense_1")(x)
+    y = _dense(4 * cfg.hidden_size, cfg.initializer_range, "dense_1", cfg.dtype)(x)
     # Exact GELU as the reference writes it, x/2 (1 + erf(x / sqrt 2)): XLA:CPU
     # runs erf as one polynomial, while jax.nn.gelu's erfc form computes two
     # branches and an exp per element.
     y = 0.5 * y * (1.0 + jax.lax.erf(y * (1.0 / math.sqrt(2.0))))
-    return _dense(cfg.hidden_size, cfg.initializer_range, "dense_2")(y)
+    return _dense(cfg.hidden_size, cfg.initializer_range, "dense_2", cfg.dtype)(y).astype(
+        jnp.float32)
 
 
 class TransformerLayer(nn.Module):

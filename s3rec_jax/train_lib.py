@@ -106,7 +106,8 @@ def model_config(config: ml_collections.ConfigDict, ds: data_lib.Dataset,
       item_size=ds.item_size, attribute_size=ds.attribute_size, hidden_size=m.hidden_size,
       num_layers=m.num_layers, num_heads=m.num_heads, max_len=config.max_seq_length,
       hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
-      initializer_range=m.initializer_range, head_names=tuple(head_names))
+      initializer_range=m.initializer_range, head_names=tuple(head_names),
+      compute_dtype=m.compute_dtype)
 
 
 def shards(mesh, micro_batches: int = 1) -> input_pipeline.Shards:

@@ -1,5 +1,7 @@
 """Jitted steps: same losses on 1 and 4 devices, fine-tuning loss and evaluation by hand."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -281,3 +283,57 @@ def test_step_key_depends_on_seed_epoch_and_step_only():
             train_steps.step_key(jax.random.key(8), 2, 5)]
   for other in others:
     assert not np.array_equal(jax.random.key_data(other), jax.random.key_data(got))
+
+
+BF16_RTOL = 3e-2   # the stated tolerance of bfloat16 compute against float32, per step's loss
+
+
+@pytest.mark.parametrize("phase", ["pretrain", "finetune"])
+def test_bfloat16_compute_stays_near_float32(ds, phase):
+  """model.compute_dtype=bfloat16: float32 parameters and optimiser state, losses within
+  BF16_RTOL of float32 over a few steps from the same start."""
+  mesh = parallel.make_mesh(jax.devices()[:2])
+  tx = train_steps.make_optimizer(1e-3, 0.9, 0.999)
+  options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item)
+  if phase == "pretrain":
+    chosen = objectives.resolve({"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5}, "reference")
+    host_batches = list(ip.PretrainBatches(ds, ip.PretrainSettings(16, L, 0.2, ds.mask_id),
+                                           seed=0, shards=ip.Shards(*parallel.local_shards(mesh))
+                                           ).epoch(0))[:4]
+    tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
+    heads = tuple(o.name for o, _ in chosen)
+  else:
+    chosen = objectives.resolve({"next_item": 1.0}, {"next_item": "ce"}, phase="finetune")
+    fb = ip.FinetuneBatches(ds, data.finetune_splits(ds, L), batch_size=16,
+                            negative_high=ds.max_item, seed=0,
+                            shards=ip.Shards(*parallel.local_shards(mesh)))
+    host_batches = list(fb.epoch(0))[:4]
+    tables, heads = {}, ()
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    cfg = dataclasses.replace(_config(ds, heads), compute_dtype=dtype)
+    state = train_steps.create_state(model.init_params(cfg, jax.random.key(0)), tx, mesh)
+    step = train_steps.make_train_step(cfg, chosen, options, tx, mesh, phase=phase)
+    losses[dtype] = []
+    for i, batch in enumerate(host_batches):
+      state, out = step(state, parallel.shard_batch(batch, mesh), tables, jax.random.key(i))
+      losses[dtype].append(float(out["loss"]))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(state.params))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(state.opt_state)
+               if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating))
+  np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=BF16_RTOL)
+  assert losses["bfloat16"] != losses["float32"]   # bfloat16 did run: the values differ a little
+
+
+def test_bfloat16_runs_the_matmuls_in_bfloat16(ds):
+  cfg = dataclasses.replace(_config(ds), compute_dtype="bfloat16")
+  params = model.init_params(cfg, jax.random.key(0))
+  ids = jnp.asarray(np.arange(1, 2 * L + 1).reshape(2, L) % ds.max_item + 1, jnp.int32)
+  text = jax.jit(lambda p: model.encode(cfg, p, ids, causal=True)).lower(params).as_text()
+  assert "bf16" in text
+  out = model.encode(cfg, params, ids, causal=True)
+  assert out.dtype == jnp.float32
+  want = model.encode(dataclasses.replace(cfg, compute_dtype="float32"), params, ids, causal=True)
+  np.testing.assert_allclose(out, want, atol=5e-2)
+  with pytest.raises(ValueError, match="compute_dtype"):
+    dataclasses.replace(cfg, compute_dtype="float16")

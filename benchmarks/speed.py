@@ -28,6 +28,7 @@ Then a markdown table, the command to reproduce and the machine.
 """
 
 import argparse
+import copy
 import os
 import shlex
 import sys
@@ -42,6 +43,7 @@ import dataclasses  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -51,6 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default as default_config  # noqa: E402
 from s3rec_jax import data as data_lib  # noqa: E402
 from s3rec_jax import input_pipeline  # noqa: E402
+from s3rec_jax import metric_writers  # noqa: E402
 from s3rec_jax import model as model_lib  # noqa: E402
 from s3rec_jax import objectives as objectives_lib  # noqa: E402
 from s3rec_jax import parallel  # noqa: E402
@@ -86,6 +89,10 @@ def parse_args(argv):
                       "e.g. bce,ce,ce+cl4srec,ce+duorec:0.1")
   p.add_argument("--ce_chunk_size", type=int, default=0,
                  help="catalogue rows per chunk of the ce loss (0 = the config's)")
+  p.add_argument("--loop_epochs", type=int, default=2,
+                 help="epochs of train.py's own pre-training loop to run after the step "
+                      "timing (its last epoch's logged rate is printed beside the step's); "
+                      "0 = skip")
   p.add_argument("--skip_finetune", action="store_true")
   p.add_argument("--skip_eval", action="store_true")
   args = p.parse_args(argv)
@@ -317,6 +324,37 @@ def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
   }
 
 
+class RecordingWriter(metric_writers.MetricWriter):
+  """Keeps the records train_lib writes (the epochs' seconds), writes nothing."""
+
+  def __init__(self):
+    self.records = []
+
+  def write_scalars(self, step, scalars):
+    del step, scalars
+
+  def write_record(self, record):
+    self.records.append(dict(record))
+
+
+def bench_train_loop(config, ds, mesh, epochs: int) -> dict:
+  """train.py's own pre-training (train_lib.pretrain: the loop with its host syncs,
+  logging and resume checkpoints) for `epochs` epochs in a scratch workdir; the
+  rate of its last epoch as it logs it (the first one compiles)."""
+  loop_config = copy.deepcopy(config)
+  loop_config.pretrain.epochs = epochs
+  loop_config.pretrain.save_every_epochs = epochs
+  writer = RecordingWriter()
+  with tempfile.TemporaryDirectory() as workdir:
+    train_lib.pretrain(loop_config, ds, workdir, mesh, writer)
+  epochs_done = [r for r in writer.records if r.get("phase") == "pretrain"]
+  last = epochs_done[-1]
+  batches = input_pipeline.PretrainBatches(ds, pretrain_settings(config, ds, True), config.seed)
+  return {"seq_per_s": batches.num_sequences / last["seconds"], "seconds": last["seconds"],
+          "epoch": last["epoch"], "checkpoint_every_steps": config.pretrain.checkpoint_every_steps,
+          "log_every_steps": config.pretrain.log_every_steps}
+
+
 # --- fine-tuning and evaluation ---------------------------------------------
 
 
@@ -465,6 +503,13 @@ def main(argv) -> int:
         f"{r['flops_step'] / config.pretrain.batch_size / 1e6:.2f} MFLOP/sequence); achieved "
         f"{r['flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * r['flops_per_s'] / peak:.1f}% of the matmul")
     r.pop("state")
+    if pack and args.loop_epochs:
+      t = bench_train_loop(config, ds, mesh, args.loop_epochs)
+      r["loop_seq_per_s"] = t["seq_per_s"]
+      say(f"[{layout}] train.py's loop: epoch {t['epoch']} logged {t['seq_per_s']:.0f} seq/s "
+          f"({t['seconds']:.1f}s; host syncs every {t['log_every_steps']} steps, resume "
+          f"checkpoints every {t['checkpoint_every_steps']} steps and at the epoch end) = "
+          f"{100 * t['seq_per_s'] / r['seq_per_s']:.0f}% of the prefetched step rate above")
     if not args.skip_finetune:
       for form in args.finetune_losses.split(","):
         f = bench_finetune(config, ds, splits, mesh, pack, form)

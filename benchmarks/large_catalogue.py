@@ -40,6 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
+import gauges  # noqa: E402  (benchmarks/gauges.py)
 from s3rec_jax import metrics  # noqa: E402
 from s3rec_jax import parallel  # noqa: E402
 
@@ -244,6 +245,17 @@ def main(argv) -> int:
   say(f"ranked {args.users} users ({num_batches} batches of {args.user_batch}; the last one "
       f"padded with {num_batches * args.user_batch - args.users} extra users) in {seconds:.2f}s = "
       f"{args.users / seconds:.0f} users/s (compile {compile_s:.2f}s excluded)")
+  peak = gauges.matmul_flops_per_s(mesh)
+  work = gauges.scoring_flops(num_batches * args.user_batch, args.items, args.hidden)
+  bare = gauges.scoring_matmul_flops_per_s(
+      mesh, args.user_batch // mesh.size if not by_catalogue else args.user_batch,
+      min(args.items, args.chunk_size), args.hidden)
+  say(f"against the matmul bound: {work / 1e12:.2f} TFLOP of scores in {seconds:.2f}s = "
+      f"{work / seconds / 1e9:.1f} GFLOP/s = {100 * work / seconds / peak:.0f}% of a dense "
+      f"[2048, 2048] float32 matmul measured now ({peak / 1e9:.1f} GFLOP/s on {mesh.size} "
+      f"device(s)); the bare scoring matmul of one batch against one chunk per device runs at "
+      f"{bare / 1e9:.1f} GFLOP/s = {100 * bare / peak:.0f}% of it, so ranking is at "
+      f"{100 * work / seconds / bare:.0f}% of its own shape's matmul")
   say(f"mean rank {ranks.mean():.0f} (uniform answers: about {args.items / 2:.0f}), "
       f"HR@{args.top_k} {np.mean(ranks < args.top_k):.4f}")
   say(f"peak RSS after ranking: {rss:.2f} GiB (ru_maxrss of the process; table "

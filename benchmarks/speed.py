@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default as default_config  # noqa: E402
+import gauges  # noqa: E402  (benchmarks/gauges.py)
 from s3rec_jax import data as data_lib  # noqa: E402
 from s3rec_jax import input_pipeline  # noqa: E402
 from s3rec_jax import metric_writers  # noqa: E402
@@ -166,23 +167,6 @@ def make_config(args):
   if args.ce_chunk_size:
     config.settings.next_item.chunk_size = args.ce_chunk_size
   return config
-
-
-def matmul_flops_per_s(mesh, n: int = 2048, repeats: int = 5) -> float:
-  """Median FLOP/s of a jitted [n, n] x [n, n] float32 matmul, rows split over the mesh."""
-  rows = max(mesh.size, n // mesh.size * mesh.size)
-  data, repl = parallel.data_sharded(mesh), parallel.replicated(mesh)
-  make = jax.jit(lambda k: (jax.random.normal(k, (rows, n)), jax.random.normal(k, (n, n))),
-                 out_shardings=(data, repl))
-  a, b = make(jax.random.key(0))
-  matmul = jax.jit(lambda x, y: x @ y, in_shardings=(data, repl), out_shardings=data)
-  block(matmul(a, b))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    block(matmul(a, b))
-    times.append(time.perf_counter() - t0)
-  return 2.0 * rows * n * n / statistics.median(times)
 
 
 def pretrain_settings(config, ds, pack: bool) -> input_pipeline.PretrainSettings:
@@ -472,7 +456,7 @@ def main(argv) -> int:
           f"choose --devices among the divisors")
       return 2
 
-  peak = matmul_flops_per_s(mesh)
+  peak = gauges.matmul_flops_per_s(mesh)
   say(f"dense matmul [2048,2048]x[2048,2048] f32 on {mesh.size} device(s): "
       f"{peak / 1e9:.1f} GFLOP/s (median of 5)")
   splits = data_lib.finetune_splits(ds, config.max_seq_length)
@@ -538,6 +522,19 @@ def main(argv) -> int:
             f"{e['seconds']:.2f}s with the batches kept placed from the first pass, "
             f"{e['rebuilt_s']:.2f}s building them anew (medians of 3; first pass with compile "
             f"{e['first_s']:.2f}s; {main_metric}={e['metrics'][main_metric]:.4f})")
+        if protocol == "full":
+          work = gauges.scoring_flops(ds.num_users, ds.max_item, config.model.hidden_size)
+          r["eval_full_fraction"] = work / e["seconds"] / peak
+          bare = gauges.scoring_matmul_flops_per_s(
+              mesh, config.eval.batch_size // mesh.size, ds.max_item, config.model.hidden_size)
+          say(f"[{layout}] full ranking against the matmul bound: {ds.num_users} users x "
+              f"{ds.max_item} items x {config.model.hidden_size} = {work / 1e9:.1f} GFLOP of "
+              f"scores in {e['seconds']:.2f}s = {work / e['seconds'] / 1e9:.1f} GFLOP/s = "
+              f"{100 * r['eval_full_fraction']:.0f}% of the [2048, 2048] matmul; the bare "
+              f"scoring matmul of one batch ([{config.eval.batch_size}, "
+              f"{config.model.hidden_size}] x [{config.model.hidden_size}, {ds.max_item}]) runs "
+              f"at {bare / 1e9:.1f} GFLOP/s = {100 * bare / peak:.0f}% of it, so ranking is at "
+              f"{100 * work / e['seconds'] / bare:.0f}% of its own shape's matmul")
     say(f"[{layout}] peak RSS so far: {peak_rss_gib():.2f} GiB")
     results[layout] = r
 

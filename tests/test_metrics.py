@@ -380,3 +380,22 @@ def test_full_ranking_large_catalogue():
     order = np.lexsort((cand, -full[b, cand]))[:top_k]
     np.testing.assert_array_equal(items[b], cand[order] + 1)
     np.testing.assert_array_equal(scores[b], full[b, cand[order]])
+
+
+@pytest.mark.parametrize("chunk_size", [160, 176, 320, 700])
+def test_wide_chunks_rank_exactly_with_ties(chunk_size):
+  # Chunks much wider than top_k, and the whole catalogue as one chunk.
+  user, table, answers, history = random_case(3, batch=9, num_items=700, hist_len=30)
+  num_items, top_k = 700, 10
+  want_ranks, want_items, want_scores = np_full_ranking(
+      user, table, answers, history, num_items, top_k)
+  ranks, items, scores = run_full(user, table, answers, history, num_items, chunk_size, top_k)
+  np.testing.assert_array_equal(ranks, want_ranks)
+  np.testing.assert_array_equal(items, want_items)
+  np.testing.assert_array_equal(scores, want_scores)
+  # Ties are exercised: several users' lists hold equal scores.
+  assert sum(len(np.unique(s)) < top_k for s in want_scores) >= 3
+  got_items, _ = jax.device_get(jax.jit(functools.partial(
+      metrics.top_k_items, num_items=num_items, chunk_size=chunk_size, top_k=top_k))(
+          user, table, np.where(history != answers[:, None], history, 0)))
+  np.testing.assert_array_equal(got_items, want_items)

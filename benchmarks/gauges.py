@@ -1,0 +1,50 @@
+"""Yardsticks the benchmarks print beside their figures, measured in the same run."""
+
+import statistics
+import time
+
+import jax
+
+from s3rec_jax import parallel
+
+
+def matmul_flops_per_s(mesh, n: int = 2048, repeats: int = 5) -> float:
+  """Median FLOP/s of a jitted [n, n] x [n, n] float32 matmul, rows split over the mesh."""
+  rows = max(mesh.size, n // mesh.size * mesh.size)
+  data, repl = parallel.data_sharded(mesh), parallel.replicated(mesh)
+  make = jax.jit(lambda k: (jax.random.normal(k, (rows, n)), jax.random.normal(k, (n, n))),
+                 out_shardings=(data, repl))
+  a, b = make(jax.random.key(0))
+  matmul = jax.jit(lambda x, y: x @ y, in_shardings=(data, repl), out_shardings=data)
+  jax.block_until_ready(matmul(a, b))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(matmul(a, b))
+    times.append(time.perf_counter() - t0)
+  return 2.0 * rows * n * n / statistics.median(times)
+
+
+def scoring_flops(users: int, items: int, hidden: int) -> float:
+  """FLOPs of scoring every user against every item: the dense matmul bound of full ranking."""
+  return 2.0 * users * items * hidden
+
+
+def scoring_matmul_flops_per_s(mesh, users_per_device: int, items: int, hidden: int,
+                               repeats: int = 5) -> float:
+  """Median FLOP/s of the bare scoring matmul of one ranking batch: [users, hidden] x
+  [hidden, items], users split over the mesh. The ceiling of full ranking at this shape,
+  beside the square matmul above (a thin inner dimension keeps it well below that)."""
+  rows = users_per_device * mesh.size
+  data, repl = parallel.data_sharded(mesh), parallel.replicated(mesh)
+  make = jax.jit(lambda k: (jax.random.normal(k, (rows, hidden)),
+                            jax.random.normal(k, (items, hidden))), out_shardings=(data, repl))
+  users, table = make(jax.random.key(1))
+  scores = jax.jit(lambda u, t: u @ t.T, in_shardings=(data, repl), out_shardings=data)
+  jax.block_until_ready(scores(users, table))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(scores(users, table))
+    times.append(time.perf_counter() - t0)
+  return 2.0 * rows * items * hidden / statistics.median(times)

@@ -16,13 +16,18 @@ def matmul_flops_per_s(mesh, n: int = 2048, repeats: int = 5) -> float:
                  out_shardings=(data, repl))
   a, b = make(jax.random.key(0))
   matmul = jax.jit(lambda x, y: x @ y, in_shardings=(data, repl), out_shardings=data)
-  jax.block_until_ready(matmul(a, b))
+  return 2.0 * rows * n * n / _median_seconds(matmul, (a, b), repeats)
+
+
+def _median_seconds(fn, args, repeats: int) -> float:
+  """Median wall time of fn(*args) after one untimed call (which compiles)."""
+  jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(matmul(a, b))
+    jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
-  return 2.0 * rows * n * n / statistics.median(times)
+  return statistics.median(times)
 
 
 def scoring_flops(users: int, items: int, hidden: int) -> float:
@@ -41,10 +46,4 @@ def scoring_matmul_flops_per_s(mesh, users_per_device: int, items: int, hidden: 
                             jax.random.normal(k, (items, hidden))), out_shardings=(data, repl))
   users, table = make(jax.random.key(1))
   scores = jax.jit(lambda u, t: u @ t.T, in_shardings=(data, repl), out_shardings=data)
-  jax.block_until_ready(scores(users, table))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(scores(users, table))
-    times.append(time.perf_counter() - t0)
-  return 2.0 * rows * items * hidden / statistics.median(times)
+  return 2.0 * rows * items * hidden / _median_seconds(scores, (users, table), repeats)

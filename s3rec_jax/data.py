@@ -540,6 +540,26 @@ def _write_generated(file_name: str, data_dir: pathlib.Path, sample_dir: PathLik
 # Synthetic data.
 
 
+def _synthetic_from_walks(walk: np.ndarray, lengths: np.ndarray, item_col: np.ndarray,
+                          attr_col: np.ndarray, num_negatives: int | None,
+                          rng: np.random.Generator) -> Dataset:
+  """The synthetic Dataset of users' walks [U, max_len] cut to `lengths`, with the
+  (item, attribute) pairs and, if asked, sampled negatives drawn from `rng`."""
+  num_users, max_len = walk.shape
+  mask = np.arange(max_len)[None, :] < lengths[:, None]
+  items = walk[mask].astype(np.int32)
+  offsets = np.zeros(num_users + 1, dtype=np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  max_item = int(items.max())
+  negatives = None
+  if num_negatives:
+    negatives = generate_sample_negatives((offsets, items), num_negatives, rng)
+  return Dataset(name="synthetic", user_ids=np.arange(1, num_users + 1, dtype=np.int64),
+                 offsets=offsets, items=items, max_item=max_item, max_attr=int(attr_col.max()),
+                 attr_ids=_build_attr_table(item_col, attr_col, max_item),
+                 sample_negatives=negatives)
+
+
 def synthetic_dataset(*, num_users: int = 500, num_items: int = 300, num_attributes: int = 30,
                       min_len: int = 5, max_len: int = 30, num_groups: int = 10, seed: int = 0,
                       num_negatives: int | None = 99) -> Dataset:
@@ -607,18 +627,7 @@ def synthetic_dataset(*, num_users: int = 500, num_items: int = 300, num_attribu
     anywhere = rng.integers(1, num_items + 1, size=num_users)
     walk[:, t] = np.where(mode < 0.85, nxt, np.where(mode < 0.95, same_group, anywhere))
 
-  mask = np.arange(max_len)[None, :] < lengths[:, None]
-  items = walk[mask].astype(np.int32)
-  offsets = np.zeros(num_users + 1, dtype=np.int64)
-  np.cumsum(lengths, out=offsets[1:])
-  max_item = int(items.max())
-  negatives = None
-  if num_negatives:
-    negatives = generate_sample_negatives((offsets, items), num_negatives, rng)
-  return Dataset(name="synthetic", user_ids=np.arange(1, num_users + 1, dtype=np.int64),
-                 offsets=offsets, items=items, max_item=max_item, max_attr=int(attr_col.max()),
-                 attr_ids=_build_attr_table(item_col, attr_col, max_item),
-                 sample_negatives=negatives)
+  return _synthetic_from_walks(walk, lengths, item_col, attr_col, num_negatives, rng)
 
 
 def synthetic_long_tail_dataset(*, num_users: int = 2000, num_items: int = 1500,
@@ -696,18 +705,7 @@ def synthetic_long_tail_dataset(*, num_users: int = 2000, num_items: int = 1500,
     nxt = np.where(follow, successor[current], rng.integers(0, num_categories, size=num_users))
     walk[:, t] = draw_in(nxt)
 
-  mask = np.arange(max_len)[None, :] < lengths[:, None]
-  items = walk[mask].astype(np.int32)
-  offsets = np.zeros(num_users + 1, dtype=np.int64)
-  np.cumsum(lengths, out=offsets[1:])
-  max_item = int(items.max())
-  negatives = None
-  if num_negatives:
-    negatives = generate_sample_negatives((offsets, items), num_negatives, rng)
-  return Dataset(name="synthetic", user_ids=np.arange(1, num_users + 1, dtype=np.int64),
-                 offsets=offsets, items=items, max_item=max_item, max_attr=int(attr_col.max()),
-                 attr_ids=_build_attr_table(item_col, attr_col, max_item),
-                 sample_negatives=negatives)
+  return _synthetic_from_walks(walk, lengths, item_col, attr_col, num_negatives, rng)
 
 
 # ----------------------------------------------------------------------------

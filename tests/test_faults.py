@@ -112,3 +112,26 @@ def test_restoring_into_another_model_names_the_tensor(tmp_path):
   config.pretrain.epochs = 2
   with pytest.raises(checkpointing.CheckpointError, match=r"tensor .* has shape .*16.*expects.*8"):
     train_lib.run(config, str(tmp_path))
+
+
+def test_non_finite_in_fine_tuning_names_the_phase_step_and_objective(tmp_path):
+  """The shared loop's guard in the other phase: a NaN fine-tuning auxiliary term stops the
+  run at its first step, naming it (and not the healthy next-item loss)."""
+  name = "nan_finetune"
+
+  @objectives.register(name, "reference", last_token_views=("sequence",), phases=("finetune",))
+  def _always_nan(inputs):
+    return jnp.nan + 0.0 * jnp.sum(inputs.last_token("sequence"))
+
+  try:
+    config = tiny_config(**{"pretrain.epochs": 0, "finetune.epochs": 2})
+    config.finetune.objectives[name] = 0.5
+    with pytest.raises(train_lib.NumericalError) as error:
+      train_lib.run(config, str(tmp_path))
+    message = str(error.value)
+    assert message.startswith("fine-tuning: non-finite loss or gradient at epoch 1 step 0")
+    assert f"objective: {name}" in message and "next_item" not in message.split("objective:")[1]
+    assert "finetune_resume" in message and "finetune_best" in message
+    assert not os.path.exists(tmp_path / "results.json")
+  finally:
+    del objectives.REGISTRY[(name, "reference")]

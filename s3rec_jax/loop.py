@@ -161,8 +161,7 @@ def train(phase: Phase, state, actions: Sequence[Action], resume_mngr, mesh,
   while not stopped and epoch < phase.epochs:
     t0 = time.time()
     sums, seen = dict(partial["sums"]), partial["seen"]
-    sequences_before = seen if phase.per_sequence else 0.0
-    sequences = 0.0
+    sequences = 0.0   # trained on in this run's part of the epoch (global)
     first_step = start_step if epoch == start_epoch else 0
     pending = []
 
@@ -215,8 +214,7 @@ def train(phase: Phase, state, actions: Sequence[Action], resume_mngr, mesh,
     epoch += 1
     end = EpochEnd(epoch=epoch, global_step=epoch * phase.steps_per_epoch, state=state,
                    averages={name: value / max(seen, 1) for name, value in sums.items()},
-                   seconds=time.time() - t0,
-                   sequences=(seen - sequences_before) if phase.per_sequence else sequences)
+                   seconds=time.time() - t0, sequences=sequences)
     for action in actions:
       stopped = bool(action.after_epoch(phase, end)) or stopped
     partial = {"sums": {}, "seen": 0}

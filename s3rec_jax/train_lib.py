@@ -7,11 +7,9 @@ and results; every process takes part in checkpointing.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from typing import Any
 
 import jax
 import ml_collections

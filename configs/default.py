@@ -55,6 +55,11 @@ def get_config() -> ml_collections.ConfigDict:
   # "bfloat16": matmuls and attention in bfloat16; parameters, optimiser state,
   # LayerNorm statistics, softmaxes and losses stay float32 (for accelerators).
   c.model.compute_dtype = "float32"
+  # The item embedding table: "replicated" on every device, "sharded" by rows
+  # over them (the table and its optimiser state at 1/N per device), or "auto":
+  # sharded once the float32 table reaches item_table_shard_above_mib MiB.
+  c.model.item_table = "auto"
+  c.model.item_table_shard_above_mib = 128.0
 
   c.pretrain = ml_collections.ConfigDict()
   c.pretrain.epochs = 0             # 0 = no pre-training (plain SASRec)

@@ -29,94 +29,114 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-
-def _chunking(num_items: int, chunk_size: int) -> tuple[int, int]:
-  """(chunk rows, number of chunks) covering ids 1..num_items."""
-  chunk = max(1, min(chunk_size, num_items))
-  return chunk, math.ceil(num_items / chunk)
+from s3rec_jax import item_table
 
 
-def _chunked_rows(table: jax.Array, num_items: int, chunk: int, num_chunks: int):
-  """Rows of ids 1 .. num_chunks * chunk as [num_chunks, chunk, H] (zero rows past the
-  table) and the mask of real candidates (ids <= num_items) [num_chunks, chunk]."""
-  needed = 1 + num_chunks * chunk
-  if table.shape[0] < needed:
+def _chunking(num_rows: int, chunk_size: int) -> tuple[int, int]:
+  """(chunk rows, number of chunks) covering `num_rows` rows."""
+  chunk = max(1, min(chunk_size, num_rows))
+  return chunk, math.ceil(num_rows / chunk)
+
+
+def _scanned(table: jax.Array, num_items: int, whole: bool) -> tuple[int, int]:
+  """(first local row scanned, rows scanned): ids 1..num_items of a whole table, or every
+  row of a block of a table split over devices."""
+  return (1, num_items) if whole else (0, table.shape[0])
+
+
+def _chunked_rows(table, first_id, num_items, chunk_size, whole):
+  """The scanned rows as [num_chunks, chunk, H] (zero rows past the table) and the mask of
+  real candidates (ids 1..num_items) [num_chunks, chunk]; `first_id` is the id of the
+  table's row 0."""
+  start, count = _scanned(table, num_items, whole)
+  chunk, num_chunks = _chunking(count, chunk_size)
+  needed = start + num_chunks * chunk
+  num_rows = table.shape[0]
+  if num_rows < needed:
     table = jnp.pad(table, ((0, needed - table.shape[0]), (0, 0)))
-  rows = table[1:needed].reshape(num_chunks, chunk, table.shape[1])
-  ids = 1 + jnp.arange(num_chunks * chunk, dtype=jnp.int32).reshape(num_chunks, chunk)
-  return rows, ids <= num_items
+  rows = table[start:needed].reshape(num_chunks, chunk, table.shape[1])
+  local = start + jnp.arange(num_chunks * chunk, dtype=jnp.int32).reshape(num_chunks, chunk)
+  ids = first_id + local
+  # Zero rows padded past a block are not the next block's items.
+  return rows, (ids >= 1) & (ids <= num_items) & (local < num_rows)
 
 
 def _masked_logits(queries, rows, valid):
   return jnp.where(valid[None, :], queries @ rows.T, -jnp.inf)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _cross_entropy(queries, table, targets, num_items, chunk_size):
-  loss, _ = _cross_entropy_fwd(queries, table, targets, num_items, chunk_size)
-  return loss
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _logsumexp(queries, table, first_id, num_items, chunk_size, whole):
+  lse, _ = _logsumexp_fwd(queries, table, first_id, num_items, chunk_size, whole)
+  return lse
 
 
-def _cross_entropy_fwd(queries, table, targets, num_items, chunk_size):
-  chunk, num_chunks = _chunking(num_items, chunk_size)
-  rows, valid = _chunked_rows(table, num_items, chunk, num_chunks)
+def _logsumexp_fwd(queries, table, first_id, num_items, chunk_size, whole):
+  rows, valid = _chunked_rows(table, first_id, num_items, chunk_size, whole)
+  num_chunks = rows.shape[0]
   num_queries = queries.shape[0]
 
   def body(carry, xs):
     running_max, running_sum = carry
     logits = _masked_logits(queries, *xs)
     new_max = jnp.maximum(running_max, jnp.max(logits, axis=1))
-    running_sum = (running_sum * jnp.exp(running_max - new_max)
-                   + jnp.sum(jnp.exp(logits - new_max[:, None]), axis=1))
+    # A block without candidates keeps max -inf: shift by 0 there, not by -inf.
+    shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+    running_sum = (running_sum * jnp.exp(running_max - shift)
+                   + jnp.sum(jnp.exp(logits - shift[:, None]), axis=1))
     # One chunk: keep its logits for the backward pass instead of recomputing them.
     return (new_max, running_sum), (logits if num_chunks == 1 else None)
 
   init = (jnp.full((num_queries,), -jnp.inf, queries.dtype),
           jnp.zeros((num_queries,), queries.dtype))
   (running_max, running_sum), kept = lax.scan(body, init, (rows, valid))
-  lse = running_max + jnp.log(running_sum)
-  target_rows = jnp.take(table, targets, axis=0)
-  loss = lse - jnp.sum(queries * target_rows, axis=1)
-  return loss, (queries, table, targets, lse, kept)
+  lse = running_max + jnp.log(running_sum)       # -inf where no row is a candidate
+  return lse, (queries, table, first_id, lse, kept)
 
 
-def _cross_entropy_bwd(num_items, chunk_size, residuals, g):
-  queries, table, targets, lse, kept = residuals
-  chunk, num_chunks = _chunking(num_items, chunk_size)
-  rows, valid = _chunked_rows(table, num_items, chunk, num_chunks)
+def _logsumexp_bwd(num_items, chunk_size, whole, residuals, g):
+  queries, table, first_id, lse, kept = residuals
+  rows, valid = _chunked_rows(table, first_id, num_items, chunk_size, whole)
+  safe_lse = jnp.where(jnp.isfinite(lse), lse, 0.0)
 
   def body(d_queries, xs):
     chunk_rows, chunk_valid, logits = xs
     if logits is None:
       logits = _masked_logits(queries, chunk_rows, chunk_valid)
-    weighted = jnp.exp(logits - lse[:, None]) * g[:, None]      # 0 where masked (-inf)
+    weighted = jnp.exp(logits - safe_lse[:, None]) * g[:, None]      # 0 where masked (-inf)
     return d_queries + weighted @ chunk_rows, weighted.T @ queries
 
   d_queries, d_chunks = lax.scan(body, jnp.zeros_like(queries), (rows, valid, kept))
-  # Chunk rows are ids 1, 2, ...: the table's gradient is row 0 (padding), then
-  # the chunks' rows, cut or zero-padded to the table's length.
-  d_rows = d_chunks.reshape(-1, table.shape[1])[:table.shape[0] - 1]
-  d_table = jnp.pad(d_rows, ((1, table.shape[0] - 1 - d_rows.shape[0]), (0, 0)))
-  # The target term -q . e_y.
-  d_queries = d_queries - g[:, None] * jnp.take(table, targets, axis=0)
-  d_table = d_table.at[targets].add(-g[:, None] * queries)
+  # The scanned rows start at local row `start`: the table's gradient is zeros
+  # before them, then the chunks' rows, cut or zero-padded to the table's length.
+  start, _ = _scanned(table, num_items, whole)
+  d_rows = d_chunks.reshape(-1, table.shape[1])[:table.shape[0] - start]
+  d_table = jnp.pad(d_rows, ((start, table.shape[0] - start - d_rows.shape[0]), (0, 0)))
   return d_queries, d_table, None
 
 
-_cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
+_logsumexp.defvjp(_logsumexp_fwd, _logsumexp_bwd)
 
 
 def cross_entropy(queries: jax.Array, table: jax.Array, targets: jax.Array, *, num_items: int,
-                  chunk_size: int = 4096) -> jax.Array:
+                  chunk_size: int = 4096, axis_name: str | None = None) -> jax.Array:
   """Per-query softmax cross-entropy over item ids 1..num_items; see the module docstring.
+
+  With `axis_name` (inside shard_map), `table` is this device's block of a
+  table split by rows over that axis (s3rec_jax.item_table): every device
+  scores every device's queries against its own rows, the per-block
+  logsumexps are combined over the axis, and each device gets its own
+  queries' losses. The same FLOPs as a replicated table, 1/N of its memory.
 
   Args:
     queries: [T, H] float query vectors (e.g. the encoder output at each target position).
-    table: [item_size, H] item embeddings, item_size > num_items.
+    table: [item_size, H] item embeddings, item_size > num_items (with
+      `axis_name`: this device's [S, H] block).
     targets: [T] int target ids in 1..num_items (not checked at run time; padded
       queries may use any valid id and a zero weight outside).
     num_items: number of real items (static).
     chunk_size: catalogue rows scored at a time (static); >= num_items is one chunk.
+    axis_name: the mesh axis the table's rows are split over, or None.
 
   Returns:
     [T] losses, differentiable in `queries` and `table`.
@@ -124,10 +144,24 @@ def cross_entropy(queries: jax.Array, table: jax.Array, targets: jax.Array, *, n
   chex.assert_rank([queries, table, targets], [2, 2, 1])
   chex.assert_equal_shape_prefix([queries, targets], 1)
   chex.assert_equal_shape_suffix([queries, table], 1)
-  if not 1 <= num_items < table.shape[0]:
-    raise ValueError(f"need 1 <= num_items < item_size; got {num_items}, {table.shape[0]}")
+  rows = table.shape[0] * (1 if axis_name is None else lax.axis_size(axis_name))
+  if not 1 <= num_items < rows:
+    raise ValueError(f"need 1 <= num_items < item_size; got {num_items}, {rows}")
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
   dtype = jnp.result_type(queries.dtype, table.dtype)
-  return _cross_entropy(queries.astype(dtype), table.astype(dtype), targets.astype(jnp.int32),
-                        num_items, chunk_size)
+  queries, table, targets = queries.astype(dtype), table.astype(dtype), targets.astype(jnp.int32)
+  if axis_name is None:
+    lse = _logsumexp(queries, table, jnp.int32(0), num_items, chunk_size, True)
+    return lse - jnp.sum(queries * jnp.take(table, targets, axis=0), axis=1)
+  everyone = lax.all_gather(queries, axis_name, tiled=True)              # [N * T, H]
+  block_lse = _logsumexp(everyone, table, item_table.block_offset(table, axis_name), num_items,
+                         chunk_size, False)
+  top = lax.pmax(lax.stop_gradient(block_lse), axis_name)
+  lse = top + jnp.log(lax.psum(jnp.exp(block_lse - top), axis_name))
+  target_rows, _ = item_table.owned_rows(table, lax.all_gather(targets, axis_name, tiled=True),
+                                         axis_name)
+  target_logit = lax.psum(jnp.sum(everyone * target_rows, axis=1), axis_name)
+  losses = lse - target_logit
+  return lax.dynamic_slice_in_dim(losses, lax.axis_index(axis_name) * queries.shape[0],
+                                  queries.shape[0])

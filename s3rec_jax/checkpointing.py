@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from s3rec_jax import errors
+from s3rec_jax import item_table
 from s3rec_jax import model as model_lib
 
 
@@ -81,11 +82,6 @@ def read_meta(root: str, step: int) -> dict:
     mngr.close()
 
 
-def _abstract(tree: Any, sharding) -> Any:
-  return jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
 def _path_name(path) -> str:
   """A leaf's path, spelt the same for a namedtuple field and for the dict key orbax saves it as."""
   parts = []
@@ -101,91 +97,107 @@ def _saved_shapes(saved: Any) -> dict[str, tuple]:
   return {_path_name(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(saved)}
 
 
-def _check_shapes(saved: Any, target: Any, where: str) -> None:
-  """Every target leaf must exist in `saved` with the same shape; names the first that does not."""
-  shapes = _saved_shapes(saved)
-  for path, leaf in jax.tree_util.tree_leaves_with_path(target):
-    name = _path_name(path)
-    if name not in shapes:
-      raise CheckpointError(f"{where}: tensor {jax.tree_util.keystr(path)} is missing from the "
-                            "checkpoint")
-    if shapes[name] != tuple(leaf.shape):
-      raise CheckpointError(
-          f"{where}: tensor {jax.tree_util.keystr(path)} has shape {shapes[name]} in the "
-          f"checkpoint but the model expects {tuple(leaf.shape)} (a checkpoint of another "
-          "dataset or model size?)")
+def _replicated_like(sharding):
+  mesh = getattr(sharding, "mesh", None)
+  return sharding if mesh is None else NamedSharding(mesh, PartitionSpec())
 
 
-def restore_encoder(path: str, params: Any, sharding) -> tuple[Any, str, int]:
-  """Loads the embeddings and encoder of a pre-training checkpoint into `params`.
+def _restore_targets(saved: Any, target: Any, where: str, sharding=None, *,
+                     item_size: int | None = None, optimiser: bool = False) -> tuple[Any, list]:
+  """Abstract restore targets for `target`'s leaves, and the leaves to refit once restored.
 
-  The heads of the checkpoint are not carried. Returns (params, root, step).
-  """
-  root, step = resolve(path)
-  mngr = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_handlers={"params": ocp.PyTreeCheckpointHandler()})
-  try:
-    saved_meta = mngr.item_metadata(step)["params"]
-    target = model_lib.encoder_params(params)
-    _check_shapes(saved_meta, target, f"checkpoint {root}/{step}")
-    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
-        item=_abstract(target, sharding),
-        restore_args=jax.tree_util.tree_map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target),
-        partial_restore=True)))["params"]
-  finally:
-    mngr.close()
-  merged = dict(params)
-  merged.update(restored)
-  return merged, root, step
-
-
-def _flat_vector_targets(saved: Any, target: Any, where: str) -> tuple[Any, list]:
-  """Restore targets for an optimiser state whose leaves carry their own shardings.
-
-  The optimiser state is over the flat parameter vector zero-padded to a
-  multiple of the device count (train_steps.create_state), so a run resumed on
-  another number of devices finds its vectors saved with another padding:
-  those are restored at the saved length, replicated, and re-padded by
-  `_refit`. Returns (abstract targets, [(index, target leaf)] to re-pad).
+  Each leaf is restored with `sharding`, or with its own when that is None.
+  Two kinds of leaf may be saved with another length and are restored at the
+  saved one, replicated, then refitted (`_refit`):
+  - the optimiser's flat vectors, zero-padded to a multiple of the device
+    count (train_steps.create_state), when a run resumes on another count;
+  - with `item_size` given, the item table (and a sharded table's optimiser
+    moments), whose rows past item_size are padding (s3rec_jax.item_table):
+    a table sharded over N devices has item_size rounded up to N rows.
+  Any other difference is a CheckpointError naming the tensor.
   """
   shapes = _saved_shapes(saved)
+  what = "optimiser tensor" if optimiser else "tensor"
   leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
   abstract, refit = [], []
   for i, (path, leaf) in enumerate(leaves):
-    found = shapes.get(_path_name(path))
+    name = _path_name(path)
+    found = shapes.get(name)
+    own = sharding if sharding is not None else leaf.sharding
     if found is None:
-      raise CheckpointError(f"{where}: optimiser tensor {jax.tree_util.keystr(path)} is missing "
-                            "from the checkpoint")
-    if found == tuple(leaf.shape):
-      abstract.append(jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding))
-    elif len(found) == 1 and leaf.ndim == 1:
-      replicated = NamedSharding(leaf.sharding.mesh, PartitionSpec())
-      abstract.append(jax.ShapeDtypeStruct(found, leaf.dtype, sharding=replicated))
-      refit.append((i, leaf))
+      raise CheckpointError(f"{where}: {what} {jax.tree_util.keystr(path)} is missing from the "
+                            "checkpoint")
+    shape = tuple(leaf.shape)
+    padded_vector = optimiser and len(found) == 1 and leaf.ndim == 1
+    padded_table = (item_size is not None and item_table.is_table_path(name)
+                    and len(found) == 2 and leaf.ndim == 2 and found[1] == shape[1]
+                    and min(found[0], shape[0]) >= item_size)
+    if found == shape:
+      abstract.append(jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=own))
+    elif padded_vector or padded_table:
+      abstract.append(jax.ShapeDtypeStruct(found, leaf.dtype, sharding=_replicated_like(own)))
+      refit.append((i, shape, own, padded_vector))
+    elif optimiser:
+      raise CheckpointError(f"{where}: {what} {jax.tree_util.keystr(path)} has shape "
+                            f"{found} in the checkpoint but {shape} is expected")
     else:
-      raise CheckpointError(f"{where}: optimiser tensor {jax.tree_util.keystr(path)} has shape "
-                            f"{found} in the checkpoint but {tuple(leaf.shape)} is expected")
+      raise CheckpointError(
+          f"{where}: {what} {jax.tree_util.keystr(path)} has shape {found} in the "
+          f"checkpoint but the model expects {shape} (a checkpoint of another "
+          "dataset or model size?)")
   return jax.tree_util.tree_unflatten(treedef, abstract), refit
 
 
 def _refit(restored: Any, refit: list, where: str) -> Any:
-  """Re-pads the flat vectors `_flat_vector_targets` restored at their saved length."""
+  """Cuts or zero-pads the leaves `_restore_targets` restored at their saved length.
+
+  A flat optimiser vector must hold only zeros past the model's length; an
+  item table's rows past item_size are padding and may be dropped."""
   leaves, treedef = jax.tree_util.tree_flatten(restored)
-  for i, target in refit:
+  for i, shape, sharding, must_be_zero_past in refit:
     saved = np.asarray(leaves[i])
-    size = min(saved.size, target.shape[0])
-    if np.any(saved[size:]):
+    size = min(saved.shape[0], shape[0])
+    if must_be_zero_past and np.any(saved[size:]):
       raise CheckpointError(f"{where}: the optimiser state holds {saved.size} values but the "
-                            f"model has at most {target.shape[0]} (a checkpoint of another model?)")
-    fitted = np.zeros(target.shape, saved.dtype)
+                            f"model has at most {shape[0]} (a checkpoint of another model?)")
+    fitted = np.zeros(shape, saved.dtype)
     fitted[:size] = saved[:size]
-    leaves[i] = jax.device_put(fitted, target.sharding)
+    leaves[i] = jax.device_put(fitted, sharding)
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
+def restore_encoder(path: str, params: Any, sharding=None, *,
+                    item_size: int | None = None) -> tuple[Any, str, int]:
+  """Loads the embeddings and encoder of a pre-training checkpoint into `params`.
+
+  The heads of the checkpoint are not carried. Leaves are placed with
+  `sharding` (None: each with its own). With `item_size`, an item table saved
+  with other padding rows is refitted. Returns (params, root, step).
+  """
+  root, step = resolve(path)
+  mngr = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_handlers={"params": ocp.PyTreeCheckpointHandler()})
+  where = f"checkpoint {root}/{step}"
+  try:
+    saved_meta = mngr.item_metadata(step)["params"]
+    target = model_lib.encoder_params(params)
+    abstract, refit = _restore_targets(saved_meta, target, where, sharding, item_size=item_size)
+    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
+        item=abstract,
+        restore_args=jax.tree_util.tree_map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding),
+                                            abstract),
+        partial_restore=True)))["params"]
+  finally:
+    mngr.close()
+  merged = dict(params)
+  merged.update(_refit(restored, refit, where))
+  return merged, root, step
+
+
 def restore_full(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,
-                 sharding) -> tuple[Any, Any, dict]:
-  """Restores params (placed with `sharding`), optimiser state and meta of `step`.
+                 sharding=None, *, item_size: int | None = None) -> tuple[Any, Any, dict]:
+  """Restores params (placed with `sharding`, None: like `params`), optimiser state and
+  meta of `step`.
 
   `opt_state` is a tree of placed arrays: each leaf is restored with its own
   sharding. A checkpoint of another model or dataset is a CheckpointError
@@ -193,17 +205,21 @@ def restore_full(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state:
   """
   where = f"checkpoint {mngr.directory}/{step}"
   saved = mngr.item_metadata(step)
-  _check_shapes(saved["params"], params, where)
-  opt_target, refit = _flat_vector_targets(saved["opt_state"], opt_state, where)
+  params_target, params_refit = _restore_targets(saved["params"], params, where, sharding,
+                                                 item_size=item_size)
+  opt_target, opt_refit = _restore_targets(saved["opt_state"], opt_state, where,
+                                           item_size=item_size, optimiser=True)
   restored = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(_abstract(params, sharding)),
+      params=ocp.args.StandardRestore(params_target),
       opt_state=ocp.args.StandardRestore(opt_target),
       meta=ocp.args.JsonRestore()))
-  return (restored["params"], _refit(restored["opt_state"], refit, where), restored["meta"])
+  return (_refit(restored["params"], params_refit, where),
+          _refit(restored["opt_state"], opt_refit, where), restored["meta"])
 
 
 def restore_latest_good(mngr: ocp.CheckpointManager, params: Any, opt_state: Any, sharding,
-                        warn) -> tuple[int, Any, Any, dict] | None:
+                        warn, *, item_size: int | None = None
+                        ) -> tuple[int, Any, Any, dict] | None:
   """The newest checkpoint that restores, falling back over damaged ones with a warning.
 
   Returns None when the manager has no checkpoint; raises CheckpointError when
@@ -216,7 +232,7 @@ def restore_latest_good(mngr: ocp.CheckpointManager, params: Any, opt_state: Any
   failures = []
   for step in steps:
     try:
-      return (step, *restore_full(mngr, step, params, opt_state, sharding))
+      return (step, *restore_full(mngr, step, params, opt_state, sharding, item_size=item_size))
     except CheckpointError:
       raise
     except Exception as e:  # damaged files surface as many different errors
@@ -227,7 +243,12 @@ def restore_latest_good(mngr: ocp.CheckpointManager, params: Any, opt_state: Any
                         + "\n  ".join(failures))
 
 
-def restore_params(mngr: ocp.CheckpointManager, step: int, params: Any, sharding) -> Any:
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(_abstract(params, sharding))))
-  return restored["params"]
+def restore_params(mngr: ocp.CheckpointManager, step: int, params: Any, sharding=None, *,
+                   item_size: int | None = None) -> Any:
+  """The parameters of `step`, shaped and placed like `params` (with `sharding` if given);
+  with `item_size`, an item table saved with other padding rows is refitted."""
+  where = f"checkpoint {mngr.directory}/{step}"
+  target, refit = _restore_targets(mngr.item_metadata(step)["params"], params, where, sharding,
+                                   item_size=item_size)
+  restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
+  return _refit(restored["params"], refit, where)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from s3rec_jax import errors
+from s3rec_jax import item_table
 from s3rec_jax import model as model_lib
 from s3rec_jax import objectives as objectives_lib
 from s3rec_jax.objectives import next_item
@@ -56,6 +57,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.model.compute_dtype not in model_lib.COMPUTE_DTYPES:
     raise ConfigError(f"config.model.compute_dtype={config.model.compute_dtype!r} is unknown; "
                       "expected " + " or ".join(model_lib.COMPUTE_DTYPES))
+  if config.model.item_table not in item_table.LAYOUTS:
+    raise ConfigError(f"config.model.item_table={config.model.item_table!r} is unknown; "
+                      "expected " + ", ".join(item_table.LAYOUTS))
+  if not config.model.item_table_shard_above_mib > 0:
+    raise ConfigError("config.model.item_table_shard_above_mib must be > 0, got "
+                      f"{config.model.item_table_shard_above_mib}")
   if config.eval.protocol not in PROTOCOLS:
     raise ConfigError(f"config.eval.protocol={config.eval.protocol!r} is unknown; valid protocols: "
                       + ", ".join(PROTOCOLS))

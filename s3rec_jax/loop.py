@@ -54,6 +54,8 @@ class Phase:
     checkpoint_every_steps: mid-epoch resume checkpoints; 0 = epoch ends only.
     diagnose: (params, host batch, key) -> names of the objectives that are not
       finite on that batch alone; called only after a non-finite step.
+    item_size: the item table's real rows: a resume may then refit a sharded
+      table saved with other padding rows (another device count).
   """
   label: str
   tag: str
@@ -68,6 +70,7 @@ class Phase:
   sync_every_steps: int = 0
   checkpoint_every_steps: int = 0
   diagnose: Callable[[Any, dict, jax.Array], list[str]] | None = None
+  item_size: int | None = None
 
 
 @dataclasses.dataclass
@@ -130,11 +133,11 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 def train(phase: Phase, state, actions: Sequence[Action], resume_mngr, mesh,
           log: Callable[[str], None], main_process: bool = True):
   """Runs `phase` from its newest good resume checkpoint (or the start); returns the state."""
-  repl = parallel.replicated(mesh)
   names = phase.objective_names
   start_epoch, start_step, partial, stopped = 0, 0, {"sums": {}, "seen": 0}, False
-  restored = checkpointing.restore_latest_good(resume_mngr, state.params, state.opt_state, repl,
-                                               log)
+  # Each leaf is restored where it lives now (a sharded item table by rows).
+  restored = checkpointing.restore_latest_good(resume_mngr, state.params, state.opt_state, None,
+                                               log, item_size=phase.item_size)
   if restored is not None:
     global_step, params, opt_state, meta = restored
     state = state.replace(params=params, opt_state=opt_state,

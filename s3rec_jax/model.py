@@ -10,7 +10,7 @@ and after the feed-forward block.
 Parameter tree (the names the checkpoint converter and the checkpoint hand-off
 rely on):
 
-  item_embeddings/embedding            [item_size, H]
+  item_embeddings/embedding            [item_rows, H] (item_size rows; padded when sharded)
   attribute_embeddings/embedding       [attribute_size, H]
   position_embeddings/embedding        [max_len, H]
   input_norm/{scale,bias}
@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from s3rec_jax import hashing
+from s3rec_jax import item_table as item_table_lib
 
 # Additive attention biases used by the reference.
 BIDIRECTIONAL_MASK_VALUE = -1e8
@@ -66,6 +67,10 @@ class ModelConfig:
   # "bfloat16": the encoder's matmuls and attention products in bfloat16, with
   # float32 parameters, LayerNorm statistics and outputs, and softmaxes.
   compute_dtype: str = "float32"
+  # The item table split by rows over this mesh axis (None: replicated), and
+  # its physical rows (0: item_size); see s3rec_jax.item_table.
+  item_table_axis: str | None = None
+  item_table_rows: int = 0
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -75,6 +80,13 @@ class ModelConfig:
     if self.compute_dtype not in COMPUTE_DTYPES:
       raise ValueError(f"model.compute_dtype={self.compute_dtype!r} is unknown; expected one of "
                        + ", ".join(COMPUTE_DTYPES))
+    if self.item_table_rows and self.item_table_rows < self.item_size:
+      raise ValueError(f"item_table_rows={self.item_table_rows} < item_size={self.item_size}")
+
+  @property
+  def item_rows(self) -> int:
+    """Rows of the item table as stored: item_size, or more when padded for sharding."""
+    return self.item_table_rows or self.item_size
 
   @property
   def dtype(self):
@@ -165,10 +177,7 @@ class Queries:
 
 
 def _lookup(embed: nn.Embed, ids: jax.Array) -> jax.Array:
-  """Embedding rows of `ids`. mode="clip": ids are in range (checked on load),
-  and nn.Embed's default "fill" mode adds an out-of-range select that costs
-  XLA:CPU about as much as the gather itself."""
-  return jnp.take(embed.embedding, ids, axis=0, mode="clip")
+  return item_table_lib.lookup(embed.embedding, ids)
 
 
 def _gather_tokens(x: jax.Array, queries: Queries) -> jax.Array:
@@ -286,7 +295,10 @@ class S3RecModel(nn.Module):
   def setup(self):
     cfg = self.config
     embed_init = nn.initializers.normal(cfg.initializer_range)
-    self.item_embeddings = nn.Embed(cfg.item_size, cfg.hidden_size, embedding_init=embed_init)
+    # Split over a mesh axis (inside shard_map), the module sees this device's block.
+    item_rows = (cfg.item_rows if cfg.item_table_axis is None
+                 else cfg.item_rows // jax.lax.axis_size(cfg.item_table_axis))
+    self.item_embeddings = nn.Embed(item_rows, cfg.hidden_size, embedding_init=embed_init)
     self.attribute_embeddings = nn.Embed(cfg.attribute_size, cfg.hidden_size,
                                          embedding_init=embed_init)
     self.position_embeddings = nn.Embed(cfg.max_len, cfg.hidden_size, embedding_init=embed_init)
@@ -323,7 +335,8 @@ class S3RecModel(nn.Module):
     chex.assert_equal_shape([ids, positions, segment_ids])
     if token_ids is None:
       token_ids = jnp.arange(batch)[:, None] * cfg.max_len + positions
-    x = _lookup(self.item_embeddings, ids) + _lookup(self.position_embeddings, positions)
+    x = (item_table_lib.lookup(self.item_embeddings.embedding, ids, cfg.item_table_axis)
+         + _lookup(self.position_embeddings, positions))
     x = self.input_norm(x)
     (input_seed,) = _dropout_seeds(self, 1, deterministic)
     x = _feature_dropout(x, input_seed, cfg.hidden_dropout, token_ids)
@@ -340,12 +353,25 @@ class S3RecModel(nn.Module):
 
 
 def init_params(config: ModelConfig, key: jax.Array) -> dict:
-  """Fresh parameters drawn from `key`."""
-  model = S3RecModel(config)
+  """Fresh parameters drawn from `key`, the same whatever the item table's layout: its
+  padding rows (a sharded table's, past item_size) are zeros."""
+  model = S3RecModel(dataclasses.replace(config, item_table_axis=None, item_table_rows=0))
   dummy = jnp.ones((1, config.max_len), jnp.int32)
   # Jitted: one small program instead of dozens of op-by-op ones, each of
   # which would stay compiled (and resident) for the life of the process.
-  return jax.jit(model.init)(key, dummy)["params"]
+  params = jax.jit(model.init)(key, dummy)["params"]
+  return with_item_rows(params, config.item_rows)
+
+
+def with_item_rows(params: dict, rows: int) -> dict:
+  """`params` with the item table cut or zero-padded to `rows` rows (rows past
+  item_size are padding: never looked up, never candidates)."""
+  table = item_table(params)
+  if table.shape[0] == rows:
+    return params
+  fitted = (table[:rows] if table.shape[0] > rows
+            else jnp.pad(table, ((0, rows - table.shape[0]), (0, 0))))
+  return dict(params, item_embeddings={"embedding": fitted})
 
 
 def encode(config: ModelConfig, params: dict, ids: jax.Array, *, causal: bool,

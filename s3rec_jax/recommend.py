@@ -263,7 +263,8 @@ def restore_scoring_params(run: Run, sharding) -> dict:
                             jax.random.key(0))
   mngr = checkpointing.manager(run.checkpoint_root, read_only=True)
   try:
-    params = checkpointing.restore_params(mngr, run.step, template, sharding)
+    params = checkpointing.restore_params(mngr, run.step, template, sharding,
+                                          item_size=run.config.item_size)
   finally:
     mngr.close()
   return {name: params[name] for name in SCORING_PARAM_GROUPS}

@@ -14,6 +14,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from s3rec_jax import checkpointing
@@ -21,6 +22,7 @@ from s3rec_jax import config_validation
 from s3rec_jax import data as data_lib
 from s3rec_jax import files
 from s3rec_jax import input_pipeline
+from s3rec_jax import item_table as item_table_lib
 from s3rec_jax import loop
 from s3rec_jax import metric_writers
 from s3rec_jax import metrics as metrics_lib
@@ -98,14 +100,37 @@ def make_mesh(config: ml_collections.ConfigDict):
 
 
 def model_config(config: ml_collections.ConfigDict, ds: data_lib.Dataset,
-                 head_names: tuple[str, ...] = ()) -> model_lib.ModelConfig:
+                 head_names: tuple[str, ...] = (),
+                 layout: item_table_lib.Layout | None = None) -> model_lib.ModelConfig:
+  """The encoder's static config; `layout` (default: replicated) places the item table."""
   m = config.model
   return model_lib.ModelConfig(
       item_size=ds.item_size, attribute_size=ds.attribute_size, hidden_size=m.hidden_size,
       num_layers=m.num_layers, num_heads=m.num_heads, max_len=config.max_seq_length,
       hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
       initializer_range=m.initializer_range, head_names=tuple(head_names),
-      compute_dtype=m.compute_dtype)
+      compute_dtype=m.compute_dtype,
+      item_table_axis=layout.axis if layout else None,
+      item_table_rows=layout.rows if layout and layout.sharded else 0)
+
+
+def item_table_layout(config: ml_collections.ConfigDict, ds: data_lib.Dataset,
+                      mesh) -> item_table_lib.Layout:
+  """Where the item table lives (config.model.item_table), with the reason for the log."""
+  try:
+    return item_table_lib.choose(
+        config.model.item_table, item_size=ds.item_size, hidden_size=config.model.hidden_size,
+        num_devices=mesh.size, axis=parallel.DATA_AXIS,
+        shard_above_mib=config.model.item_table_shard_above_mib)
+  except ValueError as e:
+    raise config_validation.ConfigError(str(e)) from None
+
+
+def place_params(params, mcfg: model_lib.ModelConfig, mesh):
+  """Host parameters onto the mesh: replicated, but for a sharded item table's rows."""
+  specs = train_steps.param_specs(params, mcfg.item_table_axis)
+  return jax.tree_util.tree_map(
+      lambda x, spec: jax.device_put(np.asarray(x), NamedSharding(mesh, spec)), params, specs)
 
 
 def shards(mesh, micro_batches: int = 1) -> input_pipeline.Shards:
@@ -250,7 +275,8 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   pc = config.pretrain
   objectives = pretrain_objectives(config)
   names = tuple(o.name for o, _ in objectives)
-  mcfg = model_config(config, ds, head_names=objectives_lib.head_names(objectives))
+  layout = item_table_layout(config, ds, mesh)
+  mcfg = model_config(config, ds, head_names=objectives_lib.head_names(objectives), layout=layout)
   micro_batches, why = pretrain_micro_batches(config, ds, mesh, objectives)
   options = objective_options(config, ds)
   batches = input_pipeline.PretrainBatches(
@@ -260,7 +286,8 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
       config.seed, shards(mesh, micro_batches))
   tx = train_steps.make_optimizer(pc.learning_rate, pc.adam_b1, pc.adam_b2, pc.weight_decay)
   state = train_steps.create_state(
-      model_lib.init_params(mcfg, base_key(config, STREAM_PRETRAIN_INIT)), tx, mesh)
+      model_lib.init_params(mcfg, base_key(config, STREAM_PRETRAIN_INIT)), tx, mesh,
+      mcfg.item_table_axis)
   tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
   phase = loop.Phase(
       label="pre-training", tag="pretrain", epochs=pc.epochs,
@@ -269,7 +296,9 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
       tables=tables, key=base_key(config, STREAM_PRETRAIN_KEY), objective_names=names,
       per_sequence=True, sync_every_steps=pc.log_every_steps,
       checkpoint_every_steps=pc.checkpoint_every_steps,
-      diagnose=diagnosis(mcfg, objectives, options, mesh, tables, micro_batches))
+      diagnose=diagnosis(mcfg, objectives, options, mesh, tables, micro_batches),
+      item_size=ds.item_size)
+  log(f"pre-training: {layout.describe()}")
   log(f"pre-training: {pc.epochs} epochs x {batches.steps_per_epoch} steps "
       f"({batches.num_sequences} sequences, batch {pc.batch_size}, {micro_batches} "
       f"micro-batch(es) per device step, {why}); objectives "
@@ -305,7 +334,8 @@ class Evaluator:
     self.config, self.ds, self.splits, self.mesh, self.protocol = config, ds, splits, mesh, protocol
     self.step = train_steps.make_eval_step(mcfg, protocol, mesh, num_items=ds.max_item,
                                            chunk_size=ec.chunk_size, top_k=ec.top_k)
-    self.fingerprints = train_steps.make_table_fingerprints(mesh, ec.chunk_size)
+    self.fingerprints = train_steps.make_table_fingerprints(mesh, ec.chunk_size,
+                                                            mcfg.item_table_axis)
     self.cache_bytes, self.cached = cache_bytes, {}
 
   def batches(self, split: str):
@@ -410,20 +440,22 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   to `writer`.
   """
   fc, protocol = config.finetune, config.eval.protocol
-  mcfg = model_config(config, ds)
+  layout = item_table_layout(config, ds, mesh)
+  log(f"fine-tuning: {layout.describe()}")
+  mcfg = model_config(config, ds, layout=layout)
   splits = data_lib.finetune_splits(ds, config.max_seq_length)
-  repl = parallel.replicated(mesh)
-  params = parallel.replicate(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)),
-                              mesh)
+  params = place_params(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)), mcfg,
+                        mesh)
   loaded = None
   if init_checkpoint:
-    params, root, step = checkpointing.restore_encoder(init_checkpoint, params, repl)
+    params, root, step = checkpointing.restore_encoder(init_checkpoint, params,
+                                                       item_size=ds.item_size)
     loaded = {"path": os.path.join(root, str(step)), "step": step}
     log(f"fine-tuning: loaded embeddings and encoder from {root} step {step} (heads not carried)")
   else:
     log("fine-tuning: no pre-training checkpoint: random initialisation (plain SASRec)")
   tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2, fc.weight_decay)
-  state = train_steps.create_state(params, tx, mesh)
+  state = train_steps.create_state(params, tx, mesh, mcfg.item_table_axis)
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size, negative_high(config, ds),
                                            config.seed, config.pack_sequences, shards(mesh))
   objectives = finetune_objectives(config)
@@ -435,7 +467,8 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
       step_fn=train_steps.make_finetune_step(mcfg, tx, mesh, objectives, options),
       tables=tables, key=base_key(config, STREAM_FINETUNE_KEY),
       objective_names=tuple(o.name for o, _ in objectives),
-      diagnose=diagnosis(mcfg, objectives, options, mesh, tables, phase="finetune"))
+      diagnose=diagnosis(mcfg, objectives, options, mesh, tables, phase="finetune"),
+      item_size=ds.item_size)
   log("fine-tuning: objectives " + ", ".join(f"{o.name}[{o.form}] x{w:g}" for o, w in objectives)
       + (f"; early stopping from epoch {fc.min_epochs} on" if fc.min_epochs else ""))
   evaluate = Evaluator(config, ds, splits, mcfg, mesh, protocol)
@@ -449,7 +482,7 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
     state = loop.train(phase, state, [validation], resume, mesh, log, is_main_process())
     record = validation.state()
     best_params = checkpointing.restore_params(best_mngr, record["best_epoch"], state.params,
-                                               repl)
+                                               item_size=ds.item_size)
   finally:
     best_mngr.close()
     resume.close()
@@ -586,12 +619,13 @@ def evaluate_best(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   mesh = make_mesh(config)
   config_validation.validate_for_devices(config, mesh.size)
   ds = load_data(config, workdir)
-  mcfg = model_config(config, ds)
-  repl = parallel.replicated(mesh)
-  params = parallel.replicate(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)),
-                              mesh)
+  layout = item_table_layout(config, ds, mesh)
+  log(layout.describe())
+  mcfg = model_config(config, ds, layout=layout)
+  params = place_params(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)), mcfg,
+                        mesh)
   mngr = checkpointing.manager(root, read_only=True)
-  params = checkpointing.restore_params(mngr, step, params, repl)
+  params = checkpointing.restore_params(mngr, step, params, item_size=ds.item_size)
   mngr.close()
   log(f"evaluating {root}/{step} under the {config.eval.protocol} protocol")
   evaluate = Evaluator(config, ds, data_lib.finetune_splits(ds, config.max_seq_length), mcfg,

@@ -4,7 +4,9 @@ The steps are pure: (state, batch, tables, key) -> (state, metrics). Each is
 `jax.jit` of a `shard_map` over the mesh's 'data' axis: the batch is sharded
 (every device holds its own packed shard, see input_pipeline.Shards), the
 parameters and tables are replicated, and the optimiser state is sharded
-(ZeRO-1, see `_reduce_and_update`). Every device computes the loss terms and
+(ZeRO-1, see `_reduce_and_update`). With a sharded item table
+(model.item_table, s3rec_jax.item_table) the table and its optimiser state
+are split by rows instead. Every device computes the loss terms and
 gradients of its shard; the flat gradient is reduce-scattered over devices and
 the loss terms are summed, so losses are sums (or means over the global target
 count) over the GLOBAL batch whatever the number of devices or processes.
@@ -24,6 +26,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from s3rec_jax import item_table as item_table_lib
 from s3rec_jax import metrics as metrics_lib
 from s3rec_jax import model as model_lib
 from s3rec_jax import objectives as objectives_lib
@@ -39,44 +42,64 @@ def _psum_flat(tree: Any) -> Any:
   return unravel(jax.lax.psum(flat, AXIS))
 
 
-def _data_parallel(body: Callable, mesh, num_replicated_before: int, num_replicated_after: int,
-                   out_specs) -> Callable:
-  """jit(shard_map(body)) with args (replicated..., batch, replicated...)."""
-  in_specs = ((P(),) * num_replicated_before + (P(AXIS),) + (P(),) * num_replicated_after)
-  # check_vma=False: gradients taken inside the body stay per-device, so the
-  # explicit collectives are the only reductions.
-  return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                               check_vma=False))
+def param_specs(params: Any, item_table_axis: str | None = None) -> Any:
+  """Partition specs of a parameter tree: replicated, but for a sharded item table's rows."""
+  def spec(path, _):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    return P(item_table_axis) if item_table_axis and item_table_lib.is_table_path(name) else P()
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def _with_params(body: Callable, mesh, item_table_axis: str | None, arg_specs: tuple,
+                 out_specs) -> Callable:
+  """jit(shard_map(body)) for body(params, *args): the params' specs come from the
+  tree at trace time (a sharded item table split by rows), the args' are given."""
+  def run(params, *args):
+    # check_vma=False: gradients taken inside the body stay per-device, so the
+    # explicit collectives are the only reductions.
+    mapped = jax.shard_map(body, mesh=mesh,
+                           in_specs=(param_specs(params, item_table_axis), *arg_specs),
+                           out_specs=out_specs, check_vma=False)
+    return mapped(params, *args)
+  return jax.jit(run)
 
 
 @flax.struct.dataclass
 class TrainState:
   """Parameters as a tree, replicated (what the model and checkpoints read); the
   optimiser state over the flat parameter vector, zero-padded to a multiple of
-  the device count and sharded over the data axis (see `_reduce_and_update`)."""
+  the device count and sharded over the data axis (see `_reduce_and_update`).
+
+  With the item table sharded, the table is split by rows and `opt_state` is
+  {"flat": the state over the other parameters' flat vector, "item_table": the
+  table's own state, split by rows like it}.
+  """
   step: jax.Array
   params: Any
   opt_state: Any
 
 
-def _state_specs(state: TrainState) -> TrainState:
-  """Partition specs of a state: vectors of the optimiser state sharded, the rest replicated."""
-  return TrainState(step=P(), params=P(),
+def _state_specs(state: TrainState, item_table_axis: str | None) -> TrainState:
+  """Partition specs of a state: vectors of the optimiser state sharded (and the sharded
+  item table's moments by rows), the rest replicated but for a sharded item table."""
+  return TrainState(step=P(), params=param_specs(state.params, item_table_axis),
                     opt_state=jax.tree_util.tree_map(_opt_state_spec, state.opt_state))
 
 
 def _opt_state_spec(leaf) -> P:
-  """Vectors of the optimiser state (Adam's moments) are sharded; scalars (its count) are not."""
+  """Vectors of the optimiser state (Adam's moments) are sharded, and a sharded item
+  table's [rows, H] moments by rows; scalars (Adam's count) are not."""
   return P(AXIS) if leaf.ndim else P()
 
 
-def _training_step(body: Callable, mesh, batch_first_specs: tuple) -> Callable:
+def _training_step(body: Callable, mesh, batch_first_specs: tuple,
+                   item_table_axis: str | None = None) -> Callable:
   """jit(shard_map(body)) for body(state, batch, *replicated) -> (state, metrics).
 
   The state's specs come from its structure at trace time; it is donated.
   """
   def run(state, *args):
-    specs = _state_specs(state)
+    specs = _state_specs(state, item_table_axis)
     mapped = jax.shard_map(body, mesh=mesh, in_specs=(specs, *batch_first_specs),
                            out_specs=(specs, P()), check_vma=False)
     return mapped(state, *args)
@@ -96,18 +119,43 @@ def padded_size(size: int, num_shards: int) -> int:
   return -(-size // num_shards) * num_shards
 
 
-def create_state(params: Any, tx: optax.GradientTransformation, mesh) -> TrainState:
-  """A fresh state placed on `mesh`: parameters replicated, optimiser state sharded."""
+def _split_table(params: Any) -> tuple[Any, Any]:
+  """(the item table, the other parameters)."""
+  group = item_table_lib.PARAM_GROUP
+  return params[group][item_table_lib.PARAM_NAME], {k: v for k, v in params.items() if k != group}
+
+
+def _join_table(table: Any, rest: Any) -> Any:
+  return {**rest, item_table_lib.PARAM_GROUP: {item_table_lib.PARAM_NAME: table}}
+
+
+def _flat_opt_state(params: Any, tx: optax.GradientTransformation, num_shards: int) -> Any:
+  """The optimiser state of the flat parameter vector, zero-padded to `num_shards` slices."""
   flat = np.asarray(jax.device_get(jax.flatten_util.ravel_pytree(params)[0]))
-  padded = np.zeros(padded_size(flat.size, mesh.size), flat.dtype)
+  padded = np.zeros(padded_size(flat.size, num_shards), flat.dtype)
   padded[:flat.size] = flat
-  opt_state = jax.device_get(tx.init(padded))
+  return jax.device_get(tx.init(padded))
+
+
+def create_state(params: Any, tx: optax.GradientTransformation, mesh,
+                 item_table_axis: str | None = None) -> TrainState:
+  """A fresh state placed on `mesh`: parameters replicated, optimiser state sharded; with
+  `item_table_axis`, the item table and its optimiser state split by rows (the table's
+  rows must divide over the mesh: model.ModelConfig.item_rows)."""
   put = lambda x, spec: jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x),
                                        NamedSharding(mesh, spec))
-  return TrainState(step=put(np.zeros((), np.int32), P()),
-                    params=jax.tree_util.tree_map(lambda x: put(x, P()), params),
-                    opt_state=jax.tree_util.tree_map(
-                        lambda x: put(x, _opt_state_spec(x)), opt_state))
+  placed = jax.tree_util.tree_map(put, params, param_specs(params, item_table_axis))
+  place_state = lambda tree: jax.tree_util.tree_map(lambda x: put(x, _opt_state_spec(x)), tree)
+  if item_table_axis:
+    table, rest = _split_table(placed)
+    # The table's state is made where it lives: no device holds all of it.
+    shardings = jax.tree_util.tree_map(lambda x: NamedSharding(mesh, _opt_state_spec(x)),
+                                       jax.eval_shape(tx.init, table))
+    opt_state = {"flat": place_state(_flat_opt_state(rest, tx, mesh.size)),
+                 "item_table": jax.jit(tx.init, out_shardings=shardings)(table)}
+  else:
+    opt_state = place_state(_flat_opt_state(params, tx, mesh.size))
+  return TrainState(step=put(np.zeros((), np.int32), P()), params=placed, opt_state=opt_state)
 
 
 @jax.jit
@@ -121,7 +169,8 @@ def step_key(base_key: jax.Array, epoch: int, step: int) -> jax.Array:
 
 
 def _reduce_and_update(state: TrainState, grads: Any, scalars: dict,
-                       tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+                       tx: optax.GradientTransformation,
+                       item_table_axis: str | None = None) -> tuple[TrainState, dict]:
   """Sums gradients and `scalars` over the data axis and applies one optimiser update.
 
   ZeRO-1: the flat gradient is reduce-scattered, so each device receives the
@@ -132,11 +181,22 @@ def _reduce_and_update(state: TrainState, grads: Any, scalars: dict,
   work and memory per device; on a CPU host, whose devices share the cores,
   the replicated update was a large share of a small model's step.
 
+  A sharded item table stays out of the flat vector: each device's block
+  gradient is already the global one (s3rec_jax.item_table), so the device
+  updates its block with its block of the table's optimiser state, locally.
+
   The update is skipped when any scalar or the gradient is not finite: the
   state stays at the last good step, so the host can stop the run with the
   step and objective named while everything saved stays usable.
   """
-  flat_params, unravel = jax.flatten_util.ravel_pytree(state.params)
+  if item_table_axis:
+    table, params = _split_table(state.params)
+    table_grad, grads = _split_table(grads)
+    flat_state, table_state = state.opt_state["flat"], state.opt_state["item_table"]
+    table_sq = jnp.sum(jnp.square(table_grad))
+  else:
+    params, flat_state, table_sq = state.params, state.opt_state, 0.0
+  flat_params, unravel = jax.flatten_util.ravel_pytree(params)
   flat_grads, _ = jax.flatten_util.ravel_pytree(grads)
   size = flat_params.size
   num_shards = jax.lax.axis_size(AXIS)
@@ -146,20 +206,26 @@ def _reduce_and_update(state: TrainState, grads: Any, scalars: dict,
   grad_slice = jax.lax.psum_scatter(pad(flat_grads), AXIS, tiled=True)
   param_slice = jax.lax.dynamic_slice_in_dim(pad(flat_params),
                                              jax.lax.axis_index(AXIS) * local, local)
-  scalars, grad_sq = _psum_flat((scalars, jnp.sum(jnp.square(grad_slice))))
+  scalars, grad_sq = _psum_flat((scalars, jnp.sum(jnp.square(grad_slice)) + table_sq))
   grad_norm = jnp.sqrt(grad_sq)
   finite = jnp.isfinite(grad_norm)
   for value in scalars.values():
     finite &= jnp.isfinite(value)
-  # Adam reads no parameters (XLA drops `param_slice` then); weight decay does.
-  updates, opt_state = tx.update(grad_slice, state.opt_state, param_slice)
   keep = lambda new, old: jnp.where(finite, new, old)
+  # Adam reads no parameters (XLA drops `param_slice` then); weight decay does.
+  updates, new_flat_state = tx.update(grad_slice, flat_state, param_slice)
   # The updates are all-gathered and added leaf by leaf: the same sums as
   # adding them to the flat slice, without re-assembling the parameter vector.
   all_updates = jax.lax.all_gather(jnp.where(finite, updates, 0.0), AXIS, tiled=True)
-  params = jax.tree_util.tree_map(jnp.add, state.params, unravel(all_updates[:size]))
+  params = jax.tree_util.tree_map(jnp.add, params, unravel(all_updates[:size]))
+  opt_state = jax.tree_util.tree_map(keep, new_flat_state, flat_state)
+  if item_table_axis:
+    table_updates, new_table_state = tx.update(table_grad, table_state, table)
+    params = _join_table(table + jnp.where(finite, table_updates, 0.0), params)
+    opt_state = {"flat": opt_state,
+                 "item_table": jax.tree_util.tree_map(keep, new_table_state, table_state)}
   new = state.replace(step=state.step + finite.astype(state.step.dtype), params=params,
-                      opt_state=jax.tree_util.tree_map(keep, opt_state, state.opt_state))
+                      opt_state=opt_state)
   return new, dict(scalars, grad_norm=grad_norm, finite=finite)
 
 
@@ -274,6 +340,13 @@ def micro_batch_sum(fn: Callable, batch: dict, micro_batches: int) -> Any:
   return total
 
 
+def _step_options(model_config, options):
+  """The objectives' options inside a step: the batch split over the data axis, and the
+  item table too when the model's is sharded."""
+  return dataclasses.replace(options, axis_name=AXIS,
+                             item_table_axis=model_config.item_table_axis)
+
+
 def make_train_step(model_config, objectives, options, tx, mesh, *, phase: str,
                     micro_batches: int = 1) -> Callable:
   """The jitted step (state, batch, tables, key) -> (state, metrics) of either phase.
@@ -285,7 +358,7 @@ def make_train_step(model_config, objectives, options, tx, mesh, *, phase: str,
   """
   if phase not in PHASES:
     raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-  options = dataclasses.replace(options, axis_name=AXIS)
+  options = _step_options(model_config, options)
   objectives_lib.check_micro_batches(objectives, micro_batches)
 
   def step(state: TrainState, batch: dict, tables: dict, key: jax.Array):
@@ -301,9 +374,9 @@ def make_train_step(model_config, objectives, options, tx, mesh, *, phase: str,
       (total, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
       return grads, dict(losses, loss=total, sequences=jnp.sum(micro["weights"]))
     grads, scalars = micro_batch_sum(grads_and_scalars, batch, micro_batches)
-    return _reduce_and_update(state, grads, scalars, tx)
+    return _reduce_and_update(state, grads, scalars, tx, model_config.item_table_axis)
 
-  return _training_step(step, mesh, (P(AXIS), P(), P()))
+  return _training_step(step, mesh, (P(AXIS), P(), P()), model_config.item_table_axis)
 
 
 def make_pretrain_step(model_config, objectives, options, tx, mesh,
@@ -331,7 +404,7 @@ def make_objective_diagnosis(model_config, objectives, options, mesh,
 
   Run only after a non-finite step, to name the objective that caused it.
   """
-  options = dataclasses.replace(options, axis_name=AXIS)
+  options = _step_options(model_config, options)
 
   def diagnose(params, batch, tables, key):
     out = {}
@@ -347,7 +420,8 @@ def make_objective_diagnosis(model_config, objectives, options, mesh,
       out[objective.name] = (loss, optax.tree.norm(grads))
     return out
 
-  return _data_parallel(diagnose, mesh, 1, 2, out_specs=P())
+  return _with_params(diagnose, mesh, model_config.item_table_axis, (P(AXIS), P(), P()),
+                      out_specs=P())
 
 
 def finetune_loss(params: Any, batch: dict, key: jax.Array | None, *,
@@ -393,26 +467,49 @@ def make_eval_step(model_config, protocol: str, mesh, *, num_items: int, chunk_s
   """
   names = metric_names(protocol)
 
+  axis = model_config.item_table_axis
+
   def step(params: Any, batch: dict, fingerprints: jax.Array):
     # Only each user's newest token is scored: the last layer computes just that one.
     user = model_lib.encode(model_config, params, batch["inputs"], causal=True,
                             segment_ids=batch["segment_ids"], positions=batch["positions"],
                             queries=model_lib.Queries(0, batch["last_index"]))  # [B_local, H]
-    table = model_lib.item_table(params)
+    table = model_lib.item_table(params)       # all of it, or this device's block
     if protocol == "sampled":
+      candidates = batch["candidates"]
+      if axis is not None:
+        # Each user's candidate rows and fingerprints, laid out as a table of
+        # its own: sampled_scores then looks up rows 0..B*C-1 in order.
+        rows = item_table_lib.lookup(table, candidates, axis).reshape(-1, table.shape[1])
+        fingerprints = item_table_lib.lookup(fingerprints, candidates, axis).reshape(-1, 2)
+        table, candidates = rows, jnp.arange(rows.shape[0]).reshape(candidates.shape)
       ranks = metrics_lib.rank_of_first(
-          metrics_lib.sampled_scores(user, table, batch["candidates"], fingerprints))
-    else:
+          metrics_lib.sampled_scores(user, table, candidates, fingerprints))
+    elif axis is None:
       ranks, _, _ = metrics_lib.full_ranking(user, table, batch["answers"], batch["history"],
                                              num_items=num_items, chunk_size=chunk_size,
                                              top_k=top_k, fingerprints=fingerprints)
+    else:
+      # Every device ranks every device's users against its block; each keeps its own.
+      gather = lambda x: jax.lax.all_gather(x, AXIS, tiled=True)
+      ranks, _, _ = metrics_lib.full_ranking(
+          gather(user), table, gather(batch["answers"]), gather(batch["history"]),
+          num_items=num_items, chunk_size=chunk_size, top_k=top_k, fingerprints=fingerprints,
+          axis_name=axis)
+      ranks = jax.lax.dynamic_slice_in_dim(ranks, jax.lax.axis_index(AXIS) * user.shape[0],
+                                           user.shape[0])
     return _psum_flat(metrics_lib.metric_sums(ranks, batch["weights"], names))
 
-  return _data_parallel(step, mesh, 1, 1, out_specs=P())
+  return _with_params(step, mesh, axis, (P(AXIS), P(axis) if axis else P()), out_specs=P())
 
 
-def make_table_fingerprints(mesh, chunk_size: int) -> Callable:
-  """params -> fingerprints of the item table's rows, replicated over the mesh."""
-  return jax.jit(lambda params: metrics_lib.table_fingerprints(model_lib.item_table(params),
-                                                               chunk_size),
-                 out_shardings=parallel.replicated(mesh))
+def make_table_fingerprints(mesh, chunk_size: int, item_table_axis: str | None = None) -> Callable:
+  """params -> fingerprints of the item table's rows, replicated over the mesh (split by
+  rows like the table when it is sharded)."""
+  if item_table_axis is None:
+    return jax.jit(lambda params: metrics_lib.table_fingerprints(model_lib.item_table(params),
+                                                                 chunk_size),
+                   out_shardings=parallel.replicated(mesh))
+  return _with_params(
+      lambda params: metrics_lib.table_fingerprints(model_lib.item_table(params), chunk_size),
+      mesh, item_table_axis, (), out_specs=P(item_table_axis))

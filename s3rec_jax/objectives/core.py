@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from s3rec_jax import item_table as item_table_lib
+
 FORMS = ("reference", "infonce")          # the forms of the S3-Rec objectives
 PHASES = ("pretrain", "finetune")
 MEAN_OVER = ("sequences", "targets")
@@ -37,6 +39,9 @@ class ObjectiveOptions:
   temperature: float = 1.0       # infonce forms
   mip_num_negatives: int = 0     # infonce MIP: 0 = every other item, K = K shared samples
   axis_name: str | None = None   # set inside a shard_map: the batch is split over this axis
+  # Set when the item table's rows are split over this mesh axis (s3rec_jax.item_table):
+  # objectives read it through ObjectiveInputs.item_rows / shared_item_rows / item_table.
+  item_table_axis: str | None = None
   # Plug-in settings: ((plug-in name, ((field, value), ...)), ...), from config.settings.
   settings: tuple = ()
 
@@ -79,6 +84,23 @@ class ObjectiveInputs:
     if key not in self._shared:
       self._shared[key] = compute()
     return self._shared[key]
+
+  @property
+  def item_table(self) -> jax.Array:
+    """The item table: all of it, or this device's block when `options.item_table_axis` is set."""
+    return self.params[item_table_lib.PARAM_GROUP][item_table_lib.PARAM_NAME]
+
+  def item_rows(self, ids: jax.Array) -> jax.Array:
+    """Item embeddings of this device's `ids` [...] -> [..., H], whichever the table's layout."""
+    axis = self.options.item_table_axis
+    return self.item_table[ids] if axis is None else item_table_lib.lookup(
+        self.item_table, ids, axis)
+
+  def shared_item_rows(self, ids: jax.Array) -> jax.Array:
+    """Like `item_rows` for ids that are the same on every device (e.g. shared negatives)."""
+    axis = self.options.item_table_axis
+    return self.item_table[ids] if axis is None else item_table_lib.lookup_shared(
+        self.item_table, ids, axis)
 
   def last_token(self, view: str) -> jax.Array:
     """[B, H] output at each sequence's newest token (0 rows are padding sequences)."""

@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from s3rec_jax import catalogue_softmax
-from s3rec_jax import model as model_lib
 from s3rec_jax.objectives.core import ObjectiveInputs
 from s3rec_jax.objectives.core import register
 
@@ -47,10 +46,9 @@ def _targets(inputs: ObjectiveInputs):
 @_register("bce")
 def next_item_bce(inputs: ObjectiveInputs) -> jax.Array:
   out = inputs.outputs["sequence"]
-  table = model_lib.item_table(inputs.params)
   targets, is_target = _targets(inputs)
-  pos = jnp.sum(out * table[targets], -1)
-  neg = jnp.sum(out * table[inputs.batch["negatives"]], -1)
+  pos = jnp.sum(out * inputs.item_rows(targets), -1)
+  neg = jnp.sum(out * inputs.item_rows(inputs.batch["negatives"]), -1)
   per_position = jax.nn.softplus(-pos) + jax.nn.softplus(neg)  # -log s(pos) - log(1 - s(neg))
   return jnp.sum(per_position * is_target)
 
@@ -62,9 +60,10 @@ def next_item_ce(inputs: ObjectiveInputs) -> jax.Array:
   # Packed rows are mostly target positions, so every token is scored and the
   # others get weight 0 (their target id is any valid one).
   per_position = catalogue_softmax.cross_entropy(
-      out.reshape(-1, out.shape[-1]), model_lib.item_table(inputs.params),
+      out.reshape(-1, out.shape[-1]), inputs.item_table,
       jnp.where(targets > 0, targets, 1).reshape(-1), num_items=inputs.options.num_items,
-      chunk_size=int(inputs.options.setting("next_item", "chunk_size", DEFAULT_CHUNK_SIZE)))
+      chunk_size=int(inputs.options.setting("next_item", "chunk_size", DEFAULT_CHUNK_SIZE)),
+      axis_name=inputs.options.item_table_axis)
   return jnp.sum(per_position.reshape(targets.shape) * is_target)
 
 
@@ -72,7 +71,6 @@ def next_item_ce(inputs: ObjectiveInputs) -> jax.Array:
 def next_item_sampled_softmax(inputs: ObjectiveInputs) -> jax.Array:
   """Needs tables['item_log_q'] [item_size]: log of each item's sampling probability."""
   out = inputs.outputs["sequence"]
-  table = model_lib.item_table(inputs.params)
   targets, is_target = _targets(inputs)
   log_q = inputs.tables["item_log_q"]
   k = int(inputs.options.setting("next_item", "num_negatives", DEFAULT_NUM_NEGATIVES))
@@ -85,8 +83,8 @@ def next_item_sampled_softmax(inputs: ObjectiveInputs) -> jax.Array:
   flat = out.reshape(-1, out.shape[-1])
   # Non-target positions score item 1 (Q(0) = 0 would make them inf - inf).
   flat_targets = jnp.where(targets > 0, targets, 1).reshape(-1)
-  pos = jnp.sum(flat * table[flat_targets], -1) - correction[flat_targets]
-  neg = flat @ table[negatives].T - correction[negatives][None, :]      # [T, K]
+  pos = jnp.sum(flat * inputs.item_rows(flat_targets), -1) - correction[flat_targets]
+  neg = flat @ inputs.shared_item_rows(negatives).T - correction[negatives][None, :]   # [T, K]
   neg = jnp.where(negatives[None, :] == flat_targets[:, None], -jnp.inf, neg)
   per_position = jax.nn.logsumexp(jnp.concatenate([pos[:, None], neg], axis=1), axis=1) - pos
   return jnp.sum(jnp.where(is_target > 0, per_position.reshape(targets.shape), 0.0))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from s3rec_jax import catalogue_softmax
 from s3rec_jax import model as model_lib
 from s3rec_jax.objectives.core import ObjectiveInputs
 from s3rec_jax.objectives.core import register as _register
@@ -151,9 +152,8 @@ def map_infonce(inputs: ObjectiveInputs) -> jax.Array:
 def mip_reference(inputs: ObjectiveInputs) -> jax.Array:
   """Masked item prediction against one sampled negative per masked position."""
   query = _head(inputs, "mip", inputs.outputs["masked_items"])
-  table = model_lib.item_table(inputs.params)
-  pos = jnp.sum(query * table[inputs.batch["items"]], -1)
-  neg = jnp.sum(query * table[inputs.batch["negative_items"]], -1)
+  pos = jnp.sum(query * inputs.item_rows(inputs.batch["items"]), -1)
+  neg = jnp.sum(query * inputs.item_rows(inputs.batch["negative_items"]), -1)
   return jnp.sum(_difference_of_sigmoids_loss(pos, neg) * _is_masked(inputs))
 
 
@@ -162,17 +162,23 @@ def mip_infonce(inputs: ObjectiveInputs) -> jax.Array:
   """Softmax over the whole catalogue, or over K negatives shared by the batch."""
   opts = inputs.options
   query = _head(inputs, "mip", inputs.outputs["masked_items"]) / opts.temperature
-  table = model_lib.item_table(inputs.params)
   items = inputs.batch["items"]
-  pos = jnp.sum(query * table[items], -1)
-  if opts.mip_num_negatives == 0:
-    catalogue = table[1:opts.num_items + 1]                            # real items only
+  if opts.mip_num_negatives == 0 and opts.item_table_axis is not None:
+    # The same cross-entropy over a table split over devices, in one chunk per block.
+    per_position = catalogue_softmax.cross_entropy(
+        query.reshape(-1, query.shape[-1]), inputs.item_table, items.reshape(-1),
+        num_items=opts.num_items, chunk_size=opts.num_items,
+        axis_name=opts.item_table_axis).reshape(items.shape)
+  elif opts.mip_num_negatives == 0:
+    pos = jnp.sum(query * inputs.item_rows(items), -1)
+    catalogue = inputs.item_table[1:opts.num_items + 1]                 # real items only
     logits = query @ catalogue.T                                        # [B, L, N]
     # Cross-entropy over the catalogue, which holds the positive once.
     per_position = jax.nn.logsumexp(logits, -1) - pos
   else:
+    pos = jnp.sum(query * inputs.item_rows(items), -1)
     negatives = jax.random.randint(inputs.key, (opts.mip_num_negatives,), 1, opts.num_items + 1)
-    logits = query @ table[negatives].T                                 # [B, L, K]
+    logits = query @ inputs.shared_item_rows(negatives).T               # [B, L, K]
     logits = jnp.where(negatives[None, None, :] == items[..., None], -jnp.inf, logits)
     per_position = jax.nn.softplus(jax.nn.logsumexp(logits, -1) - pos)
   is_masked = _is_masked(inputs)

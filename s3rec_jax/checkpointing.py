@@ -125,8 +125,10 @@ def _restore_targets(saved: Any, target: Any, where: str, sharding=None, *,
     found = shapes.get(name)
     own = sharding if sharding is not None else leaf.sharding
     if found is None:
+      hint = (" (a run started with another model.item_table layout? resume it with that one)"
+              if optimiser else "")
       raise CheckpointError(f"{where}: {what} {jax.tree_util.keystr(path)} is missing from the "
-                            "checkpoint")
+                            f"checkpoint{hint}")
     shape = tuple(leaf.shape)
     padded_vector = optimiser and len(found) == 1 and leaf.ndim == 1
     padded_table = (item_size is not None and item_table.is_table_path(name)

@@ -24,8 +24,10 @@ import jax.numpy as jnp
 from jax import lax
 
 LAYOUTS = ("auto", "replicated", "sharded")
-# Where the table and its parameters live in the parameter tree.
+# Where the table lives in the parameter tree, and its own optimiser state in a
+# sharded layout's (train_steps.TrainState).
 PARAM_GROUP, PARAM_NAME = "item_embeddings", "embedding"
+OPT_STATE_KEY = "item_table"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +117,6 @@ def lookup_shared(table: jax.Array, ids: jax.Array, axis: str | None = None) -> 
 
 
 def is_table_path(path: str) -> bool:
-  """Whether a leaf path (checkpointing's '/'-joined names) is the item table or its
-  optimiser moments."""
-  return path.endswith(f"{PARAM_GROUP}/{PARAM_NAME}")
+  """Whether a leaf path (checkpointing's '/'-joined names) is the item table or part of
+  its own optimiser state."""
+  return path.endswith(f"{PARAM_GROUP}/{PARAM_NAME}") or path.split("/")[0] == OPT_STATE_KEY

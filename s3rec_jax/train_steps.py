@@ -152,7 +152,7 @@ def create_state(params: Any, tx: optax.GradientTransformation, mesh,
     shardings = jax.tree_util.tree_map(lambda x: NamedSharding(mesh, _opt_state_spec(x)),
                                        jax.eval_shape(tx.init, table))
     opt_state = {"flat": place_state(_flat_opt_state(rest, tx, mesh.size)),
-                 "item_table": jax.jit(tx.init, out_shardings=shardings)(table)}
+                 item_table_lib.OPT_STATE_KEY: jax.jit(tx.init, out_shardings=shardings)(table)}
   else:
     opt_state = place_state(_flat_opt_state(params, tx, mesh.size))
   return TrainState(step=put(np.zeros((), np.int32), P()), params=placed, opt_state=opt_state)
@@ -192,7 +192,8 @@ def _reduce_and_update(state: TrainState, grads: Any, scalars: dict,
   if item_table_axis:
     table, params = _split_table(state.params)
     table_grad, grads = _split_table(grads)
-    flat_state, table_state = state.opt_state["flat"], state.opt_state["item_table"]
+    flat_state = state.opt_state["flat"]
+    table_state = state.opt_state[item_table_lib.OPT_STATE_KEY]
     table_sq = jnp.sum(jnp.square(table_grad))
   else:
     params, flat_state, table_sq = state.params, state.opt_state, 0.0
@@ -222,8 +223,8 @@ def _reduce_and_update(state: TrainState, grads: Any, scalars: dict,
   if item_table_axis:
     table_updates, new_table_state = tx.update(table_grad, table_state, table)
     params = _join_table(table + jnp.where(finite, table_updates, 0.0), params)
-    opt_state = {"flat": opt_state,
-                 "item_table": jax.tree_util.tree_map(keep, new_table_state, table_state)}
+    opt_state = {"flat": opt_state, item_table_lib.OPT_STATE_KEY: jax.tree_util.tree_map(
+        keep, new_table_state, table_state)}
   new = state.replace(step=state.step + finite.astype(state.step.dtype), params=params,
                       opt_state=opt_state)
   return new, dict(scalars, grad_norm=grad_norm, finite=finite)

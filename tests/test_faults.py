@@ -75,13 +75,25 @@ def _corrupt(step_dir):
         f.truncate(max(os.path.getsize(path) // 3, 1))
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
-  config = tiny_config(**{"pretrain.epochs": 1, "pretrain.checkpoint_every_steps": 1,
-                          "finetune.epochs": 1})
-  first = train_lib.run(config, str(tmp_path / "a"))
+ONE_EPOCH = {"pretrain.epochs": 1, "pretrain.checkpoint_every_steps": 1, "finetune.epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory):
+  """(workdir, results) of one finished run of ONE_EPOCH; tests work on copies of it."""
+  workdir = tmp_path_factory.mktemp("one_epoch") / "run"
+  return workdir, train_lib.run(tiny_config(**ONE_EPOCH), str(workdir))
+
+
+def _copy_of(run, tmp_path):
+  copy = tmp_path / "run"
+  shutil.copytree(run[0], copy)
+  return copy
+
+
+def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys, one_epoch_run):
   # The same run, as if killed at the end of pre-training with its newest checkpoint damaged.
-  workdir = tmp_path / "b"
-  train_lib.run(config, str(workdir))
+  workdir = _copy_of(one_epoch_run, tmp_path)
   for folder in ("finetune_resume", "finetune_best"):
     shutil.rmtree(workdir / folder)
   os.remove(workdir / "results.json")
@@ -89,29 +101,29 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys):
   assert len(steps) == 2
   _corrupt(str(workdir / "pretrain_resume" / str(steps[-1])))
   capsys.readouterr()
-  again = train_lib.run(config, str(workdir))
+  again = train_lib.run(tiny_config(**ONE_EPOCH), str(workdir))
   out = capsys.readouterr().out
   assert "cannot be restored" in out
-  assert again["test"] == first["test"]
+  assert again["test"] == one_epoch_run[1]["test"]
 
 
-def test_no_restorable_checkpoint_is_a_clear_error(tmp_path):
-  config = tiny_config(**{"pretrain.epochs": 1, "finetune.epochs": 1})
-  train_lib.run(config, str(tmp_path))
-  for step in glob.glob(str(tmp_path / "pretrain_resume" / "*")):
+def test_no_restorable_checkpoint_is_a_clear_error(tmp_path, one_epoch_run):
+  workdir = _copy_of(one_epoch_run, tmp_path)
+  for step in glob.glob(str(workdir / "pretrain_resume" / "*")):
     _corrupt(step)
+  config = tiny_config(**ONE_EPOCH)
   config.pretrain.epochs = 2  # more pre-training wanted: it must resume from a damaged folder
   with pytest.raises(checkpointing.CheckpointError, match="can be restored"):
-    train_lib.run(config, str(tmp_path))
+    train_lib.run(config, str(workdir))
 
 
-def test_restoring_into_another_model_names_the_tensor(tmp_path):
-  config = tiny_config(**{"pretrain.epochs": 1, "finetune.epochs": 1})
-  train_lib.run(config, str(tmp_path))
+def test_restoring_into_another_model_names_the_tensor(tmp_path, one_epoch_run):
+  workdir = _copy_of(one_epoch_run, tmp_path)
+  config = tiny_config(**ONE_EPOCH)
   config.model.hidden_size = 8
   config.pretrain.epochs = 2
   with pytest.raises(checkpointing.CheckpointError, match=r"tensor .* has shape .*16.*expects.*8"):
-    train_lib.run(config, str(tmp_path))
+    train_lib.run(config, str(workdir))
 
 
 def test_non_finite_in_fine_tuning_names_the_phase_step_and_objective(tmp_path):

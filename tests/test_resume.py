@@ -18,8 +18,9 @@ def _comparable(results: dict) -> dict:
   return out
 
 
-def _kill_after(workdir: str, trigger: str, delay: float) -> str:
-  """Starts a run, waits for `trigger` on its output plus `delay` seconds, kills it with SIGKILL."""
+def _kill_after(workdir: str, triggers, delay: float) -> str:
+  """Starts a run, waits for any of `triggers` on its output plus `delay` seconds, kills it
+  with SIGKILL; returns what it printed."""
   proc = subprocess.Popen(cli_runs.command(workdir), env=cli_runs.env(4), cwd=cli_runs.REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   seen = []
@@ -27,7 +28,7 @@ def _kill_after(workdir: str, trigger: str, delay: float) -> str:
     deadline = time.time() + 240
     for line in proc.stdout:
       seen.append(line)
-      if trigger in line:
+      if any(t in line for t in triggers):
         time.sleep(delay)
         break
       assert time.time() < deadline, "trigger never appeared"
@@ -42,18 +43,22 @@ def _kill_after(workdir: str, trigger: str, delay: float) -> str:
 def test_kill_and_resume_gives_identical_results(tmp_path, tiny_reference_run, capsys):
   want = _comparable(cli_runs.read_results(tiny_reference_run))
   rng = random.Random(0)
-  # Kill points: inside pre-training epoch 1 (between mid-epoch checkpoints), inside epoch 2,
-  # inside fine-tuning; each after a random extra delay.
-  triggers = ["pre-training: 2 epochs", "pretrain epoch 1:", "finetune epoch 1:"]
-  for i, trigger in enumerate(triggers):
-    workdir = str(tmp_path / f"run{i}")
+  # Three kills in a row, each in the run that resumed from the one before, after a
+  # random extra delay: inside pre-training epoch 1 (between mid-epoch checkpoints),
+  # inside epoch 2 and inside fine-tuning. A run resumed past a kill point's line
+  # is killed after its own resume line instead.
+  triggers = [("pre-training: 2 epochs",),
+              ("pretrain epoch 1:", "pre-training: resuming at epoch 2"),
+              ("finetune epoch 1:", "fine-tuning: resuming")]
+  workdir = str(tmp_path / "run")
+  outputs = []
+  for trigger in triggers:
     delay = rng.uniform(0.0, 1.5)
-    _kill_after(workdir, trigger, delay)
-    assert not os.path.exists(os.path.join(workdir, "results.json"))
-    resumed = cli_runs.run(workdir, devices=4)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resum" in resumed.stdout, resumed.stdout[-2000:]
-    got = _comparable(cli_runs.read_results(workdir))
-    assert got == want, f"kill after {trigger!r} + {delay:.2f}s"
+    outputs.append(_kill_after(workdir, trigger, delay))
+    assert not os.path.exists(os.path.join(workdir, "results.json")), (trigger, delay)
     with capsys.disabled():
-      print(f"\nkilled after {trigger!r} + {delay:.2f}s: resumed to identical results")
+      print(f"\nkilled after {trigger[0]!r} + {delay:.2f}s")
+  resumed = cli_runs.run(workdir, devices=4)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert sum("resuming" in out for out in outputs[1:] + [resumed.stdout]) >= 2
+  assert _comparable(cli_runs.read_results(workdir)) == want

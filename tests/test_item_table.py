@@ -246,6 +246,9 @@ def test_train_py_with_a_sharded_table_matches_the_replicated_run(tmp_path, tiny
   # 60 items: 62 rows, split as 4 x 16 with 2 padding rows; said in both phases.
   assert result.stdout.count("item table: sharded (model.item_table=sharded: 62 rows") == 2
   assert "16 rows per device over 4, 2 padding row(s)" in result.stdout
+  # The default (auto) keeps this small table replicated, and says why.
+  with open(tiny_reference_run + ".stdout") as f:
+    assert "item table: replicated (auto: 62 rows x 16 float32 = 0.0 MiB < " in f.read()
   reference = cli_runs.read_results(tiny_reference_run)
   got = cli_runs.read_results(workdir)
   assert got["best_epoch"] == reference["best_epoch"]

@@ -10,6 +10,8 @@ import cli_runs
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path, capsys, tiny_reference_run):
+  """Also with the item table split over the 4 devices of the 2 processes: the replicated
+  single-process run's numbers (the layouts are tested equal on one process elsewhere)."""
   one = tiny_reference_run
 
   two = str(tmp_path / "two")
@@ -19,7 +21,8 @@ def test_two_processes_match_one(tmp_path, capsys, tiny_reference_run):
   by_env = dict(cli_runs.env(2), S3REC_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                 S3REC_NUM_PROCESSES="2", S3REC_PROCESS_ID="1")
   procs = [subprocess.Popen(
-      cli_runs.command(two, extra=extra + ("--distributed_timeout=60",)), env=process_env,
+      cli_runs.command(two, {"model.item_table": "sharded"},
+                       extra=extra + ("--distributed_timeout=60",)), env=process_env,
       cwd=cli_runs.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for extra, process_env in ((by_flags, cli_runs.env(2)), ((), by_env))]
   try:
@@ -30,6 +33,7 @@ def test_two_processes_match_one(tmp_path, capsys, tiny_reference_run):
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
   assert "devices: 4 x cpu (2 process(es))" in outputs[0][0]
+  assert "item table: sharded" in outputs[0][0]
   # Only process 0 logs (the collectives library may print its own lines).
   assert "finetune epoch" in outputs[0][0] and "finetune epoch" not in outputs[1][0]
 

@@ -61,24 +61,32 @@ def _chunked_rows(table, first_id, num_items, chunk_size, whole):
   return rows, (ids >= 1) & (ids <= num_items) & (local < num_rows)
 
 
-def _masked_logits(queries, rows, valid):
-  return jnp.where(valid[None, :], queries @ rows.T, -jnp.inf)
+def _matmul(a, b, matmul_dtype):
+  """a @ b with its operands in `matmul_dtype` (None: as they are), accumulated in float32."""
+  if matmul_dtype is None:
+    return a @ b
+  return jnp.matmul(a.astype(matmul_dtype), b.astype(matmul_dtype),
+                    preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _logsumexp(queries, table, first_id, num_items, chunk_size, whole):
-  lse, _ = _logsumexp_fwd(queries, table, first_id, num_items, chunk_size, whole)
+def _masked_logits(queries, rows, valid, matmul_dtype=None):
+  return jnp.where(valid[None, :], _matmul(queries, rows.T, matmul_dtype), -jnp.inf)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _logsumexp(queries, table, first_id, num_items, chunk_size, whole, matmul_dtype):
+  lse, _ = _logsumexp_fwd(queries, table, first_id, num_items, chunk_size, whole, matmul_dtype)
   return lse
 
 
-def _logsumexp_fwd(queries, table, first_id, num_items, chunk_size, whole):
+def _logsumexp_fwd(queries, table, first_id, num_items, chunk_size, whole, matmul_dtype):
   rows, valid = _chunked_rows(table, first_id, num_items, chunk_size, whole)
   num_chunks = rows.shape[0]
   num_queries = queries.shape[0]
 
   def body(carry, xs):
     running_max, running_sum = carry
-    logits = _masked_logits(queries, *xs)
+    logits = _masked_logits(queries, *xs, matmul_dtype)
     new_max = jnp.maximum(running_max, jnp.max(logits, axis=1))
     # A block without candidates keeps max -inf: shift by 0 there, not by -inf.
     shift = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
@@ -94,7 +102,7 @@ def _logsumexp_fwd(queries, table, first_id, num_items, chunk_size, whole):
   return lse, (queries, table, first_id, lse, kept)
 
 
-def _logsumexp_bwd(num_items, chunk_size, whole, residuals, g):
+def _logsumexp_bwd(num_items, chunk_size, whole, matmul_dtype, residuals, g):
   queries, table, first_id, lse, kept = residuals
   rows, valid = _chunked_rows(table, first_id, num_items, chunk_size, whole)
   safe_lse = jnp.where(jnp.isfinite(lse), lse, 0.0)
@@ -102,9 +110,10 @@ def _logsumexp_bwd(num_items, chunk_size, whole, residuals, g):
   def body(d_queries, xs):
     chunk_rows, chunk_valid, logits = xs
     if logits is None:
-      logits = _masked_logits(queries, chunk_rows, chunk_valid)
+      logits = _masked_logits(queries, chunk_rows, chunk_valid, matmul_dtype)
     weighted = jnp.exp(logits - safe_lse[:, None]) * g[:, None]      # 0 where masked (-inf)
-    return d_queries + weighted @ chunk_rows, weighted.T @ queries
+    return (d_queries + _matmul(weighted, chunk_rows, matmul_dtype),
+            _matmul(weighted.T, queries, matmul_dtype))
 
   d_queries, d_chunks = lax.scan(body, jnp.zeros_like(queries), (rows, valid, kept))
   # The scanned rows start at local row `start`: the table's gradient is zeros
@@ -119,7 +128,8 @@ _logsumexp.defvjp(_logsumexp_fwd, _logsumexp_bwd)
 
 
 def cross_entropy(queries: jax.Array, table: jax.Array, targets: jax.Array, *, num_items: int,
-                  chunk_size: int = 4096, axis_name: str | None = None) -> jax.Array:
+                  chunk_size: int = 4096, axis_name: str | None = None,
+                  matmul_dtype: str | None = None) -> jax.Array:
   """Per-query softmax cross-entropy over item ids 1..num_items; see the module docstring.
 
   With `axis_name` (inside shard_map), `table` is this device's block of a
@@ -137,6 +147,9 @@ def cross_entropy(queries: jax.Array, table: jax.Array, targets: jax.Array, *, n
     num_items: number of real items (static).
     chunk_size: catalogue rows scored at a time (static); >= num_items is one chunk.
     axis_name: the mesh axis the table's rows are split over, or None.
+    matmul_dtype: e.g. "bfloat16": the catalogue-scoring matmuls (forward and
+      backward) take their operands in that dtype and accumulate in float32;
+      the logsumexp, softmax weights and losses stay float32. None: the inputs'.
 
   Returns:
     [T] losses, differentiable in `queries` and `table`.
@@ -152,11 +165,11 @@ def cross_entropy(queries: jax.Array, table: jax.Array, targets: jax.Array, *, n
   dtype = jnp.result_type(queries.dtype, table.dtype)
   queries, table, targets = queries.astype(dtype), table.astype(dtype), targets.astype(jnp.int32)
   if axis_name is None:
-    lse = _logsumexp(queries, table, jnp.int32(0), num_items, chunk_size, True)
+    lse = _logsumexp(queries, table, jnp.int32(0), num_items, chunk_size, True, matmul_dtype)
     return lse - jnp.sum(queries * jnp.take(table, targets, axis=0), axis=1)
   everyone = lax.all_gather(queries, axis_name, tiled=True)              # [N * T, H]
   block_lse = _logsumexp(everyone, table, item_table.block_offset(table, axis_name), num_items,
-                         chunk_size, False)
+                         chunk_size, False, matmul_dtype)
   top = lax.pmax(lax.stop_gradient(block_lse), axis_name)
   lse = top + jnp.log(lax.psum(jnp.exp(block_lse - top), axis_name))
   target_rows, _ = item_table.owned_rows(table, lax.all_gather(targets, axis_name, tiled=True),

@@ -342,10 +342,11 @@ def micro_batch_sum(fn: Callable, batch: dict, micro_batches: int) -> Any:
 
 
 def _step_options(model_config, options):
-  """The objectives' options inside a step: the batch split over the data axis, and the
-  item table too when the model's is sharded."""
+  """The objectives' options inside a step: the batch split over the data axis, the item
+  table too when the model's is sharded, and the model's compute dtype."""
   return dataclasses.replace(options, axis_name=AXIS,
-                             item_table_axis=model_config.item_table_axis)
+                             item_table_axis=model_config.item_table_axis,
+                             compute_dtype=model_config.compute_dtype)
 
 
 def make_train_step(model_config, objectives, options, tx, mesh, *, phase: str,

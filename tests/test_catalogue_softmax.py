@@ -59,3 +59,24 @@ def test_bad_sizes_are_rejected():
     catalogue_softmax.cross_entropy(queries, table, targets, num_items=table.shape[0])
   with pytest.raises(ValueError, match="chunk_size"):
     catalogue_softmax.cross_entropy(queries, table, targets, num_items=3, chunk_size=0)
+
+
+@pytest.mark.parametrize("chunk_size", [4, 1000])
+def test_bfloat16_matmuls_stay_near_float32(chunk_size):
+  """matmul_dtype=bfloat16 (model.compute_dtype): the scoring matmuls in bfloat16 with float32
+  accumulation; loss and gradients stay float32 and within bfloat16's rounding of float32."""
+  queries, table, targets, weights, num_items = _problem(3, num_queries=16, hidden=32)
+
+  def total(matmul_dtype):
+    return lambda q, t: jnp.sum(weights * catalogue_softmax.cross_entropy(
+        q, t, targets, num_items=num_items, chunk_size=chunk_size, matmul_dtype=matmul_dtype))
+
+  low, high = total("bfloat16"), total(None)
+  assert "bf16" in jax.jit(jax.grad(low, argnums=(0, 1))).lower(queries, table).as_text()
+  value, grads = jax.value_and_grad(low, argnums=(0, 1))(queries, table)
+  want, want_grads = jax.value_and_grad(high, argnums=(0, 1))(queries, table)
+  assert value.dtype == jnp.float32 and value != want
+  np.testing.assert_allclose(value, want, rtol=2e-2)
+  for got, expected in zip(grads, want_grads):
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, expected, atol=5e-2 * float(jnp.max(jnp.abs(expected))))

@@ -292,7 +292,8 @@ BF16_RTOL = 3e-2   # the stated tolerance of bfloat16 compute against float32, p
 def test_bfloat16_compute_stays_near_float32(ds, phase):
   """model.compute_dtype=bfloat16: float32 parameters and optimiser state, losses within
   BF16_RTOL of float32 over a few steps from the same start (pre-training: every S3-Rec
-  objective; "finetune" also passes, with the ce loss, and is left out for CI time)."""
+  objective; "finetune" also passes, with the ce loss and its bfloat16 catalogue matmuls,
+  and is left out for CI time)."""
   mesh = parallel.make_mesh(jax.devices()[:2])
   tx = train_steps.make_optimizer(1e-3, 0.9, 0.999)
   options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item)

@@ -9,7 +9,8 @@ with target item y_t:
 - `ce`: softmax cross-entropy over the whole catalogue,
   log sum_j exp(h_t . e_j) - h_t . e_y over the real items j = 1..num_items,
   computed in chunks of the catalogue (s3rec_jax.catalogue_softmax), so memory
-  does not grow with the catalogue.
+  does not grow with the catalogue. With model.compute_dtype=bfloat16 its
+  scoring matmuls take bfloat16 operands (float32 accumulation and softmax).
 - `sampled_softmax`: K negatives drawn on device from the items' training
   frequency Q and shared by the batch, with the log-Q correction of the
   sampling bias: scores s_j - log(K Q(j)) for the target and the negatives
@@ -63,7 +64,9 @@ def next_item_ce(inputs: ObjectiveInputs) -> jax.Array:
       out.reshape(-1, out.shape[-1]), inputs.item_table,
       jnp.where(targets > 0, targets, 1).reshape(-1), num_items=inputs.options.num_items,
       chunk_size=int(inputs.options.setting("next_item", "chunk_size", DEFAULT_CHUNK_SIZE)),
-      axis_name=inputs.options.item_table_axis)
+      axis_name=inputs.options.item_table_axis,
+      matmul_dtype=None if inputs.options.compute_dtype == "float32"
+      else inputs.options.compute_dtype)
   return jnp.sum(per_position.reshape(targets.shape) * is_target)
 
 

@@ -418,8 +418,14 @@ def make_objective_diagnosis(model_config, objectives, options, mesh,
                                     phase=phase)
           return weight * losses[objective.name]
         return jax.value_and_grad(loss_fn)(params)
-      loss, grads = _psum_flat(micro_batch_sum(loss_and_grads, batch, micro_batches))
-      out[objective.name] = (loss, optax.tree.norm(grads))
+      loss, grads = micro_batch_sum(loss_and_grads, batch, micro_batches)
+      table_sq = 0.0
+      if model_config.item_table_axis:
+        # A sharded table's block gradient is already global (see _reduce_and_update).
+        table_grad, grads = _split_table(grads)
+        table_sq = jax.lax.psum(jnp.sum(jnp.square(table_grad)), AXIS)
+      loss, grads = _psum_flat((loss, grads))
+      out[objective.name] = (loss, jnp.sqrt(jnp.square(optax.tree.norm(grads)) + table_sq))
     return out
 
   return _with_params(diagnose, mesh, model_config.item_table_axis, (P(AXIS), P(), P()),

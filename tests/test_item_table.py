@@ -174,6 +174,16 @@ def test_pretraining_with_a_sharded_table_matches_replicated(ds, n, form):
   runs = [_run_steps(make, cfg, host_batches, tables, mesh, tx, init)
           for cfg in (replicated, sharded)]
   _assert_same_runs(*runs, ("loss", "aap", "mip", "map", "sp", "grad_norm"), ds.item_size)
+  # The per-objective diagnosis (run after a non-finite step) agrees too, gradient norms included.
+  diagnoses = []
+  for cfg in (replicated, sharded):
+    params = train_steps.create_state(model.with_item_rows(init, cfg.item_rows), tx, mesh,
+                                      cfg.item_table_axis).params
+    diagnose = train_steps.make_objective_diagnosis(cfg, chosen, options, mesh)
+    diagnoses.append(jax.device_get(diagnose(params, parallel.shard_batch(host_batches[0], mesh),
+                                             tables, jax.random.key(0))))
+  for name, (loss, norm) in diagnoses[0].items():
+    np.testing.assert_allclose(diagnoses[1][name], (loss, norm), rtol=1e-5, err_msg=name)
   # The sharded state really is split: each device holds 1/n of the table and its moments.
   state = runs[1][1]
   table = state.params["item_embeddings"]["embedding"]

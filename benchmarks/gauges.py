@@ -1,5 +1,7 @@
 """Yardsticks the benchmarks print beside their figures, measured in the same run."""
 
+import platform
+import resource
 import statistics
 import time
 
@@ -47,3 +49,20 @@ def scoring_matmul_flops_per_s(mesh, users_per_device: int, items: int, hidden: 
   users, table = make(jax.random.key(1))
   scores = jax.jit(lambda u, t: u @ t.T, in_shardings=(data, repl), out_shardings=data)
   return 2.0 * rows * items * hidden / _median_seconds(scores, (users, table), repeats)
+
+
+def peak_rss_gib() -> float:
+  """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def cpu_model() -> str:
+  """The CPU's model name, to print beside every figure (machines differ)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"

@@ -32,7 +32,6 @@ _parallel.force_host_devices_from_argv(sys.argv[1:])  # --devices N, before JAX 
 # pylint: disable=wrong-import-position
 import functools  # noqa: E402
 import platform  # noqa: E402
-import resource  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -73,11 +72,6 @@ def parse_args(argv):
 
 def say(message: str) -> None:
   print(message, flush=True)
-
-
-def peak_rss_gib() -> float:
-  """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def embeddings(key: jax.Array, shape, exact: bool) -> jax.Array:
@@ -201,7 +195,7 @@ def main(argv) -> int:
   jax.block_until_ready(table)
   say(f"table [{item_size}, {args.hidden}] float32 ({block_gib * 1024:.0f} "
       f"MiB per device) drawn on device in {time.perf_counter() - t0:.2f}s; peak RSS so far "
-      f"{peak_rss_gib():.2f} GiB")
+      f"{gauges.peak_rss_gib():.2f} GiB")
 
   num_batches = -(-args.users // args.user_batch)
   user_sharding = repl if by_catalogue else data
@@ -241,7 +235,7 @@ def main(argv) -> int:
   jax.block_until_ready(outputs)
   seconds = time.perf_counter() - t0
   ranks = np.concatenate([np.asarray(r) for r, _, _ in outputs])[:args.users]
-  rss = peak_rss_gib()
+  rss = gauges.peak_rss_gib()
   say(f"ranked {args.users} users ({num_batches} batches of {args.user_batch}; the last one "
       f"padded with {num_batches * args.user_batch - args.users} extra users) in {seconds:.2f}s = "
       f"{args.users / seconds:.0f} users/s (compile {compile_s:.2f}s excluded)")
@@ -289,7 +283,7 @@ def main(argv) -> int:
   say(f"(ties exercised: {np.mean(ref_tied):.1f} other candidates tie the answer's score per "
       f"user, {np.mean(ref_tied > 0):.0%} of users have one; {ties:.1f} tied pairs per top-"
       f"{args.top_k} list)")
-  say(f"peak RSS of the process: {peak_rss_gib():.2f} GiB")
+  say(f"peak RSS of the process: {gauges.peak_rss_gib():.2f} GiB")
   say(f"reproduce: /usr/bin/time -v {reproduce_command(args)}")
   say(f"machine: {platform.platform()}; os.cpu_count()={os.cpu_count()}; jax {jax.__version__}; "
       f"jax.devices(): {jax.devices()}")

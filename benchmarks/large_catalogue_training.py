@@ -29,8 +29,6 @@ from s3rec_jax import parallel as _parallel  # noqa: E402  (imports jax; no op r
 _parallel.force_host_devices_from_argv(sys.argv[1:])  # --devices N, before JAX starts
 
 # pylint: disable=wrong-import-position
-import platform  # noqa: E402
-import resource  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -39,6 +37,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default as default_config  # noqa: E402
+import gauges  # noqa: E402  (benchmarks/gauges.py)
 from s3rec_jax import data as data_lib  # noqa: E402
 from s3rec_jax import input_pipeline  # noqa: E402
 from s3rec_jax import model as model_lib  # noqa: E402
@@ -68,10 +67,6 @@ def parse_args(argv):
   p.add_argument("--layout", default="replicated", help=argparse.SUPPRESS)
   p.add_argument("--phase", default="pretrain", help=argparse.SUPPRESS)
   return p.parse_args(argv)
-
-
-def peak_rss_gib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def catalogue(args) -> data_lib.Dataset:
@@ -154,7 +149,7 @@ def measure(args) -> dict:
     losses.append(float(out["loss"]))
   return {"devices": mesh.size, "layout": args.layout, "phase": args.phase,
           "chosen": layout.describe(), "step_s": statistics.median(times[1:] or times),
-          "steps_timed": len(times[1:] or times), "peak_rss_gib": peak_rss_gib(),
+          "steps_timed": len(times[1:] or times), "peak_rss_gib": gauges.peak_rss_gib(),
           "xla_argument_mib": memory.argument_size_in_bytes / 2**20 if memory else None,
           "xla_temp_mib": memory.temp_size_in_bytes / 2**20 if memory else None,
           "compile_s": compile_s, "setup_s": setup_s, "loss_first": losses[0],
@@ -167,17 +162,6 @@ def reproduce_command(args) -> str:
            args.layouts, "--phases", args.phases, "--steps", str(args.steps), "--ce_steps",
            str(args.ce_steps)]
   return " ".join(shlex.quote(p) for p in parts)
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def main(argv) -> int:
@@ -216,7 +200,7 @@ def main(argv) -> int:
       print(f"| {row['devices']} | {row['layout']} | {row['phase']} | {row['step_s']:.3f} | "
             f"{row['peak_rss_gib']:.2f} |")
   print(f"\nreproduce: {reproduce_command(args)}")
-  print(f"machine: {cpu_model()}, {os.cpu_count()} cores, jax {jax.__version__}")
+  print(f"machine: {gauges.cpu_model()}, {os.cpu_count()} cores, jax {jax.__version__}")
   return 0
 
 

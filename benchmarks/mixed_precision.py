@@ -57,7 +57,7 @@ def main(argv) -> int:
   ds = speed.load_dataset(args)
   mesh = speed.parallel.make_mesh(speed.pick_devices(args.devices))
   splits = data_lib.finetune_splits(ds, 50)
-  speed.say(f"CPU: {speed.cpu_model()} ({cpu_flags()}); {mesh.size} x {mesh.devices.flat[0].platform} device(s); "
+  speed.say(f"CPU: {speed.gauges.cpu_model()} ({cpu_flags()}); {mesh.size} x {mesh.devices.flat[0].platform} device(s); "
             f"dataset {args.dataset}")
   seq_per_s = {"float32": [], "bfloat16": []}
   epoch_s = {(d, f): [] for d in seq_per_s for f in args.finetune_losses.split(",")}

@@ -41,7 +41,6 @@ _parallel.force_host_devices_from_argv(sys.argv[1:])  # --devices N, before JAX 
 # pylint: disable=wrong-import-position
 import dataclasses  # noqa: E402
 import platform  # noqa: E402
-import resource  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -108,11 +107,6 @@ def parse_args(argv):
 
 def say(message: str) -> None:
   print(message, flush=True)
-
-
-def peak_rss_gib() -> float:
-  """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def xla_flops(compiled) -> float:
@@ -420,17 +414,6 @@ def reproduce_command(args) -> str:
   return " ".join(shlex.quote(p) for p in parts)
 
 
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def fmt(x: float | None, spec: str) -> str:
   return "-" if x is None else format(x, spec)
 
@@ -535,7 +518,7 @@ def main(argv) -> int:
               f"{config.model.hidden_size}] x [{config.model.hidden_size}, {ds.max_item}]) runs "
               f"at {bare / 1e9:.1f} GFLOP/s = {100 * bare / peak:.0f}% of it, so ranking is at "
               f"{100 * work / e['seconds'] / bare:.0f}% of its own shape's matmul")
-    say(f"[{layout}] peak RSS so far: {peak_rss_gib():.2f} GiB")
+    say(f"[{layout}] peak RSS so far: {gauges.peak_rss_gib():.2f} GiB")
     results[layout] = r
 
   if {"packed", "padded"} <= set(results):
@@ -544,7 +527,7 @@ def main(argv) -> int:
         f"{pk['flops_step'] / 1e9:.3f} GFLOP (padded/packed = "
         f"{pd['flops_step'] / pk['flops_step']:.2f}x); tokens per step {pd['tokens']:.0f} vs "
         f"{pk['tokens']:.0f}; pre-training speed-up of packing {pk['seq_per_s'] / pd['seq_per_s']:.2f}x")
-  rss = peak_rss_gib()
+  rss = gauges.peak_rss_gib()
   say(f"peak RSS of the process: {rss:.2f} GiB (ru_maxrss, whole run)")
 
   say("")
@@ -561,7 +544,7 @@ def main(argv) -> int:
         f"{fmt(r.get('eval_sampled_s'), '.2f')} | {rss:.2f} |")
   say("")
   say(f"reproduce: {reproduce_command(args)}")
-  say(f"machine: {platform.platform()}; {cpu_model()}; os.cpu_count()={os.cpu_count()}; "
+  say(f"machine: {platform.platform()}; {gauges.cpu_model()}; os.cpu_count()={os.cpu_count()}; "
       f"jax {jax.__version__}, platform {devices[0].platform}; XLA_FLAGS="
       f"{os.environ.get('XLA_FLAGS', '')!r}")
   say(f"jax.devices(): {jax.devices()}")

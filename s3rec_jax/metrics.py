@@ -432,10 +432,60 @@ def _chunk_candidates(in_range, exclude, excluded, first_id):
 def _merge_chunk_top_k(top_scores, top_items, scores, candidate, ids, top_k):
   """Merges the best candidates of a chunk's [B, chunk] scores into the running top-k."""
   chunk_k = min(top_k, ids.shape[0])
-  masked = jnp.where(candidate, scores, jnp.array(-jnp.inf, scores.dtype))
-  chunk_scores, chunk_idx = lax.top_k(masked, chunk_k)
+  masked = jnp.where(candidate, _canonical(scores), jnp.array(-jnp.inf, scores.dtype))
+  chunk_scores, chunk_idx = _top_k_columns(masked, chunk_k)
   chunk_items = jnp.where(jnp.take_along_axis(candidate, chunk_idx, axis=1), ids[chunk_idx], 0)
   return _merge_top_k(top_scores, top_items, chunk_scores, chunk_items, top_k)
+
+
+def _canonical(scores):
+  """-0.0 as 0.0 and every NaN as the positive one: lax.top_k orders -0.0 below
+  0.0 and a negative NaN below everything, where max and a tie see one value."""
+  scores = jnp.where(scores == 0, jnp.zeros_like(scores), scores)
+  return jnp.where(jnp.isnan(scores), jnp.array(jnp.nan, scores.dtype), scores)
+
+
+# Columns per group in `_top_k_columns`: about sqrt(chunk / k) for the chunks
+# and k of evaluation, where the two top_k passes cost the least.
+_TOP_K_GROUP = 16
+
+
+def _top_k_columns(scores, k):
+  """lax.top_k(scores, k) of [B, C] scores, exactly (ties to the lower column),
+  through a top_k over groups of columns.
+
+  The k best columns lie in the k groups of columns with the best maxima: a
+  column outside them is beaten by each of those k groups' maxima (or tied
+  with it at a lower column). So the top_k runs over C / G group maxima and
+  then over those k groups' k * G columns, instead of over all C columns
+  (lax.top_k is a partial sort on CPU, far costlier per column than a max).
+  """
+  batch, width = scores.shape
+  group = _TOP_K_GROUP
+  if width % group or width // group <= k or scores.dtype != jnp.float32:
+    return lax.top_k(scores, k)
+  grouped = scores.reshape(batch, width // group, group)
+  # Group maxima in lax.top_k's own order, through integer keys (a float max
+  # on XLA:CPU may skip NaNs).
+  group_max = _from_order_key(jnp.max(_order_key(grouped), axis=2))
+  _, best_groups = lax.top_k(group_max, k)
+  best_groups = jnp.sort(best_groups, axis=1)  # column order, for the ties
+  candidates = jnp.take_along_axis(grouped, best_groups[:, :, None], axis=1)
+  best, pick = lax.top_k(candidates.reshape(batch, k * group), k)
+  columns = jnp.take_along_axis(best_groups, pick // group, axis=1) * group + pick % group
+  return best, columns
+
+
+def _order_key(scores):
+  """float32 -> int32 keys that order as lax.top_k orders canonical floats."""
+  bits = lax.bitcast_convert_type(scores, jnp.int32)
+  return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+
+
+def _from_order_key(keys):
+  """The inverse of `_order_key` (the map is its own inverse)."""
+  return lax.bitcast_convert_type(jnp.where(keys < 0, keys ^ jnp.int32(0x7FFFFFFF), keys),
+                                  jnp.float32)
 
 
 def _top_k_of(scores, items, top_k):

@@ -382,7 +382,7 @@ def test_full_ranking_large_catalogue():
     np.testing.assert_array_equal(scores[b], full[b, cand[order]])
 
 
-@pytest.mark.parametrize("chunk_size", [160, 176, 320, 700])
+@pytest.mark.parametrize("chunk_size", [160, 176, 320, 448, 700])
 def test_wide_chunks_rank_exactly_with_ties(chunk_size):
   # Chunks much wider than top_k, and the whole catalogue as one chunk.
   user, table, answers, history = random_case(3, batch=9, num_items=700, hist_len=30)
@@ -399,3 +399,21 @@ def test_wide_chunks_rank_exactly_with_ties(chunk_size):
       metrics.top_k_items, num_items=num_items, chunk_size=chunk_size, top_k=top_k))(
           user, table, np.where(history != answers[:, None], history, 0)))
   np.testing.assert_array_equal(got_items, want_items)
+
+
+@pytest.mark.parametrize("width,k", [(256, 5), (512, 20), (160, 10), (100, 3)])
+def test_grouped_top_k_equals_lax_top_k(width, k):
+  # Coarse values make ties frequent; -inf, 0.0, -0.0 and NaNs of both signs
+  # are sprinkled in. After `_canonical`, both orderings must agree exactly.
+  rng = np.random.default_rng(width + k)
+  scores = rng.integers(-4, 5, size=(64, width)).astype(np.float32)
+  specials = np.array([-np.inf, 0.0, -0.0, np.nan, -np.nan], np.float32)
+  where = rng.random(scores.shape) < 0.1
+  scores[where] = rng.choice(specials, size=where.sum())
+  scores[:4] = -np.inf                       # rows with no candidate at all
+  scores[4:8, : width // 2] = np.nan         # rows led by NaNs
+  canonical = jax.jit(metrics._canonical)(scores)
+  want = jax.device_get(jax.lax.top_k(canonical, k))
+  got = jax.device_get(jax.jit(metrics._top_k_columns, static_argnums=1)(canonical, k))
+  np.testing.assert_array_equal(got[1], want[1])
+  np.testing.assert_array_equal(got[0], want[0])

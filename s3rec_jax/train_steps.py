@@ -26,6 +26,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from s3rec_jax import catalogue_softmax
 from s3rec_jax import item_table as item_table_lib
 from s3rec_jax import metrics as metrics_lib
 from s3rec_jax import model as model_lib
@@ -434,7 +435,7 @@ def make_objective_diagnosis(model_config, objectives, options, mesh,
 
 def finetune_loss(params: Any, batch: dict, key: jax.Array | None, *,
                   model_config: model_lib.ModelConfig, form: str = "bce",
-                  chunk_size: int = 4096) -> jax.Array:
+                  chunk_size: int = catalogue_softmax.DEFAULT_CHUNK_SIZE) -> jax.Array:
   """Mean over the target positions of the next-item loss (one device's view, no mesh)."""
   options = objectives_lib.ObjectiveOptions(
       mask_id=model_config.item_size - 1, num_items=model_config.item_size - 2,

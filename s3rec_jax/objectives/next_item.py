@@ -30,7 +30,6 @@ from s3rec_jax.objectives.core import ObjectiveInputs
 from s3rec_jax.objectives.core import register
 
 FORMS = ("bce", "ce", "sampled_softmax")
-DEFAULT_CHUNK_SIZE = 4096
 DEFAULT_NUM_NEGATIVES = 1024
 
 
@@ -63,7 +62,8 @@ def next_item_ce(inputs: ObjectiveInputs) -> jax.Array:
   per_position = catalogue_softmax.cross_entropy(
       out.reshape(-1, out.shape[-1]), inputs.item_table,
       jnp.where(targets > 0, targets, 1).reshape(-1), num_items=inputs.options.num_items,
-      chunk_size=int(inputs.options.setting("next_item", "chunk_size", DEFAULT_CHUNK_SIZE)),
+      chunk_size=int(inputs.options.setting("next_item", "chunk_size",
+                                            catalogue_softmax.DEFAULT_CHUNK_SIZE)),
       axis_name=inputs.options.item_table_axis,
       matmul_dtype=None if inputs.options.compute_dtype == "float32"
       else inputs.options.compute_dtype)

@@ -50,6 +50,8 @@ def parse_args(argv):
   p.add_argument("--hidden", type=int, default=64)
   p.add_argument("--steps", type=int, default=5, help="steps per timed window")
   p.add_argument("--rounds", type=int, default=5)
+  p.add_argument("--matmul_dtype", default="", help="e.g. bfloat16: the scoring matmuls' "
+                 "operand dtype (as model.compute_dtype=bfloat16 sets it); empty = float32")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
   args.chunk_sizes = [int(c) for c in args.chunk_sizes.split(",") if c]
@@ -58,12 +60,13 @@ def parse_args(argv):
   return args
 
 
-def make_step(mesh, num_items: int, chunk_size: int):
+def make_step(mesh, num_items: int, chunk_size: int, matmul_dtype: str | None):
   """(queries, table, targets) -> (losses, d_queries, d_table summed over devices)."""
   def local(queries, table, targets):
     def total(q, t):
       return jnp.sum(catalogue_softmax.cross_entropy(q, t, targets, num_items=num_items,
-                                                     chunk_size=chunk_size))
+                                                     chunk_size=chunk_size,
+                                                     matmul_dtype=matmul_dtype))
     loss, (d_queries, d_table) = jax.value_and_grad(total, argnums=(0, 1))(queries, table)
     return loss[None], d_queries, jax.lax.psum(d_table, parallel.DATA_AXIS)
 
@@ -80,7 +83,7 @@ def main(argv) -> int:
   queries = jax.random.normal(keys[0], (rows, args.hidden))
   table = 0.1 * jax.random.normal(keys[1], (args.items + 2, args.hidden))
   targets = jax.random.randint(keys[2], (rows,), 1, args.items + 1)
-  steps = {c: make_step(mesh, args.items, c) for c in args.chunk_sizes}
+  steps = {c: make_step(mesh, args.items, c, args.matmul_dtype or None) for c in args.chunk_sizes}
   for step in steps.values():
     jax.block_until_ready(step(queries, table, targets))  # compile
   peak = gauges.matmul_flops_per_s(mesh)
@@ -95,7 +98,7 @@ def main(argv) -> int:
   matmul_flops = 4 * 2.0 * rows * args.items * args.hidden
   print(f"CPU: {gauges.cpu_model()}; {mesh.size} device(s); dense [2048, 2048] matmul "
         f"{peak / 1e9:.1f} GFLOP/s; {args.queries} queries per device x {args.items:,} items "
-        f"x {args.hidden}")
+        f"x {args.hidden}; matmul operands {args.matmul_dtype or 'float32'}")
   for c, ts in seconds.items():
     t = statistics.median(ts)
     print(f"chunk {c:6d}: {1e3 * t:7.1f} ms per step (rounds {', '.join(f'{1e3 * x:.1f}' for x in ts)}); "
@@ -104,7 +107,8 @@ def main(argv) -> int:
   print("reproduce: python benchmarks/ce_chunks.py " + shlex.join([
       "--devices", str(args.devices), "--chunk_sizes", ",".join(map(str, args.chunk_sizes)),
       "--queries", str(args.queries), "--items", str(args.items), "--hidden", str(args.hidden),
-      "--steps", str(args.steps), "--rounds", str(args.rounds), "--seed", str(args.seed)]))
+      "--steps", str(args.steps), "--rounds", str(args.rounds), "--seed", str(args.seed)]
+      + (["--matmul_dtype", args.matmul_dtype] if args.matmul_dtype else [])))
   return 0
 
 

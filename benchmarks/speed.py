@@ -441,7 +441,7 @@ def main(argv) -> int:
 
   peak = gauges.matmul_flops_per_s(mesh)
   say(f"dense matmul [2048,2048]x[2048,2048] f32 on {mesh.size} device(s): "
-      f"{peak / 1e9:.1f} GFLOP/s (median of 5)")
+      f"{peak / 1e9:.1f} GFLOP/s (best of 7)")
   splits = data_lib.finetune_splits(ds, config.max_seq_length)
   results = {}
   for layout in args.layouts:

@@ -33,8 +33,8 @@ from s3rec_jax import item_table
 
 # Catalogue rows per chunk. Small enough that a chunk's [T, chunk] logits stay
 # in a core's cache for the max, exp and backward passes over them: on the
-# 2-core development CPU, Beauty's ce step took 30% less time at 128-384 rows
-# than at 4,096 (benchmarks/speed.py --ce_chunk_size).
+# 2-core development CPU, the loss and its gradients at Beauty's shape took a
+# quarter less time at 128-256 rows than at 4,096 (benchmarks/ce_chunks.py).
 DEFAULT_CHUNK_SIZE = 256
 
 

@@ -14,7 +14,6 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 from s3rec_jax import checkpointing
@@ -124,13 +123,6 @@ def item_table_layout(config: ml_collections.ConfigDict, ds: data_lib.Dataset,
         shard_above_mib=config.model.item_table_shard_above_mib)
   except ValueError as e:
     raise config_validation.ConfigError(str(e)) from None
-
-
-def place_params(params, mcfg: model_lib.ModelConfig, mesh):
-  """Host parameters onto the mesh: replicated, but for a sharded item table's rows."""
-  specs = train_steps.param_specs(params, mcfg.item_table_axis)
-  return jax.tree_util.tree_map(
-      lambda x, spec: jax.device_put(np.asarray(x), NamedSharding(mesh, spec)), params, specs)
 
 
 def shards(mesh, micro_batches: int = 1) -> input_pipeline.Shards:
@@ -444,8 +436,9 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   log(f"fine-tuning: {layout.describe()}")
   mcfg = model_config(config, ds, layout=layout)
   splits = data_lib.finetune_splits(ds, config.max_seq_length)
-  params = place_params(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)), mcfg,
-                        mesh)
+  params = train_steps.place_params(
+      model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)), mesh,
+      mcfg.item_table_axis)
   loaded = None
   if init_checkpoint:
     params, root, step = checkpointing.restore_encoder(init_checkpoint, params,
@@ -622,8 +615,9 @@ def evaluate_best(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   layout = item_table_layout(config, ds, mesh)
   log(layout.describe())
   mcfg = model_config(config, ds, layout=layout)
-  params = place_params(model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)), mcfg,
-                        mesh)
+  params = train_steps.place_params(
+      model_lib.init_params(mcfg, base_key(config, STREAM_FINETUNE_INIT)), mesh,
+      mcfg.item_table_axis)
   mngr = checkpointing.manager(root, read_only=True)
   params = checkpointing.restore_params(mngr, step, params, item_size=ds.item_size)
   mngr.close()

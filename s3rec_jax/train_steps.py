@@ -138,14 +138,23 @@ def _flat_opt_state(params: Any, tx: optax.GradientTransformation, num_shards: i
   return jax.device_get(tx.init(padded))
 
 
+def _put(x, mesh, spec):
+  return jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x), NamedSharding(mesh, spec))
+
+
+def place_params(params: Any, mesh, item_table_axis: str | None = None) -> Any:
+  """Parameters onto `mesh`: replicated, but for a sharded item table's rows."""
+  return jax.tree_util.tree_map(lambda x, spec: _put(x, mesh, spec), params,
+                                param_specs(params, item_table_axis))
+
+
 def create_state(params: Any, tx: optax.GradientTransformation, mesh,
                  item_table_axis: str | None = None) -> TrainState:
   """A fresh state placed on `mesh`: parameters replicated, optimiser state sharded; with
   `item_table_axis`, the item table and its optimiser state split by rows (the table's
   rows must divide over the mesh: model.ModelConfig.item_rows)."""
-  put = lambda x, spec: jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x),
-                                       NamedSharding(mesh, spec))
-  placed = jax.tree_util.tree_map(put, params, param_specs(params, item_table_axis))
+  put = lambda x, spec: _put(x, mesh, spec)
+  placed = place_params(params, mesh, item_table_axis)
   place_state = lambda tree: jax.tree_util.tree_map(lambda x: put(x, _opt_state_spec(x)), tree)
   if item_table_axis:
     table, rest = _split_table(placed)

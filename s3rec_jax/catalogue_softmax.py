@@ -67,7 +67,7 @@ def _chunked_rows(table, first_id, num_items, chunk_size, whole):
   return rows, (ids >= 1) & (ids <= num_items) & (local < num_rows)
 
 
-def _matmul(a, b, matmul_dtype):
+def matmul(a, b, matmul_dtype=None):
   """a @ b with its operands in `matmul_dtype` (None: as they are), accumulated in float32."""
   if matmul_dtype is None:
     return a @ b
@@ -76,7 +76,7 @@ def _matmul(a, b, matmul_dtype):
 
 
 def _masked_logits(queries, rows, valid, matmul_dtype=None):
-  return jnp.where(valid[None, :], _matmul(queries, rows.T, matmul_dtype), -jnp.inf)
+  return jnp.where(valid[None, :], matmul(queries, rows.T, matmul_dtype), -jnp.inf)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
@@ -118,8 +118,8 @@ def _logsumexp_bwd(num_items, chunk_size, whole, matmul_dtype, residuals, g):
     if logits is None:
       logits = _masked_logits(queries, chunk_rows, chunk_valid, matmul_dtype)
     weighted = jnp.exp(logits - safe_lse[:, None]) * g[:, None]      # 0 where masked (-inf)
-    return (d_queries + _matmul(weighted, chunk_rows, matmul_dtype),
-            _matmul(weighted.T, queries, matmul_dtype))
+    return (d_queries + matmul(weighted, chunk_rows, matmul_dtype),
+            matmul(weighted.T, queries, matmul_dtype))
 
   d_queries, d_chunks = lax.scan(body, jnp.zeros_like(queries), (rows, valid, kept))
   # The scanned rows start at local row `start`: the table's gradient is zeros

@@ -41,6 +41,30 @@ def test_sampled_softmax_is_log_q_corrected_cross_entropy():
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
+def test_sampled_softmax_scores_in_bfloat16_under_bfloat16_compute():
+  rng = np.random.default_rng(1)
+  out = jnp.asarray(rng.normal(size=(2, L, H)).astype(np.float32))
+  table = jnp.asarray(rng.normal(size=(ITEMS + 2, H)).astype(np.float32))
+  targets = np.array([[0, 3, 5, 3], [0, 0, 7, 1]], np.int32)
+  log_q = jnp.asarray(next_item.item_log_q(targets, ITEMS + 2))
+  loss = objectives.get("next_item", "sampled_softmax").fn
+
+  def total(dtype):
+    options = objectives.ObjectiveOptions(
+        mask_id=ITEMS + 1, num_items=ITEMS, compute_dtype=dtype,
+        settings=objectives.settings_tuple({"next_item": {"num_negatives": 6}}))
+    return lambda o, t: loss(objectives.ObjectiveInputs(
+        {"sequence": o}, {"item_embeddings": {"embedding": t}}, {"targets": jnp.asarray(targets)},
+        {"item_log_q": log_q}, jax.random.key(4), options))
+
+  low, high = total("bfloat16"), total("float32")
+  assert "bf16" in jax.jit(low).lower(out, table).as_text()
+  assert "bf16" not in jax.jit(high).lower(out, table).as_text()
+  got, want = float(low(out, table)), float(high(out, table))
+  assert got != want
+  np.testing.assert_allclose(got, want, rtol=2e-2)
+
+
 def test_item_log_q_follows_training_frequency():
   log_q = next_item.item_log_q(np.array([[1, 1, 2, 0]]), 5, smoothing=1.0)
   q = np.exp(log_q)

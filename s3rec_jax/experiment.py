@@ -10,6 +10,8 @@ A spec is a Python file with `get_spec()` returning a dict:
    "cells": {"S3-Rec": {}, "SASRec": {"pretrain.epochs": 0}},   # name -> overrides
    "seeds": [42, 1, 2],                     # optional (default 42, 1, 2)
    "metrics": ["HR@20", "NDCG@20"],         # the table's columns (optional: all test metrics)
+   "select_on": "NDCG@20",                  # validation metric that picks the best cell
+                                            # (optional: the last of "metrics")
    "published": {"S3-Rec": {"HR@20": 0.0994}}}   # figures to print beside (optional)
 
 Each (cell, seed) is one `train.py` run in its own process, in
@@ -19,7 +21,9 @@ finishes an interrupted experiment. DIR/results.md (mean +- std of every
 metric per cell, with each seed's value and the cell's overrides),
 DIR/results.png (bars with the std as error bars) and DIR/results.json are
 written atomically after every run. Every seed run is reported, never a
-selection.
+selection. The table also names the cell with the best mean validation value
+of `select_on` among the cells that finished every seed, and gives its test
+figures: the choice uses validation only.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Spec:
   seeds: tuple[int, ...]
   metrics: tuple[str, ...] | None
   published: Mapping[str, Mapping[str, float]]
+  select_on: str | None = None
 
 
 def load_spec(path: str) -> Spec:
@@ -70,10 +75,11 @@ def load_spec(path: str) -> Spec:
     raise SpecError(f"{path}: cannot load the spec ({type(e).__name__}: {e})") from None
   if not isinstance(raw, Mapping):
     raise SpecError(f"{path}: get_spec() returned {type(raw).__name__}; expected a dict")
-  unknown = set(raw) - {"config", "overrides", "cells", "seeds", "metrics", "published"}
+  unknown = set(raw) - {"config", "overrides", "cells", "seeds", "metrics", "published",
+                        "select_on"}
   if unknown:
     raise SpecError(f"{path}: unknown spec field(s) {', '.join(sorted(unknown))}; expected "
-                    "config, overrides, cells, seeds, metrics, published")
+                    "config, overrides, cells, seeds, metrics, published, select_on")
   for field in ("config", "cells"):
     if field not in raw:
       raise SpecError(f"{path}: the spec needs a {field!r} field")
@@ -90,7 +96,9 @@ def load_spec(path: str) -> Spec:
   return Spec(path=path, config=config, overrides=dict(raw.get("overrides", {})),
               cells={str(k): dict(v) for k, v in cells.items()}, seeds=seeds,
               metrics=tuple(raw["metrics"]) if raw.get("metrics") else None,
-              published=dict(raw.get("published", {})))
+              published=dict(raw.get("published", {})),
+              select_on=raw.get("select_on") or (raw["metrics"][-1] if raw.get("metrics")
+                                                 else None))
 
 
 def slug(name: str) -> str:
@@ -131,16 +139,19 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def collect(spec: Spec, root: str) -> dict:
-  """{cell: {"seeds": {seed: test metrics}, "overrides", "best_epochs"}} of the finished runs."""
+  """{cell: {"seeds": {seed: test metrics}, "valid": {seed: validation metrics at the best
+  epoch}, "overrides", "best_epochs"}} of the finished runs."""
   out = {}
   for cell in spec.cells:
-    seeds, epochs = {}, {}
+    seeds, valid, epochs = {}, {}, {}
     for seed in spec.seeds:
       results = read_results(os.path.join(root, slug(cell), f"seed_{seed}"))
       if results is not None:
         seeds[seed] = results["test"]
+        if results.get("valid"):
+          valid[seed] = results["valid"]
         epochs[seed] = results.get("best_epoch")
-    out[cell] = {"seeds": seeds, "best_epochs": epochs,
+    out[cell] = {"seeds": seeds, "valid": valid, "best_epochs": epochs,
                  "overrides": dict(spec.overrides, **spec.cells[cell])}
   return out
 
@@ -166,6 +177,7 @@ def markdown_table(spec: Spec, collected: dict) -> str:
     row.append(", ".join(str(c["best_epochs"][s]) for s in spec.seeds if s in c["best_epochs"]))
     row.append(", ".join(f"`{k}={_value(v)}`" for k, v in c["overrides"].items()) or "")
     lines.append("| " + " | ".join(row) + " |")
+  lines += ["", chosen_on_validation(spec, collected, metrics)]
   if spec.published:
     lines += ["", "Published figures, for comparison (not measured here):", ""]
     lines.append("| cell | " + " | ".join(metrics) + " |")
@@ -174,6 +186,29 @@ def markdown_table(spec: Spec, collected: dict) -> str:
       lines.append(f"| {cell} | " + " | ".join(
           f"{figures[m]:.4f}" if m in figures else "" for m in metrics) + " |")
   return "\n".join(lines) + "\n"
+
+
+def chosen_on_validation(spec: Spec, collected: dict, metrics: Sequence[str]) -> str:
+  """A line naming the cell with the best mean validation `spec.select_on` among the cells
+  that finished every seed, with that cell's test figures."""
+  metric = spec.select_on
+  if metric is None:
+    return "No cell chosen on validation: the spec names no metric (select_on)."
+  means = {}
+  for cell, c in collected.items():
+    values = [c["valid"][s][metric] for s in spec.seeds if metric in c["valid"].get(s, {})]
+    if len(values) == len(spec.seeds):
+      means[cell] = mean_std(values)[0]
+  if not means:
+    return (f"No cell chosen on validation yet: none has validation {metric} for all "
+            f"{len(spec.seeds)} seeds.")
+  best = max(means, key=means.get)
+  test = ", ".join(
+      f"{m} {mean_std([collected[best]['seeds'][s][m] for s in spec.seeds])[0]:.4f}"
+      for m in metrics)
+  return (f"Chosen on validation {metric} (mean over {len(spec.seeds)} seeds, among the "
+          f"{len(means)} cell(s) with every seed): **{best}** (validation {means[best]:.4f}); "
+          f"its test: {test}.")
 
 
 def bar_chart(spec: Spec, collected: dict, path: str) -> None:

@@ -39,8 +39,11 @@ class FakeTrain:
     seed = int(next(a.split("=", 1)[1] for a in command if a.startswith("--config.seed=")))
     sasrec = any(a == "--config.pretrain.epochs=0" for a in command)
     value = (0.3 if sasrec else 0.5) + 0.01 * seed
+    # Validation ranks the cells the other way round from test: the choice must follow it.
+    valid = 0.9 - value
     with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump({"test": {"HR@10": value, "MRR": value / 2}, "best_epoch": seed + 1}, f)
+      json.dump({"test": {"HR@10": value, "MRR": value / 2},
+                 "valid": {"HR@10": valid, "MRR": valid / 2}, "best_epoch": seed + 1}, f)
     return 0
 
 
@@ -59,6 +62,9 @@ def test_runs_every_cell_and_seed_once_and_summarises(tmp_path):
   # mean +- sample std, then every seed's value; the overrides that made the cell.
   assert "| S3-Rec | 2/2 | 0.5150 +- 0.0071 [0.5100, 0.5200] |" in table
   assert "`finetune.min_epochs=2`" in table and "| paper |  | 0.5000 |" in table
+  # Chosen on validation MRR (the last metric), not on test: SASRec, whose test is lower.
+  assert ("Chosen on validation MRR (mean over 2 seeds, among the 2 cell(s) with every seed): "
+          "**SASRec, min 2** (validation 0.2925); its test: HR@10 0.3150, MRR 0.1575.") in table
   png = open(os.path.join(root, "results.png"), "rb").read()
   assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
   # Resumable: finished runs are skipped.

@@ -1,4 +1,5 @@
-"""Beauty under full ranking: SASRec, CL4SRec, DuoRec and S3-Rec with bce and ce fine-tuning.
+"""Beauty under full ranking: SASRec, CL4SRec, DuoRec and S3-Rec with bce and ce fine-tuning,
+and S3-Rec with ce plus each contrastive term.
 
   python -m s3rec_jax.convert --input ../shared/data/reference_checkpoints/Beauty-epochs-150.pt \\
       --output runs/ckpt/beauty_reference --dataset Beauty --data_dir ../shared/data
@@ -26,7 +27,14 @@ def get_spec():
           "DuoRec (ce + duorec 0.1)": dict(_SASREC, **_CE, **{"finetune.objectives.duorec": 0.1}),
           "S3-Rec released (bce)": dict(_RELEASED),
           "S3-Rec released (ce)": dict(_RELEASED, **_CE),
+          # Whether a contrastive term adds anything on top of pre-training and ce.
+          "S3-Rec released (ce + duorec 0.1)": dict(_RELEASED, **_CE,
+                                                    **{"finetune.objectives.duorec": 0.1}),
+          "S3-Rec released (ce + cl4srec 0.1)": dict(_RELEASED, **_CE,
+                                                     **{"finetune.objectives.cl4srec": 0.1}),
       },
+      # The early-stopping metric picks the best cell on validation.
+      "select_on": "NDCG@20",
       "seeds": [42, 1, 2],
       "metrics": ["HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"],
       "published": {

@@ -431,10 +431,8 @@ def _chunk_candidates(in_range, exclude, excluded, first_id):
 
 def _merge_chunk_top_k(top_scores, top_items, scores, candidate, ids, top_k):
   """Merges the best candidates of a chunk's [B, chunk] scores into the running top-k."""
-  chunk_k = min(top_k, ids.shape[0])
-  masked = jnp.where(candidate, _canonical(scores), jnp.array(-jnp.inf, scores.dtype))
-  chunk_scores, chunk_idx = _top_k_columns(masked, chunk_k)
-  chunk_items = jnp.where(jnp.take_along_axis(candidate, chunk_idx, axis=1), ids[chunk_idx], 0)
+  chunk_scores, chunk_idx, picked = _top_k_columns(scores, candidate, min(top_k, ids.shape[0]))
+  chunk_items = jnp.where(picked, ids[chunk_idx], 0)
   return _merge_top_k(top_scores, top_items, chunk_scores, chunk_items, top_k)
 
 
@@ -445,35 +443,50 @@ def _canonical(scores):
   return jnp.where(jnp.isnan(scores), jnp.array(jnp.nan, scores.dtype), scores)
 
 
+def _candidate_scores(scores, candidate):
+  """Canonical scores of the candidates, -inf elsewhere: what the top-k ranks."""
+  return jnp.where(candidate, _canonical(scores), jnp.array(-jnp.inf, scores.dtype))
+
+
 # Columns per group in `_top_k_columns`: about sqrt(chunk / k) for the chunks
 # and k of evaluation, where the two top_k passes cost the least.
 _TOP_K_GROUP = 16
 
 
-def _top_k_columns(scores, k):
-  """lax.top_k(scores, k) of [B, C] scores, exactly (ties to the lower column),
-  through a top_k over groups of columns.
+def _top_k_columns(scores, candidate, k):
+  """lax.top_k of `_candidate_scores(scores, candidate)` [B, C], exactly (ties to the lower
+  column), through a top_k over groups of columns; also whether each pick is a candidate.
 
   The k best columns lie in the k groups of columns with the best maxima: a
   column outside them is beaten by each of those k groups' maxima (or tied
   with it at a lower column). So the top_k runs over C / G group maxima and
   then over those k groups' k * G columns, instead of over all C columns
   (lax.top_k is a partial sort on CPU, far costlier per column than a max).
+  The masked [B, C] scores are never stored: the group maxima read the scores
+  and the mask in one pass, and the picked groups are masked again.
   """
   batch, width = scores.shape
   group = _TOP_K_GROUP
   if width % group or width // group <= k or scores.dtype != jnp.float32:
-    return lax.top_k(scores, k)
+    best, columns = lax.top_k(_candidate_scores(scores, candidate), k)
+    return best, columns, jnp.take_along_axis(candidate, columns, axis=1)
   grouped = scores.reshape(batch, width // group, group)
+  grouped_candidate = candidate.reshape(batch, width // group, group)
   # Group maxima in lax.top_k's own order, through integer keys (a float max
   # on XLA:CPU may skip NaNs).
-  group_max = _from_order_key(jnp.max(_order_key(grouped), axis=2))
+  group_max = _from_order_key(jnp.max(_order_key(_candidate_scores(grouped, grouped_candidate)),
+                                      axis=2))
   _, best_groups = lax.top_k(group_max, k)
-  best_groups = jnp.sort(best_groups, axis=1)  # column order, for the ties
-  candidates = jnp.take_along_axis(grouped, best_groups[:, :, None], axis=1)
-  best, pick = lax.top_k(candidates.reshape(batch, k * group), k)
-  columns = jnp.take_along_axis(best_groups, pick // group, axis=1) * group + pick % group
-  return best, columns
+  best_groups = jnp.sort(best_groups, axis=1)[:, :, None]  # column order, for the ties
+  picked_candidate = jnp.take_along_axis(grouped_candidate, best_groups, axis=1).reshape(
+      batch, k * group)
+  picked = _candidate_scores(
+      jnp.take_along_axis(grouped, best_groups, axis=1).reshape(batch, k * group),
+      picked_candidate)
+  best, pick = lax.top_k(picked, k)
+  columns = (jnp.take_along_axis(best_groups[:, :, 0], pick // group, axis=1) * group
+             + pick % group)
+  return best, columns, jnp.take_along_axis(picked_candidate, pick, axis=1)
 
 
 def _order_key(scores):

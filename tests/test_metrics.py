@@ -404,7 +404,8 @@ def test_wide_chunks_rank_exactly_with_ties(chunk_size):
 @pytest.mark.parametrize("width,k", [(256, 5), (512, 20), (160, 10), (100, 3)])
 def test_grouped_top_k_equals_lax_top_k(width, k):
   # Coarse values make ties frequent; -inf, 0.0, -0.0 and NaNs of both signs
-  # are sprinkled in. After `_canonical`, both orderings must agree exactly.
+  # are sprinkled in, and a random candidate mask. The grouped top-k must equal
+  # lax.top_k of the masked canonical scores exactly.
   rng = np.random.default_rng(width + k)
   scores = rng.integers(-4, 5, size=(64, width)).astype(np.float32)
   specials = np.array([-np.inf, 0.0, -0.0, np.nan, -np.nan], np.float32)
@@ -412,8 +413,12 @@ def test_grouped_top_k_equals_lax_top_k(width, k):
   scores[where] = rng.choice(specials, size=where.sum())
   scores[:4] = -np.inf                       # rows with no candidate at all
   scores[4:8, : width // 2] = np.nan         # rows led by NaNs
-  canonical = jax.jit(metrics._canonical)(scores)
-  want = jax.device_get(jax.lax.top_k(canonical, k))
-  got = jax.device_get(jax.jit(metrics._top_k_columns, static_argnums=1)(canonical, k))
-  np.testing.assert_array_equal(got[1], want[1])
-  np.testing.assert_array_equal(got[0], want[0])
+  candidate = rng.random(scores.shape) < 0.8
+  candidate[8:10] = False                    # rows whose candidates are all masked out
+  masked = jax.jit(metrics._candidate_scores)(scores, candidate)
+  want_scores, want_columns = jax.device_get(jax.lax.top_k(masked, k))
+  got_scores, got_columns, got_picked = jax.device_get(
+      jax.jit(metrics._top_k_columns, static_argnums=2)(scores, candidate, k))
+  np.testing.assert_array_equal(got_columns, want_columns)
+  np.testing.assert_array_equal(got_scores, want_scores)
+  np.testing.assert_array_equal(got_picked, np.take_along_axis(candidate, want_columns, axis=1))

@@ -130,5 +130,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.protocol = "sampled"       # "sampled" (answer + 99 negatives) or "full" (all items)
   c.eval.batch_size = 1024         # users per step (any value: the metrics do not depend on it)
   c.eval.chunk_size = 2048          # catalogue rows scored at a time in full ranking
-  c.eval.top_k = 20
+  c.eval.top_k = 20               # no effect (kept for older configs): evaluation needs ranks only
   return c

@@ -238,7 +238,8 @@ def full_ranking(
     num_items: number of real items (static).
     chunk_size: catalogue rows scored per scan step (static); any value >= 1,
       values >= num_items give a single chunk.
-    top_k: number of best remaining candidates to return (static).
+    top_k: number of best remaining candidates to return (static); 0 for the
+      ranks alone (what evaluation needs: no running top-k at all).
     fingerprints: `table_fingerprints(item_table)`, if already computed
       (otherwise each chunk's rows are fingerprinted as they are scored).
     axis_name: the mesh axis the catalogue is split over, or None.
@@ -264,8 +265,8 @@ def full_ranking(
     raise ValueError(
         f"Need 1 <= num_items < item_size (row 0 is padding); got "
         f"num_items={num_items}, item_size={item_size}.")
-  if chunk_size < 1 or top_k < 1:
-    raise ValueError(f"chunk_size and top_k must be >= 1; got {chunk_size}, {top_k}.")
+  if chunk_size < 1 or top_k < 0:
+    raise ValueError(f"need chunk_size >= 1 and top_k >= 0; got {chunk_size}, {top_k}.")
 
   # Local rows scanned: ids 1..num_items of a whole table; every row of a block.
   first_row, scan_rows = (1, num_items) if axis_name is None else (0, local_size)
@@ -303,10 +304,12 @@ def full_ranking(
     others = candidate & (ids[None, :] != answers[:, None])
     # A NaN answer score compares False with everything; never let it win.
     beats = (scores >= answer_score[:, None]) | jnp.isnan(answer_score)[:, None]
-    count = count + jnp.sum(others & beats, axis=1, dtype=jnp.int32)
-    top_scores, top_items = _merge_chunk_top_k(top_scores, top_items, scores, candidate, ids,
-                                               top_k)
-    return (count, top_scores, top_items), None
+    if top_k == 0:
+      return (count + jnp.sum(others & beats, axis=1, dtype=jnp.int32), top_scores,
+              top_items), None
+    chunk_count, top_scores, top_items = _merge_chunk_top_k(
+        top_scores, top_items, scores, candidate, ids, top_k, counted=others & beats)
+    return (count + chunk_count, top_scores, top_items), None
 
   init = (
       jnp.zeros((batch,), jnp.int32),
@@ -317,6 +320,7 @@ def full_ranking(
   (ranks, top_scores, top_items), _ = lax.scan(step_fn, init, steps)
   if axis_name is not None:
     ranks = lax.psum(ranks, axis_name)
+  if axis_name is not None and top_k:
     # Devices hold increasing ids, so the gathered lists are in id order and
     # the merge keeps resolving ties to the lowest id.
     top_scores, top_items = _top_k_of(lax.all_gather(top_scores, axis_name, axis=1, tiled=True),
@@ -385,7 +389,9 @@ def top_k_items(
     ids = offset + jnp.arange(chunk, dtype=jnp.int32)
     in_range = (ids >= start) & (ids <= num_items)
     candidate = _chunk_candidates(in_range, exclude, excluded, offset)
-    return _merge_chunk_top_k(top_scores, top_items, scores, candidate, ids, top_k), None
+    _, top_scores, top_items = _merge_chunk_top_k(top_scores, top_items, scores, candidate, ids,
+                                                  top_k)
+    return (top_scores, top_items), None
 
   init = (jnp.full((batch, top_k), -jnp.inf, score_dtype), jnp.zeros((batch, top_k), jnp.int32))
   (top_scores, top_items), _ = lax.scan(step_fn, init, jnp.arange(num_chunks, dtype=jnp.int32))
@@ -429,11 +435,15 @@ def _chunk_candidates(in_range, exclude, excluded, first_id):
   return candidate.at[user_idx[:, None], local].set(False, mode="drop")
 
 
-def _merge_chunk_top_k(top_scores, top_items, scores, candidate, ids, top_k):
-  """Merges the best candidates of a chunk's [B, chunk] scores into the running top-k."""
-  chunk_scores, chunk_idx, picked = _top_k_columns(scores, candidate, min(top_k, ids.shape[0]))
+def _merge_chunk_top_k(top_scores, top_items, scores, candidate, ids, top_k, counted=None):
+  """Merges the best candidates of a chunk's [B, chunk] scores into the running top-k.
+
+  Returns (per-user count of `counted` [B, chunk] (0 without it), top scores, top items).
+  """
+  chunk_scores, chunk_idx, picked, count = _top_k_columns(
+      scores, candidate, min(top_k, ids.shape[0]), counted)
   chunk_items = jnp.where(picked, ids[chunk_idx], 0)
-  return _merge_top_k(top_scores, top_items, chunk_scores, chunk_items, top_k)
+  return (count,) + _merge_top_k(top_scores, top_items, chunk_scores, chunk_items, top_k)
 
 
 def _canonical(scores):
@@ -453,30 +463,42 @@ def _candidate_scores(scores, candidate):
 _TOP_K_GROUP = 16
 
 
-def _top_k_columns(scores, candidate, k):
+def _top_k_columns(scores, candidate, k, counted=None):
   """lax.top_k of `_candidate_scores(scores, candidate)` [B, C], exactly (ties to the lower
-  column), through a top_k over groups of columns; also whether each pick is a candidate.
+  column), through a top_k over groups of columns; also whether each pick is a candidate,
+  and the per-user number of True entries of `counted` [B, C] (0 without it).
 
   The k best columns lie in the k groups of columns with the best maxima: a
   column outside them is beaten by each of those k groups' maxima (or tied
   with it at a lower column). So the top_k runs over C / G group maxima and
   then over those k groups' k * G columns, instead of over all C columns
   (lax.top_k is a partial sort on CPU, far costlier per column than a max).
-  The masked [B, C] scores are never stored: the group maxima read the scores
-  and the mask in one pass, and the picked groups are masked again.
+  The masked [B, C] scores are never stored: one reduction over the groups
+  reads the scores and the masks once for the group maxima and the count
+  (separate passes re-read a wide chunk from memory), and the picked groups
+  are masked again.
   """
   batch, width = scores.shape
   group = _TOP_K_GROUP
+  no_count = jnp.zeros((batch,), jnp.int32)
   if width % group or width // group <= k or scores.dtype != jnp.float32:
     best, columns = lax.top_k(_candidate_scores(scores, candidate), k)
-    return best, columns, jnp.take_along_axis(candidate, columns, axis=1)
+    count = no_count if counted is None else jnp.sum(counted, axis=1, dtype=jnp.int32)
+    return best, columns, jnp.take_along_axis(candidate, columns, axis=1), count
   grouped = scores.reshape(batch, width // group, group)
   grouped_candidate = candidate.reshape(batch, width // group, group)
   # Group maxima in lax.top_k's own order, through integer keys (a float max
   # on XLA:CPU may skip NaNs).
-  group_max = _from_order_key(jnp.max(_order_key(_candidate_scores(grouped, grouped_candidate)),
-                                      axis=2))
-  _, best_groups = lax.top_k(group_max, k)
+  keys = _order_key(_candidate_scores(grouped, grouped_candidate))
+  if counted is None:
+    group_max, count = jnp.max(keys, axis=2), no_count
+  else:
+    flags = counted.reshape(grouped.shape).astype(jnp.int32)
+    group_max, group_count = lax.reduce(
+        (keys, flags), (jnp.int32(jnp.iinfo(jnp.int32).min), jnp.int32(0)),
+        lambda a, b: (jnp.maximum(a[0], b[0]), a[1] + b[1]), (2,))
+    count = jnp.sum(group_count, axis=1)
+  _, best_groups = lax.top_k(_from_order_key(group_max), k)
   best_groups = jnp.sort(best_groups, axis=1)[:, :, None]  # column order, for the ties
   picked_candidate = jnp.take_along_axis(grouped_candidate, best_groups, axis=1).reshape(
       batch, k * group)
@@ -486,7 +508,7 @@ def _top_k_columns(scores, candidate, k):
   best, pick = lax.top_k(picked, k)
   columns = (jnp.take_along_axis(best_groups[:, :, 0], pick // group, axis=1) * group
              + pick % group)
-  return best, columns, jnp.take_along_axis(picked_candidate, pick, axis=1)
+  return best, columns, jnp.take_along_axis(picked_candidate, pick, axis=1), count
 
 
 def _order_key(scores):

@@ -269,6 +269,14 @@ def test_full_ranking_top_k_larger_than_candidates():
     np.testing.assert_array_equal(got, expected)
 
 
+def test_full_ranking_ranks_only_with_top_k_0():
+  user, table, answers, history = random_case(3, batch=9, num_items=700, hist_len=30)
+  want_ranks, _, _ = np_full_ranking(user, table, answers, history, 700, 1)
+  ranks, items, scores = run_full(user, table, answers, history, 700, 160, 0)
+  np.testing.assert_array_equal(ranks, want_ranks)
+  assert items.shape == scores.shape == (9, 0)
+
+
 def test_full_ranking_rejects_bad_sizes():
   user, table, answers, history = random_case(0)
   with pytest.raises(ValueError, match="num_items"):
@@ -417,8 +425,10 @@ def test_grouped_top_k_equals_lax_top_k(width, k):
   candidate[8:10] = False                    # rows whose candidates are all masked out
   masked = jax.jit(metrics._candidate_scores)(scores, candidate)
   want_scores, want_columns = jax.device_get(jax.lax.top_k(masked, k))
-  got_scores, got_columns, got_picked = jax.device_get(
-      jax.jit(metrics._top_k_columns, static_argnums=2)(scores, candidate, k))
+  counted = rng.random(scores.shape) < 0.3
+  got_scores, got_columns, got_picked, got_count = jax.device_get(
+      jax.jit(metrics._top_k_columns, static_argnums=2)(scores, candidate, k, counted))
+  np.testing.assert_array_equal(got_count, counted.sum(axis=1))
   np.testing.assert_array_equal(got_columns, want_columns)
   np.testing.assert_array_equal(got_scores, want_scores)
   np.testing.assert_array_equal(got_picked, np.take_along_axis(candidate, want_columns, axis=1))

@@ -68,8 +68,9 @@ def _chunked_rows(table, first_id, num_items, chunk_size, whole):
 
 
 def matmul(a, b, matmul_dtype=None):
-  """a @ b with its operands in `matmul_dtype` (None: as they are), accumulated in float32."""
-  if matmul_dtype is None:
+  """a @ b with its operands in `matmul_dtype` (None or "float32": as they are), accumulated
+  in float32."""
+  if matmul_dtype in (None, "float32"):
     return a @ b
   return jnp.matmul(a.astype(matmul_dtype), b.astype(matmul_dtype),
                     preferred_element_type=jnp.float32)
@@ -155,7 +156,8 @@ def cross_entropy(queries: jax.Array, table: jax.Array, targets: jax.Array, *, n
     axis_name: the mesh axis the table's rows are split over, or None.
     matmul_dtype: e.g. "bfloat16": the catalogue-scoring matmuls (forward and
       backward) take their operands in that dtype and accumulate in float32;
-      the logsumexp, softmax weights and losses stay float32. None: the inputs'.
+      the logsumexp, softmax weights and losses stay float32. None or "float32":
+      the inputs'.
 
   Returns:
     [T] losses, differentiable in `queries` and `table`.

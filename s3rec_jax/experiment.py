@@ -89,6 +89,9 @@ def load_spec(path: str) -> Spec:
   for name, overrides in cells.items():
     if not isinstance(overrides, Mapping):
       raise SpecError(f"{path}: cell {name!r} maps to {overrides!r}; expected a dict of overrides")
+  if "select_on" in raw and not isinstance(raw["select_on"], str):
+    raise SpecError(f"{path}: 'select_on' is {raw['select_on']!r}; expected a metric name "
+                    "such as 'NDCG@20'")
   seeds = tuple(int(s) for s in raw.get("seeds", DEFAULT_SEEDS))
   config = raw["config"]
   if not os.path.isabs(config):

@@ -511,16 +511,19 @@ def _top_k_columns(scores, candidate, k, counted=None):
   return best, columns, jnp.take_along_axis(picked_candidate, pick, axis=1), count
 
 
-def _order_key(scores):
-  """float32 -> int32 keys that order as lax.top_k orders canonical floats."""
-  bits = lax.bitcast_convert_type(scores, jnp.int32)
+def _flip_negatives(bits):
+  """Reverses the order of the negative int32s: float bits <-> order keys (its own inverse)."""
   return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
 
 
+def _order_key(scores):
+  """float32 -> int32 keys that order as lax.top_k orders canonical floats."""
+  return _flip_negatives(lax.bitcast_convert_type(scores, jnp.int32))
+
+
 def _from_order_key(keys):
-  """The inverse of `_order_key` (the map is its own inverse)."""
-  return lax.bitcast_convert_type(jnp.where(keys < 0, keys ^ jnp.int32(0x7FFFFFFF), keys),
-                                  jnp.float32)
+  """The float32 scores of `_order_key` keys."""
+  return lax.bitcast_convert_type(_flip_negatives(keys), jnp.float32)
 
 
 def _top_k_of(scores, items, top_k):

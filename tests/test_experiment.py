@@ -85,6 +85,8 @@ def test_a_failed_run_stops_with_its_log_named(tmp_path):
     ("def get_spec():\n  return {'config': 'c.py', 'cells': {'a': {}}, 'seed': 1}\n",
      "unknown spec field(s) seed"),
     ("def get_spec(:\n", "cannot load the spec (SyntaxError"),
+    ("def get_spec():\n  return {'config': 'c.py', 'cells': {'a': {}}, 'select_on': 3}\n",
+     "'select_on' is 3; expected a metric name"),
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, body, message):
   path = _spec(tmp_path, body)

@@ -42,8 +42,8 @@ class ObjectiveOptions:
   # Set when the item table's rows are split over this mesh axis (s3rec_jax.item_table):
   # objectives read it through ObjectiveInputs.item_rows / shared_item_rows / item_table.
   item_table_axis: str | None = None
-  # The model's compute dtype (model.compute_dtype): "bfloat16" lets the catalogue
-  # softmax of `ce` run its scoring matmuls in bfloat16 (float32 accumulation).
+  # The model's compute dtype (model.compute_dtype): "bfloat16" runs the scoring
+  # matmuls of `ce` and `sampled_softmax` in bfloat16 (float32 accumulation).
   compute_dtype: str = "float32"
   # Plug-in settings: ((plug-in name, ((field, value), ...)), ...), from config.settings.
   settings: tuple = ()

@@ -65,14 +65,8 @@ def next_item_ce(inputs: ObjectiveInputs) -> jax.Array:
       jnp.where(targets > 0, targets, 1).reshape(-1), num_items=inputs.options.num_items,
       chunk_size=int(inputs.options.setting("next_item", "chunk_size",
                                             catalogue_softmax.DEFAULT_CHUNK_SIZE)),
-      axis_name=inputs.options.item_table_axis, matmul_dtype=_matmul_dtype(inputs))
+      axis_name=inputs.options.item_table_axis, matmul_dtype=inputs.options.compute_dtype)
   return jnp.sum(per_position.reshape(targets.shape) * is_target)
-
-
-def _matmul_dtype(inputs: ObjectiveInputs) -> str | None:
-  """The scoring matmuls' operand dtype: model.compute_dtype, or None for float32."""
-  dtype = inputs.options.compute_dtype
-  return None if dtype == "float32" else dtype
 
 
 @_register("sampled_softmax")
@@ -92,7 +86,8 @@ def next_item_sampled_softmax(inputs: ObjectiveInputs) -> jax.Array:
   # Non-target positions score item 1 (Q(0) = 0 would make them inf - inf).
   flat_targets = jnp.where(targets > 0, targets, 1).reshape(-1)
   pos = jnp.sum(flat * inputs.item_rows(flat_targets), -1) - correction[flat_targets]
-  neg = (catalogue_softmax.matmul(flat, inputs.shared_item_rows(negatives).T, _matmul_dtype(inputs))
+  neg = (catalogue_softmax.matmul(flat, inputs.shared_item_rows(negatives).T,
+                                  inputs.options.compute_dtype)
          - correction[negatives][None, :])                                            # [T, K]
   neg = jnp.where(negatives[None, :] == flat_targets[:, None], -jnp.inf, neg)
   per_position = jax.nn.logsumexp(jnp.concatenate([pos[:, None], neg], axis=1), axis=1) - pos

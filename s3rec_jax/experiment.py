@@ -24,6 +24,13 @@ written atomically after every run. Every seed run is reported, never a
 selection. The table also names the cell with the best mean validation value
 of `select_on` among the cells that finished every seed, and gives its test
 figures: the choice uses validation only.
+
+`--ledger FILE` keeps every finished run in a JSON-lines file as well (cell,
+seed, overrides, test and validation metrics, best epoch, wall time, commit,
+CPU): a run found there with the same overrides is not run again, and the
+table is built from the ledger and DIR together. Commit the ledger beside the
+spec and an experiment can be finished over several machines or days, each
+adding seeds; run folders (checkpoints) need not travel.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import importlib.util
 import json
 import math
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -133,6 +141,101 @@ def read_results(workdir: str) -> dict | None:
     return json.load(f)
 
 
+def _cell_overrides(spec: Spec, cell: str) -> dict[str, str]:
+  return {k: _value(v) for k, v in dict(spec.overrides, **spec.cells[cell]).items()}
+
+
+def _config_name(spec: Spec) -> str:
+  return os.path.relpath(spec.config, REPO)
+
+
+def read_ledger(path: str | None) -> list[dict]:
+  """The records of a ledger file ([] when there is none yet)."""
+  if not path or not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise SpecError(f"{path}:{number}: not a JSON record ({e.msg}); expected one run "
+                        "per line, as --ledger writes them") from None
+      missing = {"cell", "seed", "config", "overrides", "test"} - set(record)
+      if not isinstance(record, dict) or missing:
+        raise SpecError(f"{path}:{number}: a ledger record needs cell, seed, config, "
+                        f"overrides and test; missing {', '.join(sorted(missing))}")
+      records.append(record)
+  return records
+
+
+def ledger_record(spec: Spec, cell: str, seed: int, records: Sequence[dict]) -> dict | None:
+  """The ledger's run of (cell, seed), if one was made with the cell's current overrides
+  and config (a record of an edited cell is stale and ignored)."""
+  overrides, config = _cell_overrides(spec, cell), _config_name(spec)
+  for record in records:
+    if (record["cell"] == cell and int(record["seed"]) == seed
+        and record["config"] == config and record["overrides"] == overrides):
+      return record
+  return None
+
+
+def _wall_seconds(workdir: str) -> float | None:
+  path = os.path.join(workdir, "log.jsonl")
+  if not os.path.exists(path):
+    return None
+  wall = None
+  with open(path) as f:
+    for line in f:
+      if '"done"' in line:
+        wall = json.loads(line).get("wall_seconds", wall)
+  return wall
+
+
+def _commit() -> str | None:
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip() or None
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def _cpu() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+  except OSError:
+    pass
+  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def record_finished(spec: Spec, root: str, ledger: str) -> int:
+  """Appends every run finished under root that the ledger lacks; returns how many."""
+  records = read_ledger(ledger)
+  new = []
+  for cell in spec.cells:
+    for seed in spec.seeds:
+      workdir = os.path.join(root, slug(cell), f"seed_{seed}")
+      results = read_results(workdir)
+      if results is None or ledger_record(spec, cell, seed, records + new) is not None:
+        continue
+      new.append({"cell": cell, "seed": seed, "config": _config_name(spec),
+                  "overrides": _cell_overrides(spec, cell), "test": results["test"],
+                  "valid": results.get("valid") or {}, "best_epoch": results.get("best_epoch"),
+                  "wall_seconds": _wall_seconds(workdir), "commit": _commit(), "cpu": _cpu()})
+  if new:
+    existing = open(ledger).read() if os.path.exists(ledger) else ""
+    if existing and not existing.endswith("\n"):
+      existing += "\n"
+    files.write_text_atomic(ledger, existing + "".join(
+        json.dumps(r, sort_keys=True) + "\n" for r in new))
+  return len(new)
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
   """Mean and sample standard deviation (0 for one value)."""
   mean = sum(values) / len(values)
@@ -141,14 +244,16 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
   return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def collect(spec: Spec, root: str) -> dict:
+def collect(spec: Spec, root: str, ledger: str | None = None) -> dict:
   """{cell: {"seeds": {seed: test metrics}, "valid": {seed: validation metrics at the best
-  epoch}, "overrides", "best_epochs"}} of the finished runs."""
+  epoch}, "overrides", "best_epochs"}} of the finished runs (under root, else in the ledger)."""
+  records = read_ledger(ledger)
   out = {}
   for cell in spec.cells:
     seeds, valid, epochs = {}, {}, {}
     for seed in spec.seeds:
-      results = read_results(os.path.join(root, slug(cell), f"seed_{seed}"))
+      results = (read_results(os.path.join(root, slug(cell), f"seed_{seed}"))
+                 or ledger_record(spec, cell, seed, records))
       if results is not None:
         seeds[seed] = results["test"]
         if results.get("valid"):
@@ -240,8 +345,10 @@ def bar_chart(spec: Spec, collected: dict, path: str) -> None:
     plt.close(fig)
 
 
-def summarize(spec: Spec, root: str) -> dict:
-  collected = collect(spec, root)
+def summarize(spec: Spec, root: str, ledger: str | None = None) -> dict:
+  if ledger:
+    record_finished(spec, root, ledger)
+  collected = collect(spec, root, ledger)
   files.write_text_atomic(os.path.join(root, "results.md"), markdown_table(spec, collected))
   files.write_json_atomic(os.path.join(root, "results.json"), collected)
   if any(c["seeds"] for c in collected.values()):
@@ -249,7 +356,26 @@ def summarize(spec: Spec, root: str) -> dict:
   return collected
 
 
+def select_cells(spec: Spec, text: str) -> list[str]:
+  """The cells a --cells value names: comma-separated cell names or their folder names
+  (a name that itself holds ", " is matched whole, longest first)."""
+  by_slug = {slug(c): c for c in spec.cells}
+  parts, chosen, i = text.split(","), [], 0
+  while i < len(parts):
+    for j in range(len(parts), i, -1):
+      name = ",".join(parts[i:j]).strip()
+      if name in spec.cells or name in by_slug:
+        chosen.append(name if name in spec.cells else by_slug[name])
+        i = j
+        break
+    else:
+      raise SpecError(f"{spec.path}: no cell {parts[i].strip()!r}; cells: "
+                      f"{'; '.join(spec.cells)}")
+  return chosen
+
+
 def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
+        ledger: str | None = None,
         runner: Callable[[list[str], str], int] = run_subprocess,
         log: Callable[[str], None] = print) -> dict:
   """Runs every missing (cell, seed) of the spec in order, summarising after each."""
@@ -257,12 +383,17 @@ def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
   chosen = list(cells) if cells else list(spec.cells)
   for cell in chosen:
     if cell not in spec.cells:
-      raise SpecError(f"{spec.path}: no cell {cell!r}; cells: {', '.join(spec.cells)}")
+      raise SpecError(f"{spec.path}: no cell {cell!r}; cells: {'; '.join(spec.cells)}")
+  if ledger:
+    record_finished(spec, root, ledger)
   for cell in chosen:
     for seed in spec.seeds:
       workdir = os.path.join(root, slug(cell), f"seed_{seed}")
       if read_results(workdir) is not None:
         log(f"{cell}, seed {seed}: done before, skipped")
+        continue
+      if ledger_record(spec, cell, seed, read_ledger(ledger)) is not None:
+        log(f"{cell}, seed {seed}: in the ledger {ledger}, skipped")
         continue
       os.makedirs(workdir, exist_ok=True)
       command = run_command(spec, cell, seed, workdir)
@@ -271,8 +402,8 @@ def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
       if code != 0 or read_results(workdir) is None:
         raise errors.UserError(f"{cell}, seed {seed}: train.py exited with status {code}; see "
                                f"{os.path.join(workdir, 'train.log')} (rerun to resume)")
-      summarize(spec, root)
-  collected = summarize(spec, root)
+      summarize(spec, root, ledger)
+  collected = summarize(spec, root, ledger)
   log(markdown_table(spec, collected))
   return collected
 
@@ -282,7 +413,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("spec", help="a spec file (experiments/*.py)")
   parser.add_argument("--workdir", required=True, help="the experiment's folder")
   parser.add_argument("--seeds", help="comma list overriding the spec's seeds")
-  parser.add_argument("--cells", help="comma list: run only these cells")
+  parser.add_argument("--cells", help="comma list of cell names (or their folder names): run "
+                      "only these cells")
+  parser.add_argument("--ledger", help="a JSON-lines file of finished runs, read and appended "
+                      "to: its runs are not run again and join the table")
   parser.add_argument("--summarize_only", action="store_true",
                       help="write the table and chart of the runs finished so far")
   args = parser.parse_args(argv)
@@ -297,9 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = os.path.abspath(args.workdir)
     if args.summarize_only:
       os.makedirs(root, exist_ok=True)
-      print(markdown_table(spec, summarize(spec, root)))
+      print(markdown_table(spec, summarize(spec, root, args.ledger)))
     else:
-      run(spec, root, cells=args.cells.split(",") if args.cells else None)
+      run(spec, root, cells=select_cells(spec, args.cells) if args.cells else None,
+          ledger=args.ledger)
   return 0
 
 

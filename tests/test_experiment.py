@@ -100,3 +100,46 @@ def test_shipped_specs_load():
   for name in ("lastfm_ablation.py", "beauty_full_ranking.py"):
     spec = experiment.load_spec(os.path.join(REPO, "experiments", name))
     assert os.path.exists(spec.config) and spec.seeds == (42, 1, 2) and len(spec.cells) >= 6
+
+
+def test_a_ledger_carries_finished_runs_to_another_workdir(tmp_path):
+  spec = experiment.load_spec(_spec(tmp_path, SPEC))
+  ledger = str(tmp_path / "ledger.jsonl")
+  fake = FakeTrain()
+  first = experiment.run(spec, str(tmp_path / "a"), ledger=ledger, runner=fake, log=lambda _: None)
+  records = [json.loads(line) for line in open(ledger)]
+  assert len(fake.calls) == 4 and len(records) == 4
+  assert records[0]["cell"] == "S3-Rec" and records[0]["seed"] == 1
+  assert records[0]["overrides"] == {"finetune.epochs": "3"}
+  assert records[0]["test"] == {"HR@10": 0.51, "MRR": 0.255} and records[0]["best_epoch"] == 2
+  assert records[0]["config"] == "configs/synthetic.py" and records[0]["cpu"]
+  # Another machine, an empty workdir, the same ledger: nothing reruns, the table is the same.
+  second = experiment.run(spec, str(tmp_path / "b"), ledger=ledger, runner=fake,
+                          log=lambda _: None)
+  assert len(fake.calls) == 4 and second == first
+  assert (open(tmp_path / "a" / "results.md").read()
+          == open(tmp_path / "b" / "results.md").read())
+  # A cell whose overrides changed is run again; its stale records are ignored.
+  edited = experiment.load_spec(_spec(tmp_path, SPEC.replace('"S3-Rec": {}',
+                                                             '"S3-Rec": {"sp": 1}')))
+  experiment.run(edited, str(tmp_path / "c"), ledger=ledger, runner=fake, log=lambda _: None)
+  assert len(fake.calls) == 6 and len(open(ledger).readlines()) == 6
+
+
+def test_a_bad_ledger_line_is_named(tmp_path):
+  spec = experiment.load_spec(_spec(tmp_path, SPEC))
+  ledger = tmp_path / "ledger.jsonl"
+  ledger.write_text('{"cell": "S3-Rec", "seed": 1, "config": "c", "overrides": {}, "test": {}}\n'
+                    '{"cell": "S3-Rec", "seed"\n')
+  with pytest.raises(experiment.SpecError, match=r"ledger.jsonl:2: not a JSON record"):
+    experiment.run(spec, str(tmp_path / "a"), ledger=str(ledger), runner=FakeTrain(),
+                   log=lambda _: None)
+
+
+def test_cells_are_named_whole_or_by_folder():
+  spec = experiment.load_spec(os.path.join(REPO, "experiments", "lastfm_ablation.py"))
+  assert experiment.select_cells(spec, "SASRec, min 30 epochs,w/o SP") == [
+      "SASRec, min 30 epochs", "w/o SP"]
+  assert experiment.select_cells(spec, "SASRec,w_o_AAP") == ["SASRec", "w/o AAP"]
+  with pytest.raises(experiment.SpecError, match="no cell 'SASRec2'"):
+    experiment.select_cells(spec, "SASRec2")

@@ -255,6 +255,20 @@ def test_fingerprints_equal_only_for_equal_rows():
     np.testing.assert_array_equal(metrics.table_fingerprints(jnp.asarray(rows), chunk_size), fps)
 
 
+def test_full_ranking_when_the_history_holds_the_best_rows():
+  # The history's rows score highest, one in each of several groups of 16 columns, so those
+  # groups top the group maxima of the grouped top-k although their best row is no candidate.
+  user, table, answers, history = random_case(11, batch=7, num_items=700, hist_len=12)
+  history[:, :10] = np.arange(10) * 16 + 3
+  user[:, 0] = 3.0
+  table[history[0, :10], 0] = 50.0         # scores of 150 against at most 45 elsewhere
+  want = np_full_ranking(user, table, answers, history, 700, 6)
+  for chunk_size in (64, 700):
+    got = run_full(user, table, answers, history, 700, chunk_size, 6)
+    for g, w, name in zip(got, want, ("ranks", "items", "scores")):
+      np.testing.assert_array_equal(g, w, err_msg=f"{name}, chunk {chunk_size}")
+
+
 def test_full_ranking_top_k_larger_than_candidates():
   user, table, answers, history = random_case(5, num_items=6, hist_len=6)
   history[:] = 0

@@ -26,8 +26,8 @@ of `select_on` among the cells that finished every seed, and gives its test
 figures: the choice uses validation only.
 
 `--ledger FILE` keeps every finished run in a JSON-lines file as well (cell,
-seed, overrides, test and validation metrics, best epoch, wall time, commit,
-CPU): a run found there with the same overrides is not run again, and the
+seed, overrides, test and validation metrics, best epoch, wall time, the commit
+and CPU of the runner, which records each run as soon as it ends): a run found there with the same overrides is not run again, and the
 table is built from the ledger and DIR together. Commit the ledger beside the
 spec and an experiment can be finished over several machines or days, each
 adding seeds; run folders (checkpoints) need not travel.

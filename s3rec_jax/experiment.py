@@ -246,20 +246,26 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def collect(spec: Spec, root: str, ledger: str | None = None) -> dict:
   """{cell: {"seeds": {seed: test metrics}, "valid": {seed: validation metrics at the best
-  epoch}, "overrides", "best_epochs"}} of the finished runs (under root, else in the ledger)."""
+  epoch}, "overrides", "best_epochs", "wall_seconds"}} of the finished runs (under root, else
+  in the ledger)."""
   records = read_ledger(ledger)
   out = {}
   for cell in spec.cells:
-    seeds, valid, epochs = {}, {}, {}
+    seeds, valid, epochs, walls = {}, {}, {}, {}
     for seed in spec.seeds:
-      results = (read_results(os.path.join(root, slug(cell), f"seed_{seed}"))
-                 or ledger_record(spec, cell, seed, records))
+      workdir = os.path.join(root, slug(cell), f"seed_{seed}")
+      results, wall = read_results(workdir), _wall_seconds(workdir)
+      if results is None:
+        results = ledger_record(spec, cell, seed, records)
+        wall = results and results.get("wall_seconds")
       if results is not None:
         seeds[seed] = results["test"]
         if results.get("valid"):
           valid[seed] = results["valid"]
         epochs[seed] = results.get("best_epoch")
-    out[cell] = {"seeds": seeds, "valid": valid, "best_epochs": epochs,
+        if wall is not None:
+          walls[seed] = wall
+    out[cell] = {"seeds": seeds, "valid": valid, "best_epochs": epochs, "wall_seconds": walls,
                  "overrides": dict(spec.overrides, **spec.cells[cell])}
   return out
 
@@ -270,7 +276,7 @@ def markdown_table(spec: Spec, collected: dict) -> str:
   lines = [f"Test metrics, mean +- std over seeds (each seed's value in brackets, seeds "
            f"{', '.join(map(str, spec.seeds))}). Spec: `{os.path.relpath(spec.path, REPO)}`, "
            f"config `{os.path.relpath(spec.config, REPO)}`.", ""]
-  header = ["cell", "runs"] + list(metrics) + ["best epochs", "overrides"]
+  header = ["cell", "runs"] + list(metrics) + ["best epochs", "wall per run", "overrides"]
   lines.append("| " + " | ".join(header) + " |")
   lines.append("|" + " --- |" * len(header))
   for cell, c in collected.items():
@@ -283,6 +289,8 @@ def markdown_table(spec: Spec, collected: dict) -> str:
       mean, std = mean_std(values)
       row.append(f"{mean:.4f} +- {std:.4f} [" + ", ".join(f"{v:.4f}" for v in values) + "]")
     row.append(", ".join(str(c["best_epochs"][s]) for s in spec.seeds if s in c["best_epochs"]))
+    walls = c.get("wall_seconds", {})
+    row.append(", ".join(f"{walls[s] / 60:.1f} min" for s in spec.seeds if s in walls))
     row.append(", ".join(f"`{k}={_value(v)}`" for k, v in c["overrides"].items()) or "")
     lines.append("| " + " | ".join(row) + " |")
   lines += ["", chosen_on_validation(spec, collected, metrics)]

@@ -44,6 +44,8 @@ class FakeTrain:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump({"test": {"HR@10": value, "MRR": value / 2},
                  "valid": {"HR@10": valid, "MRR": valid / 2}, "best_epoch": seed + 1}, f)
+    with open(os.path.join(workdir, "log.jsonl"), "w") as f:
+      f.write(json.dumps({"phase": "done", "wall_seconds": 60.0 * seed}) + "\n")
     return 0
 
 
@@ -62,6 +64,7 @@ def test_runs_every_cell_and_seed_once_and_summarises(tmp_path):
   # mean +- sample std, then every seed's value; the overrides that made the cell.
   assert "| S3-Rec | 2/2 | 0.5150 +- 0.0071 [0.5100, 0.5200] |" in table
   assert "`finetune.min_epochs=2`" in table and "| paper |  | 0.5000 |" in table
+  assert "| 2, 3 | 1.0 min, 2.0 min |" in table   # best epochs, wall per run
   # Chosen on validation MRR (the last metric), not on test: SASRec, whose test is lower.
   assert ("Chosen on validation MRR (mean over 2 seeds, among the 2 cell(s) with every seed): "
           "**SASRec, min 2** (validation 0.2925); its test: HR@10 0.3150, MRR 0.1575.") in table
@@ -113,6 +116,7 @@ def test_a_ledger_carries_finished_runs_to_another_workdir(tmp_path):
   assert records[0]["overrides"] == {"finetune.epochs": "3"}
   assert records[0]["test"] == {"HR@10": 0.51, "MRR": 0.255} and records[0]["best_epoch"] == 2
   assert records[0]["config"] == "configs/synthetic.py" and records[0]["cpu"]
+  assert records[1]["wall_seconds"] == 120.0
   # Another machine, an empty workdir, the same ledger: nothing reruns, the table is the same.
   second = experiment.run(spec, str(tmp_path / "b"), ledger=ledger, runner=fake,
                           log=lambda _: None)

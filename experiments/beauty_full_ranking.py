@@ -3,11 +3,16 @@ and S3-Rec with ce plus each contrastive term.
 
   python -m s3rec_jax.convert --input ../shared/data/reference_checkpoints/Beauty-epochs-150.pt \\
       --output runs/ckpt/beauty_reference --dataset Beauty --data_dir ../shared/data
-  python -m s3rec_jax.experiment experiments/beauty_full_ranking.py --workdir runs/beauty_full
+  python -m s3rec_jax.experiment experiments/beauty_full_ranking.py --workdir runs/beauty_full \\
+      --ledger experiments/ledgers/beauty_full_ranking.jsonl
 
 The S3-Rec cells fine-tune the released pre-training checkpoint (converted by
 the first command). `finetune.epochs` is raised to 300 for the ce cells: with
 the reference's 200 the released checkpoint's ce run was still improving.
+
+The ledger's first 14 records were transcribed from the table in
+docs/results.md (4 decimals, validation figures only where that page gives
+them per seed) after their run folders were lost; the runner marks them.
 """
 
 _FULL = {"eval.protocol": "full"}

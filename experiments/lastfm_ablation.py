@@ -1,9 +1,11 @@
 """The paper's ablation on LastFM (sampled protocol): S3-Rec without each objective, and SASRec.
 
-  python -m s3rec_jax.experiment experiments/lastfm_ablation.py --workdir runs/lastfm_ablation
+  python -m s3rec_jax.experiment experiments/lastfm_ablation.py --workdir runs/lastfm_ablation \\
+      --ledger experiments/ledgers/lastfm_ablation.jsonl
 
 15 runs of the reference schedule (150 pre-training epochs each, about 50 min on
-2 CPU cores, SASRec a few minutes): about 10 h on such a machine. SASRec on
+2 CPU cores, SASRec a few minutes): about 10 h on such a machine, so it is
+finished in parts: the ledger keeps every finished run. SASRec on
 LastFM often early-stops on a validation plateau; the cell `SASRec, min 30
 epochs` shows what `finetune.min_epochs` changes (and says so in the table).
 """

@@ -251,13 +251,15 @@ def collect(spec: Spec, root: str, ledger: str | None = None) -> dict:
   records = read_ledger(ledger)
   out = {}
   for cell in spec.cells:
-    seeds, valid, epochs, walls = {}, {}, {}, {}
+    seeds, valid, epochs, walls, transcribed = {}, {}, {}, {}, {}
     for seed in spec.seeds:
       workdir = os.path.join(root, slug(cell), f"seed_{seed}")
       results, wall = read_results(workdir), _wall_seconds(workdir)
       if results is None:
         results = ledger_record(spec, cell, seed, records)
         wall = results and results.get("wall_seconds")
+        if results and results.get("transcribed_from"):
+          transcribed[seed] = results["transcribed_from"]
       if results is not None:
         seeds[seed] = results["test"]
         if results.get("valid"):
@@ -266,7 +268,7 @@ def collect(spec: Spec, root: str, ledger: str | None = None) -> dict:
         if wall is not None:
           walls[seed] = wall
     out[cell] = {"seeds": seeds, "valid": valid, "best_epochs": epochs, "wall_seconds": walls,
-                 "overrides": dict(spec.overrides, **spec.cells[cell])}
+                 "transcribed": transcribed, "overrides": dict(spec.overrides, **spec.cells[cell])}
   return out
 
 
@@ -280,7 +282,7 @@ def markdown_table(spec: Spec, collected: dict) -> str:
   lines.append("| " + " | ".join(header) + " |")
   lines.append("|" + " --- |" * len(header))
   for cell, c in collected.items():
-    row = [cell, f"{len(c['seeds'])}/{len(spec.seeds)}"]
+    row = [cell, f"{len(c['seeds'])}/{len(spec.seeds)}" + ("*" if c.get("transcribed") else "")]
     for metric in metrics:
       values = [c["seeds"][s][metric] for s in spec.seeds if s in c["seeds"]]
       if not values:
@@ -293,6 +295,10 @@ def markdown_table(spec: Spec, collected: dict) -> str:
     row.append(", ".join(f"{walls[s] / 60:.1f} min" for s in spec.seeds if s in walls))
     row.append(", ".join(f"`{k}={_value(v)}`" for k, v in c["overrides"].items()) or "")
     lines.append("| " + " | ".join(row) + " |")
+  sources = sorted({t for c in collected.values() for t in c.get("transcribed", {}).values()})
+  if sources:
+    lines += ["", "\\* some runs of the cell are ledger records transcribed from an earlier "
+              "record, not written by a run: " + "; ".join(sources) + "."]
   lines += ["", chosen_on_validation(spec, collected, metrics)]
   if spec.published:
     lines += ["", "Published figures, for comparison (not measured here):", ""]

@@ -147,3 +147,17 @@ def test_cells_are_named_whole_or_by_folder():
   assert experiment.select_cells(spec, "SASRec,w_o_AAP") == ["SASRec", "w/o AAP"]
   with pytest.raises(experiment.SpecError, match="no cell 'SASRec2'"):
     experiment.select_cells(spec, "SASRec2")
+
+
+def test_transcribed_ledger_records_are_marked(tmp_path):
+  spec = experiment.load_spec(_spec(tmp_path, SPEC))
+  ledger = tmp_path / "ledger.jsonl"
+  ledger.write_text(json.dumps({
+      "cell": "S3-Rec", "seed": 1, "config": "configs/synthetic.py",
+      "overrides": {"finetune.epochs": "3"}, "test": {"HR@10": 0.5, "MRR": 0.25},
+      "transcribed_from": "an old table"}) + "\n")
+  collected = experiment.summarize(spec, str(tmp_path / "a"), str(ledger))
+  assert collected["S3-Rec"]["seeds"] == {1: {"HR@10": 0.5, "MRR": 0.25}}
+  table = open(tmp_path / "a" / "results.md").read()
+  assert "| S3-Rec | 1/2* | 0.5000 +- 0.0000 [0.5000] |" in table
+  assert "transcribed from an earlier record, not written by a run: an old table." in table

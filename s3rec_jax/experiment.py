@@ -27,8 +27,9 @@ figures: the choice uses validation only.
 
 `--ledger FILE` keeps every finished run in a JSON-lines file as well (cell,
 seed, overrides, test and validation metrics, best epoch, wall time, the commit
-and CPU of the runner, which records each run as soon as it ends): a run found there with the same overrides is not run again, and the
-table is built from the ledger and DIR together. Commit the ledger beside the
+and CPU of the runner, which records each run as soon as it ends): a run found
+there with the same overrides is not run again, and the table is built from the
+ledger and DIR together. Commit the ledger beside the
 spec and an experiment can be finished over several machines or days, each
 adding seeds; run folders (checkpoints) need not travel.
 """
@@ -163,8 +164,9 @@ def read_ledger(path: str | None) -> list[dict]:
       except json.JSONDecodeError as e:
         raise SpecError(f"{path}:{number}: not a JSON record ({e.msg}); expected one run "
                         "per line, as --ledger writes them") from None
-      missing = {"cell", "seed", "config", "overrides", "test"} - set(record)
-      if not isinstance(record, dict) or missing:
+      missing = {"cell", "seed", "config", "overrides", "test"} - set(
+          record if isinstance(record, dict) else ())
+      if missing:
         raise SpecError(f"{path}:{number}: a ledger record needs cell, seed, config, "
                         f"overrides and test; missing {', '.join(sorted(missing))}")
       records.append(record)
@@ -216,7 +218,7 @@ def _cpu() -> str:
 def record_finished(spec: Spec, root: str, ledger: str) -> int:
   """Appends every run finished under root that the ledger lacks; returns how many."""
   records = read_ledger(ledger)
-  new = []
+  new, made_by = [], {"commit": _commit(), "cpu": _cpu()}
   for cell in spec.cells:
     for seed in spec.seeds:
       workdir = os.path.join(root, slug(cell), f"seed_{seed}")
@@ -226,9 +228,12 @@ def record_finished(spec: Spec, root: str, ledger: str) -> int:
       new.append({"cell": cell, "seed": seed, "config": _config_name(spec),
                   "overrides": _cell_overrides(spec, cell), "test": results["test"],
                   "valid": results.get("valid") or {}, "best_epoch": results.get("best_epoch"),
-                  "wall_seconds": _wall_seconds(workdir), "commit": _commit(), "cpu": _cpu()})
+                  "wall_seconds": _wall_seconds(workdir), **made_by})
   if new:
-    existing = open(ledger).read() if os.path.exists(ledger) else ""
+    existing = ""
+    if os.path.exists(ledger):
+      with open(ledger) as f:
+        existing = f.read()
     if existing and not existing.endswith("\n"):
       existing += "\n"
     files.write_text_atomic(ledger, existing + "".join(
@@ -400,13 +405,15 @@ def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
       raise SpecError(f"{spec.path}: no cell {cell!r}; cells: {'; '.join(spec.cells)}")
   if ledger:
     record_finished(spec, root, ledger)
+  # Runs made from here on are found by their results.json first.
+  records = read_ledger(ledger)
   for cell in chosen:
     for seed in spec.seeds:
       workdir = os.path.join(root, slug(cell), f"seed_{seed}")
       if read_results(workdir) is not None:
         log(f"{cell}, seed {seed}: done before, skipped")
         continue
-      if ledger_record(spec, cell, seed, read_ledger(ledger)) is not None:
+      if ledger_record(spec, cell, seed, records) is not None:
         log(f"{cell}, seed {seed}: in the ledger {ledger}, skipped")
         continue
       os.makedirs(workdir, exist_ok=True)

@@ -138,6 +138,10 @@ def test_a_bad_ledger_line_is_named(tmp_path):
   with pytest.raises(experiment.SpecError, match=r"ledger.jsonl:2: not a JSON record"):
     experiment.run(spec, str(tmp_path / "a"), ledger=str(ledger), runner=FakeTrain(),
                    log=lambda _: None)
+  ledger.write_text("5\n")   # JSON, but no record
+  with pytest.raises(experiment.SpecError, match=r"ledger.jsonl:1: a ledger record needs"):
+    experiment.run(spec, str(tmp_path / "a"), ledger=str(ledger), runner=FakeTrain(),
+                   log=lambda _: None)
 
 
 def test_cells_are_named_whole_or_by_folder():

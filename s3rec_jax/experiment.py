@@ -42,7 +42,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from typing import Callable, Mapping, Sequence
 
 from s3rec_jax import errors
 from s3rec_jax import files
+from s3rec_jax import provenance
 
 PROG = "python -m s3rec_jax.experiment"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -196,29 +196,10 @@ def _wall_seconds(workdir: str) -> float | None:
   return wall
 
 
-def _commit() -> str | None:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True, check=True).stdout.strip() or None
-  except (OSError, subprocess.CalledProcessError):
-    return None
-
-
-def _cpu() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-  except OSError:
-    pass
-  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
 def record_finished(spec: Spec, root: str, ledger: str) -> int:
   """Appends every run finished under root that the ledger lacks; returns how many."""
   records = read_ledger(ledger)
-  new, made_by = [], {"commit": _commit(), "cpu": _cpu()}
+  new, made_by = [], {"commit": provenance.commit(), "cpu": provenance.cpu()}
   for cell in spec.cells:
     for seed in spec.seeds:
       workdir = os.path.join(root, slug(cell), f"seed_{seed}")

@@ -28,6 +28,7 @@ from s3rec_jax import metrics as metrics_lib
 from s3rec_jax import model as model_lib
 from s3rec_jax import objectives as objectives_lib
 from s3rec_jax import parallel
+from s3rec_jax import provenance
 from s3rec_jax import train_steps
 
 PRETRAIN_DIR = "pretrain"                 # hand-off checkpoints, one per saved epoch
@@ -520,7 +521,11 @@ def write_run_record(config: ml_collections.ConfigDict, ds: data_lib.Dataset, wo
   files.write_json_atomic(os.path.join(workdir, RUN_FILE), {
       "config": config.to_dict(), "dataset": config.dataset,
       "data_dir": os.path.abspath(config.data_dir), "item_size": ds.item_size,
-      "attribute_size": ds.attribute_size, "max_item": ds.max_item, "ids_file": ids_path})
+      "attribute_size": ds.attribute_size, "max_item": ds.max_item, "ids_file": ids_path,
+      # Where and with what this run (or its latest resume) ran.
+      "made_by": {"commit": provenance.commit(), "cpu": provenance.cpu(),
+                  "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+                  **provenance.libraries()}})
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -531,6 +531,9 @@ def _train(tmp_path, data_dir, name, **overrides):
   run = json.loads((workdir / "run.json").read_text())
   assert stats["attributes"] > 0
   assert (run["max_item"], run["attribute_size"]) == (stats["items"], stats["attributes"] + 1)
+  # The run says where and with what it ran (2 forced host devices here).
+  assert run["made_by"]["devices"] == "2 x cpu"
+  assert {"commit", "cpu", "jax", "flax", "optax"} <= set(run["made_by"])
 
 
 @pytest.mark.slow

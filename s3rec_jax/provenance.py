@@ -1,0 +1,42 @@
+"""What made a result: the code's commit, the CPU and the library versions.
+
+Read once per record; none of it enters results.json, which a resumed run must
+reproduce exactly (a resume may run on another machine or a later commit).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def commit() -> str | None:
+  """The short commit of the checkout this package runs from (None outside git)."""
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip() or None
+  except (OSError, subprocess.CalledProcessError):
+    return None
+
+
+def cpu() -> str:
+  """The CPU's model name and core count, e.g. 'AMD EPYC 9B14, 2 cores'."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+  except OSError:
+    pass
+  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def libraries() -> dict[str, str]:
+  """Versions of the libraries that decide the numbers."""
+  import flax  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}

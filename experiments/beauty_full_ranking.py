@@ -8,7 +8,7 @@ and S3-Rec with ce plus each contrastive term.
 
 The S3-Rec released cells fine-tune the released pre-training checkpoint
 (converted by the first command); `S3-Rec pre-trained here` runs this
-project's own 150-epoch pre-training first (about 75 min on a 2-core Xeon,
+project's own 150-epoch pre-training first (96 min on a 2-core Xeon,
 2.2 h on the 2-core AMD EPYC). `finetune.epochs` is raised to 300 for the ce cells: with
 the reference's 200 the released checkpoint's ce run was still improving.
 

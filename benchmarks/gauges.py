@@ -1,12 +1,12 @@
 """Yardsticks the benchmarks print beside their figures, measured in the same run."""
 
-import platform
 import resource
 import time
 
 import jax
 
 from s3rec_jax import parallel
+from s3rec_jax import provenance
 
 
 def matmul_flops_per_s(mesh, n: int = 2048, repeats: int = 7) -> float:
@@ -61,11 +61,4 @@ def peak_rss_gib() -> float:
 
 def cpu_model() -> str:
   """The CPU's model name, to print beside every figure (machines differ)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
+  return provenance.cpu_model()

@@ -22,16 +22,21 @@ def commit() -> str | None:
     return None
 
 
-def cpu() -> str:
-  """The CPU's model name and core count, e.g. 'AMD EPYC 9B14, 2 cores'."""
+def cpu_model() -> str:
+  """The CPU's model name (machines of one kind differ: print it beside every figure)."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
         if line.startswith("model name"):
-          return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+          return line.split(":", 1)[1].strip()
   except OSError:
     pass
-  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+  return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu() -> str:
+  """The CPU's model name and core count, e.g. 'AMD EPYC 9B14, 2 cores'."""
+  return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def libraries() -> dict[str, str]:

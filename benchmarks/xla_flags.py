@@ -122,4 +122,8 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  try:
+    sys.exit(main(sys.argv[1:]))
+  except RuntimeError as e:  # speed.py failed or printed no table: its output's tail says why
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)

@@ -62,6 +62,8 @@ def parse_args(argv):
                  help="what is divided over the devices: the table's rows, or each user batch "
                       "(with a copy of the table per device)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--method", default="scan", choices=metrics.RANKING_METHODS,
+                 help="full_ranking's method: the XLA scan, or the fused native CPU kernel")
   p.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True,
                  help="round embeddings to multiples of 1/16 so float32 dot products are exact")
   args = p.parse_args(argv)
@@ -157,6 +159,7 @@ def reproduce_command(args) -> str:
            "--chunk_size", str(args.chunk_size), "--user_batch", str(args.user_batch),
            "--history", str(args.history), "--check_users", str(args.check_users),
            "--devices", str(args.devices), "--split", args.split, "--seed", str(args.seed),
+           "--method", args.method,
            "--exact" if args.exact else "--no-exact"]
   return " ".join(shlex.quote(p) for p in parts)
 
@@ -178,7 +181,7 @@ def main(argv) -> int:
   say(f"{args.users} users x {args.items} items, H {args.hidden}, top-{args.top_k}, chunk "
       f"{args.chunk_size}, user batch {args.user_batch}, "
       + (f"catalogue split over {mesh.size}" if by_catalogue else f"users split over {mesh.size}")
-      + f" {jax.devices()[0].platform} device(s), {args.history} history ids per user, "
+      + f" {jax.devices()[0].platform} device(s), method {args.method}, {args.history} history ids per user, "
       f"{'exact (1/16-grid)' if args.exact else 'raw normal'} embeddings")
 
   t0 = time.perf_counter()
@@ -209,14 +212,14 @@ def main(argv) -> int:
     def rank_block(user, block, answers, history):
       return metrics.full_ranking(user, block, answers, history, num_items=args.items,
                                   chunk_size=args.chunk_size, top_k=args.top_k,
-                                  axis_name=parallel.DATA_AXIS)
+                                  axis_name=parallel.DATA_AXIS, method=args.method)
     rank_fn = jax.jit(jax.shard_map(rank_block, mesh=mesh,
                                     in_specs=(P(), P(parallel.DATA_AXIS), P(), P()),
                                     out_specs=P(), check_vma=False))
   else:
     rank_fn = jax.jit(
         functools.partial(metrics.full_ranking, num_items=args.items,
-                          chunk_size=args.chunk_size, top_k=args.top_k),
+                          chunk_size=args.chunk_size, top_k=args.top_k, method=args.method),
         in_shardings=(data, repl, data, data), out_shardings=(data, data, data))
   u0, a0, h0 = batches[0]
   t0 = time.perf_counter()

@@ -54,6 +54,7 @@ import gauges  # noqa: E402  (benchmarks/gauges.py)
 from s3rec_jax import data as data_lib  # noqa: E402
 from s3rec_jax import input_pipeline  # noqa: E402
 from s3rec_jax import metric_writers  # noqa: E402
+from s3rec_jax import metrics as metrics_lib  # noqa: E402
 from s3rec_jax import model as model_lib  # noqa: E402
 from s3rec_jax import objectives as objectives_lib  # noqa: E402
 from s3rec_jax import parallel  # noqa: E402
@@ -93,10 +94,17 @@ def parse_args(argv):
                  help="epochs of train.py's own pre-training loop to run after the step "
                       "timing (its last epoch's logged rate is printed beside the step's); "
                       "0 = skip")
+  p.add_argument("--rankings", default="scan",
+                 help="comma list of full-ranking methods to time (config eval.ranking): scan, "
+                      "fused_cpu")
   p.add_argument("--skip_finetune", action="store_true")
   p.add_argument("--skip_eval", action="store_true")
   args = p.parse_args(argv)
   args.layouts = tuple(x.strip() for x in args.layouts.split(",") if x.strip())
+  args.rankings = tuple(x.strip() for x in args.rankings.split(",") if x.strip())
+  bad = [x for x in args.rankings if x not in metrics_lib.RANKING_METHODS]
+  if bad or not args.rankings:
+    p.error(f"--rankings: unknown {bad}; valid: {', '.join(metrics_lib.RANKING_METHODS)}")
   bad = [x for x in args.layouts if x not in LAYOUTS]
   if bad or not args.layouts:
     p.error(f"--layouts: unknown {bad}; valid: {', '.join(LAYOUTS)}")
@@ -377,9 +385,11 @@ def bench_finetune(config, ds, splits, mesh, pack: bool, form: str = "bce") -> d
           "loss": float(np.mean(jax.device_get(losses)))}
 
 
-def bench_eval(config, ds, splits, mesh, params, protocol: str) -> dict:
+def bench_eval(config, ds, splits, mesh, params, protocol: str, ranking: str = "scan") -> dict:
   """Seconds of a validation pass as fine-tuning runs it (the batches placed by
   the first pass are kept), and of one that builds and places its batches anew."""
+  config = copy.deepcopy(config)
+  config.eval.ranking = ranking
   mcfg = train_lib.model_config(config, ds)
   evaluate = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol)
   t0 = time.perf_counter()
@@ -408,7 +418,7 @@ def reproduce_command(args) -> str:
            "--devices", str(args.devices), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--layouts", ",".join(args.layouts), "--form", args.form,
            "--micro_batches", str(args.micro_batches), "--finetune_losses", args.finetune_losses,
-           "--ce_chunk_size", str(args.ce_chunk_size)]
+           "--ce_chunk_size", str(args.ce_chunk_size), "--rankings", ",".join(args.rankings)]
   parts += ["--skip_finetune"] if args.skip_finetune else []
   parts += ["--skip_eval"] if args.skip_eval else []
   return " ".join(shlex.quote(p) for p in parts)
@@ -497,23 +507,27 @@ def main(argv) -> int:
       params = jax.device_put(model_lib.init_params(mcfg, jax.random.key(config.seed)),
                               parallel.replicated(mesh))
     if not args.skip_eval:
-      for protocol in ("full", "sampled"):
-        e = bench_eval(config, ds, splits, mesh, params, protocol)
-        r[f"eval_{protocol}_s"] = e["seconds"]
+      passes = [("full", ranking) for ranking in args.rankings] + [("sampled", "scan")]
+      for protocol, ranking in passes:
+        e = bench_eval(config, ds, splits, mesh, params, protocol, ranking)
+        if protocol == "full":
+          r[f"eval_full_{ranking}_s"] = e["seconds"]
+        r.setdefault(f"eval_{protocol}_s", e["seconds"])
         main_metric = train_lib.early_stopping_metric(protocol)
-        say(f"[{layout}] evaluation ({protocol}): validation pass over {ds.num_users} users in "
+        what = f"{protocol}, {ranking}" if protocol == "full" else protocol
+        say(f"[{layout}] evaluation ({what}): validation pass over {ds.num_users} users in "
             f"{e['seconds']:.2f}s with the batches kept placed from the first pass, "
             f"{e['rebuilt_s']:.2f}s building them anew (medians of 3; first pass with compile "
             f"{e['first_s']:.2f}s; {main_metric}={e['metrics'][main_metric]:.4f})")
         if protocol == "full":
           work = gauges.scoring_flops(ds.num_users, ds.max_item, config.model.hidden_size)
-          r["eval_full_fraction"] = work / e["seconds"] / peak
+          r.setdefault("eval_full_fraction", work / e["seconds"] / peak)
           bare = gauges.scoring_matmul_flops_per_s(
               mesh, config.eval.batch_size // mesh.size, ds.max_item, config.model.hidden_size)
-          say(f"[{layout}] full ranking against the matmul bound: {ds.num_users} users x "
+          say(f"[{layout}] full ranking ({ranking}) against the matmul bound: {ds.num_users} users x "
               f"{ds.max_item} items x {config.model.hidden_size} = {work / 1e9:.1f} GFLOP of "
               f"scores in {e['seconds']:.2f}s = {work / e['seconds'] / 1e9:.1f} GFLOP/s = "
-              f"{100 * r['eval_full_fraction']:.0f}% of the [2048, 2048] matmul; the bare "
+              f"{100 * work / e['seconds'] / peak:.0f}% of the [2048, 2048] matmul; the bare "
               f"scoring matmul of one batch ([{config.eval.batch_size}, "
               f"{config.model.hidden_size}] x [{config.model.hidden_size}, {ds.max_item}]) runs "
               f"at {bare / 1e9:.1f} GFLOP/s = {100 * bare / peak:.0f}% of it, so ranking is at "

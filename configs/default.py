@@ -130,5 +130,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.protocol = "sampled"       # "sampled" (answer + 99 negatives) or "full" (all items)
   c.eval.batch_size = 1024         # users per step (any value: the metrics do not depend on it)
   c.eval.chunk_size = 2048          # catalogue rows scored at a time in full ranking
+  # How full ranking runs: "scan" (XLA, a scan over catalogue chunks) or
+  # "fused_cpu" (a native CPU kernel compiled on first use with the system's
+  # C++ compiler: scores, counts and top-k fused, never storing a score; on
+  # CPUs only). The same metrics up to last-bit rounding of the scores.
+  c.eval.ranking = "scan"
   c.eval.top_k = 20               # no effect (kept for older configs): evaluation needs ranks only
   return c

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 
 from s3rec_jax import errors
 from s3rec_jax import item_table
+from s3rec_jax import kernels
+from s3rec_jax import metrics
 from s3rec_jax import model as model_lib
 from s3rec_jax import objectives as objectives_lib
 from s3rec_jax.objectives import next_item
@@ -33,6 +36,21 @@ def _positive_int(config, field: str) -> None:
 def _probability(value, field: str) -> None:
   if not 0.0 <= float(value) <= 1.0:
     raise ConfigError(f"config.{field} must be a probability in [0, 1], got {value!r}")
+
+
+def _check_ranking(method: str) -> None:
+  if method not in metrics.RANKING_METHODS:
+    raise ConfigError(f"config.eval.ranking={method!r} is unknown; expected "
+                      + " or ".join(metrics.RANKING_METHODS))
+  if method != "fused_cpu":
+    return
+  if jax.default_backend() != "cpu":
+    raise ConfigError(f"config.eval.ranking='fused_cpu' runs on CPU devices only, and these are "
+                      f"{jax.default_backend()}; use 'scan'")
+  try:
+    kernels.load("full_ranking_cpu")   # builds it once, before any work
+  except kernels.KernelUnavailable as e:
+    raise ConfigError(f"config.eval.ranking='fused_cpu': {e}") from None
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -66,6 +84,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.eval.protocol not in PROTOCOLS:
     raise ConfigError(f"config.eval.protocol={config.eval.protocol!r} is unknown; valid protocols: "
                       + ", ".join(PROTOCOLS))
+  _check_ranking(config.eval.get("ranking", "scan"))
   if config.finetune.loss not in next_item.FORMS:
     raise ConfigError(f"config.finetune.loss={config.finetune.loss!r} is unknown; valid losses: "
                       + ", ".join(next_item.FORMS))

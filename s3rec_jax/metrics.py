@@ -24,8 +24,11 @@ import numpy as np
 from jax import lax
 
 from s3rec_jax import hashing
+from s3rec_jax import kernels
 
 SAMPLED_METRICS = ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR")
+# How full_ranking scores and ranks: an XLA scan, or the fused native CPU kernel.
+RANKING_METHODS = ("scan", "fused_cpu")
 FULL_METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
 _METRIC_RE = re.compile(r"^(HR|NDCG)@([1-9][0-9]*)$")
@@ -210,6 +213,7 @@ def full_ranking(
     top_k: int,
     fingerprints: jax.Array | None = None,
     axis_name: str | None = None,
+    method: str = "scan",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Ranks the answer among all real items, in chunks of the catalogue.
 
@@ -243,6 +247,14 @@ def full_ranking(
     fingerprints: `table_fingerprints(item_table)`, if already computed
       (otherwise each chunk's rows are fingerprinted as they are scored).
     axis_name: the mesh axis the catalogue is split over, or None.
+    method: "scan" (XLA: a scan over chunks) or "fused_cpu" (a native CPU
+      kernel that makes each tile of scores in registers and counts and
+      merges it there, never storing a score; see
+      s3rec_jax/kernels/full_ranking_cpu.cc). The same candidates, ties and
+      outputs; scores may differ from the scan's in the last bit (another
+      summation order), so near-ties may rank differently. `chunk_size` and
+      `fingerprints` are the scan's only (the kernel's own dot order makes
+      rows bit-identical to the answer's score exactly the answer's score).
 
   Returns:
     ranks: [B] int32, number of other remaining candidates scoring >= the answer.
@@ -267,6 +279,8 @@ def full_ranking(
         f"num_items={num_items}, item_size={item_size}.")
   if chunk_size < 1 or top_k < 0:
     raise ValueError(f"need chunk_size >= 1 and top_k >= 0; got {chunk_size}, {top_k}.")
+  if method not in RANKING_METHODS:
+    raise ValueError(f"unknown ranking method {method!r}; expected one of {RANKING_METHODS}")
 
   # Local rows scanned: ids 1..num_items of a whole table; every row of a block.
   first_row, scan_rows = (1, num_items) if axis_name is None else (0, local_size)
@@ -281,6 +295,11 @@ def full_ranking(
   history = history.astype(jnp.int32)
   # History entries to remove from the candidates: real ids other than the answer.
   excluded = (history > 0) & (history != answers[:, None])
+  if method == "fused_cpu":
+    ranks, top_items, top_scores = _fused_cpu_ranking(
+        user_repr, item_table, answers, history, base, num_items, top_k, axis_name)
+    return _merge_devices(ranks, top_items, top_scores, top_k, axis_name)
+
   answer_rows, answer_fp = _answer_rows(item_table, fingerprints, answers, base, axis_name)
   answer_score = jnp.sum(user_repr * answer_rows, axis=-1)
   if answer_fp is None:
@@ -318,6 +337,11 @@ def full_ranking(
   )
   steps = jnp.arange(num_chunks, dtype=jnp.int32)
   (ranks, top_scores, top_items), _ = lax.scan(step_fn, init, steps)
+  return _merge_devices(ranks, top_items, top_scores, top_k, axis_name)
+
+
+def _merge_devices(ranks, top_items, top_scores, top_k, axis_name):
+  """Per-device counts and top-k lists -> global ones (as they are without `axis_name`)."""
   if axis_name is not None:
     ranks = lax.psum(ranks, axis_name)
   if axis_name is not None and top_k:
@@ -327,6 +351,26 @@ def full_ranking(
                                       lax.all_gather(top_items, axis_name, axis=1, tiled=True),
                                       top_k)
   return ranks, top_items, top_scores
+
+
+def _fused_cpu_ranking(user_repr, item_table, answers, history, base, num_items, top_k,
+                       axis_name):
+  """This device's counts and top-k list from the native kernel (float32)."""
+  target = kernels.load("full_ranking_cpu")
+  user_repr = user_repr.astype(jnp.float32)
+  item_table = item_table.astype(jnp.float32)
+  answer_rows, _ = _answer_rows(item_table, None, answers, base, axis_name)
+  batch, width = user_repr.shape[0], max(top_k, 1)
+  call = jax.ffi.ffi_call(
+      target,
+      (jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((batch, width), jnp.int32),
+       jax.ShapeDtypeStruct((batch, width), jnp.float32)),
+      vmap_method="sequential")
+  ranks, top_items, top_scores = call(
+      user_repr, item_table, answer_rows, answers, history,
+      jnp.reshape(jnp.asarray(base, jnp.int32), (1,)),
+      num_items=np.int64(num_items), top_k=np.int64(top_k))
+  return ranks, top_items[:, :top_k], top_scores[:, :top_k]
 
 
 def top_k_items(

@@ -326,7 +326,8 @@ class Evaluator:
     ec = config.eval
     self.config, self.ds, self.splits, self.mesh, self.protocol = config, ds, splits, mesh, protocol
     self.step = train_steps.make_eval_step(mcfg, protocol, mesh, num_items=ds.max_item,
-                                           chunk_size=ec.chunk_size)
+                                           chunk_size=ec.chunk_size,
+                                           ranking=ec.get("ranking", "scan"))
     self.fingerprints = train_steps.make_table_fingerprints(mesh, ec.chunk_size,
                                                             mcfg.item_table_axis)
     self.cache_bytes, self.cached = cache_bytes, {}

@@ -477,7 +477,7 @@ def metric_names(protocol: str) -> tuple[str, ...]:
 
 
 def make_eval_step(model_config, protocol: str, mesh, *, num_items: int,
-                   chunk_size: int) -> Callable:
+                   chunk_size: int, ranking: str = "scan") -> Callable:
   """(params, batch, fingerprints) -> per-metric sums over the batch's real users (and 'count').
 
   `fingerprints` is `metrics.table_fingerprints` of the item table, computed
@@ -506,14 +506,14 @@ def make_eval_step(model_config, protocol: str, mesh, *, num_items: int,
     elif axis is None:
       ranks, _, _ = metrics_lib.full_ranking(user, table, batch["answers"], batch["history"],
                                              num_items=num_items, chunk_size=chunk_size,
-                                             top_k=0, fingerprints=fingerprints)
+                                             top_k=0, fingerprints=fingerprints, method=ranking)
     else:
       # Every device ranks every device's users against its block; each keeps its own.
       gather = lambda x: jax.lax.all_gather(x, AXIS, tiled=True)
       ranks, _, _ = metrics_lib.full_ranking(
           gather(user), table, gather(batch["answers"]), gather(batch["history"]),
           num_items=num_items, chunk_size=chunk_size, top_k=0, fingerprints=fingerprints,
-          axis_name=axis)
+          axis_name=axis, method=ranking)
       ranks = jax.lax.dynamic_slice_in_dim(ranks, jax.lax.axis_index(AXIS) * user.shape[0],
                                            user.shape[0])
     return _psum_flat(metrics_lib.metric_sums(ranks, batch["weights"], names))

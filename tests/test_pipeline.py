@@ -197,3 +197,23 @@ def test_evaluator_keeps_small_splits_placed_and_gives_the_same_metrics(tmp_path
   # A split over the limit is built anew every pass.
   small = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol, cache_bytes=1000)
   assert small(params, "valid") == first and not small.cached
+
+
+def test_evaluator_with_the_fused_cpu_ranking_gives_the_scan_metrics(tmp_path):
+  from s3rec_jax import kernels  # pylint: disable=import-outside-toplevel
+  if kernels.compiler() is None:
+    pytest.skip("no C++ compiler here (set CXX or install g++): fused_cpu cannot be built")
+  got = []
+  for ranking in ("scan", "fused_cpu"):
+    config = tiny_config(**{"eval.protocol": "full", "eval.batch_size": 16,
+                            "eval.ranking": ranking})
+    ds = train_lib.load_data(config, str(tmp_path))
+    splits = data.finetune_splits(ds, config.max_seq_length)
+    mesh = parallel.make_mesh()
+    mcfg = train_lib.model_config(config, ds)
+    params = jax.device_put(model.init_params(mcfg, jax.random.key(3)),
+                            parallel.replicated(mesh))
+    got.append(train_lib.Evaluator(config, ds, splits, mcfg, mesh, "full")(params, "valid"))
+  assert got[1].keys() == got[0].keys()
+  for name in got[0]:
+    assert got[1][name] == pytest.approx(got[0][name], abs=1e-6), name

@@ -1,0 +1,118 @@
+"""Native kernels: XLA FFI handlers compiled on first use for the machine at hand.
+
+A kernel is one C++ file beside this module. `load(name)` compiles it with the
+system's C++ compiler (`$CXX`, else g++ or c++) for this CPU (-march=native),
+caches the shared library under `$S3REC_KERNEL_CACHE` (default
+~/.cache/s3rec_jax/kernels) keyed by the source, the flags, the CPU and the
+jaxlib version, and registers its handler with XLA for the CPU platform.
+Compiling takes a few seconds once; later processes load the cached library.
+Nothing here runs unless a kernel is asked for by name (e.g.
+`eval.ranking=fused_cpu`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import jax
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+
+# name -> (source file, exported handler symbol, XLA target name)
+KERNELS = {
+    "full_ranking_cpu": ("full_ranking_cpu.cc", "S3RecFullRankingCpu", "s3rec_full_ranking_cpu"),
+}
+
+_lock = threading.Lock()
+_loaded: dict[str, str] = {}
+
+
+class KernelUnavailable(RuntimeError):
+  """The kernel cannot be built or loaded here (no compiler, or it failed)."""
+
+
+def compiler() -> str | None:
+  """The C++ compiler to use, or None."""
+  for candidate in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+    if candidate and shutil.which(candidate):
+      return shutil.which(candidate)
+  return None
+
+
+def _cpu_signature() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      lines = [l for l in f if l.startswith(("model name", "flags"))][:2]
+  except OSError:
+    lines = []
+  return "".join(lines)
+
+
+def _cache_dir() -> str:
+  return os.environ.get("S3REC_KERNEL_CACHE",
+                        os.path.join(os.path.expanduser("~"), ".cache", "s3rec_jax", "kernels"))
+
+
+def _build(source: str, cxx: str) -> str:
+  import jaxlib  # pylint: disable=import-outside-toplevel
+  with open(source, "rb") as f:
+    text = f.read()
+  key = hashlib.sha256(b"\0".join([
+      text, " ".join(_FLAGS).encode(), _cpu_signature().encode(), jaxlib.__version__.encode(),
+      cxx.encode()])).hexdigest()[:16]
+  name = os.path.splitext(os.path.basename(source))[0]
+  cache = _cache_dir()
+  library = os.path.join(cache, f"{name}-{key}.so")
+  if os.path.exists(library):
+    return library
+  os.makedirs(cache, exist_ok=True)
+  # Compile to a temporary name in the same folder, then rename: a concurrent
+  # or killed build never leaves a half-written library under the final name.
+  fd, partial = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=cache)
+  os.close(fd)
+  command = [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), source, "-o", partial]
+  try:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+      raise KernelUnavailable(
+          f"compiling {os.path.basename(source)} failed: {result.stderr.strip()[-2000:]}")
+    os.replace(partial, library)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+  return library
+
+
+def load(name: str) -> str:
+  """Builds (once) and registers kernel `name` for the CPU; returns its XLA target name."""
+  with _lock:
+    if name in _loaded:
+      return _loaded[name]
+    if name not in KERNELS:
+      raise KeyError(f"unknown kernel {name!r}; known: {sorted(KERNELS)}")
+    source, symbol, target = KERNELS[name]
+    cxx = compiler()
+    if cxx is None:
+      raise KernelUnavailable(
+          f"kernel {name!r} needs a C++ compiler (set CXX, or install g++); none was found")
+    library = ctypes.cdll.LoadLibrary(_build(os.path.join(_HERE, source), cxx))
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                platform="cpu")
+    _loaded[name] = target
+    return target
+
+
+def available(name: str) -> bool:
+  """Whether kernel `name` builds and loads here (builds it if needed)."""
+  try:
+    load(name)
+    return True
+  except KernelUnavailable:
+    return False

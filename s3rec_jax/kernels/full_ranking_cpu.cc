@@ -1,0 +1,334 @@
+// Full ranking on a CPU in one pass: score tiles, count and top-k fused.
+//
+// An XLA FFI handler with the semantics of metrics.full_ranking on one
+// device's block of the catalogue. XLA:CPU writes a score tile to memory and
+// reads it back for every reduction over it; here each [users x items] tile
+// of scores is made in registers by a register-blocked multiply-add loop and
+// is compared there with the answer's score (the rank count) and with each
+// user's current k-th best (the top-k), so a score is never stored. Nearly
+// every item loses to the k-th best once the lists fill, so the top-k costs a
+// compare per score and a heap update for the rare winner.
+//
+// Every score, the answer's included, is the same sequence of fused
+// multiply-adds over the hidden units in order (vector lanes and the scalar
+// dot alike), so items whose rows are bit-identical to the answer's get the
+// answer's score exactly: the ties metrics.full_ranking settles with row
+// fingerprints settle themselves here.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// The order lax.top_k gives canonical float32 scores (-0.0 as 0.0, every NaN
+// as the positive quiet NaN, above everything), as int32 keys.
+inline int32_t OrderKey(float score) {
+  if (score == 0.0f) score = 0.0f;
+  if (std::isnan(score)) score = std::numeric_limits<float>::quiet_NaN();
+  int32_t bits;
+  std::memcpy(&bits, &score, sizeof(bits));
+  return bits < 0 ? bits ^ 0x7FFFFFFF : bits;
+}
+
+inline float FromOrderKey(int32_t key) {
+  int32_t bits = key < 0 ? key ^ 0x7FFFFFFF : key;
+  float score;
+  std::memcpy(&score, &bits, sizeof(score));
+  return score;
+}
+
+// The dot product in the vector lanes' order: one fused multiply-add per
+// hidden unit, first to last, starting from 0.
+inline float SequentialDot(const float* a, const float* b, int64_t hidden) {
+  float acc = 0.0f;
+  for (int64_t h = 0; h < hidden; ++h) acc = std::fma(a[h], b[h], acc);
+  return acc;
+}
+
+// A user's running top-k: a binary heap whose root is the worst entry (lowest
+// key; of equal keys the highest id, as lax.top_k keeps the lower column).
+struct Entry {
+  int32_t key;
+  int32_t id;
+};
+
+inline bool Worse(const Entry& a, const Entry& b) {
+  return a.key < b.key || (a.key == b.key && a.id > b.id);
+}
+
+struct UserState {
+  float answer_score;
+  bool answer_nan;
+  float threshold;              // the worst entry's score: a vector pre-filter
+  std::vector<int32_t> excluded;  // sorted local rows of excluded history items
+  Entry* heap;
+};
+
+void SiftDown(Entry* heap, int64_t size, int64_t i) {
+  while (true) {
+    int64_t worst = i, left = 2 * i + 1, right = left + 1;
+    if (left < size && Worse(heap[left], heap[worst])) worst = left;
+    if (right < size && Worse(heap[right], heap[worst])) worst = right;
+    if (worst == i) return;
+    std::swap(heap[i], heap[worst]);
+    i = worst;
+  }
+}
+
+// Items are offered in increasing id order, so an item whose key equals the
+// worst entry's loses the tie: only a strictly larger key enters.
+inline void Offer(UserState& user, int64_t top_k, int64_t row, int32_t first_id, float score) {
+  int32_t key = OrderKey(score);
+  if (key <= user.heap[0].key) return;
+  if (std::binary_search(user.excluded.begin(), user.excluded.end(), static_cast<int32_t>(row)))
+    return;
+  user.heap[0] = Entry{key, static_cast<int32_t>(first_id + row)};
+  SiftDown(user.heap, top_k, 0);
+  user.threshold = FromOrderKey(user.heap[0].key);
+}
+
+// ---- The register tiles: kUsers users x kVectors vectors of kLanes items. ----
+
+#if defined(__AVX512F__)
+constexpr int kLanes = 16, kUsers = 6, kVectors = 4;
+using Vec = __m512;
+inline Vec Load(const float* p) { return _mm512_loadu_ps(p); }
+inline Vec Broadcast(float x) { return _mm512_set1_ps(x); }
+inline Vec Zero() { return _mm512_setzero_ps(); }
+inline Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline uint32_t GreaterEqual(Vec s, Vec t) { return _mm512_cmp_ps_mask(s, t, _CMP_GE_OQ); }
+// Greater, or unordered (a NaN score must reach the exact key compare).
+inline uint32_t AboveOrNan(Vec s, Vec t) { return _mm512_cmp_ps_mask(s, t, _CMP_NLE_UQ); }
+inline void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int kLanes = 8, kUsers = 6, kVectors = 2;
+using Vec = __m256;
+inline Vec Load(const float* p) { return _mm256_loadu_ps(p); }
+inline Vec Broadcast(float x) { return _mm256_set1_ps(x); }
+inline Vec Zero() { return _mm256_setzero_ps(); }
+inline Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline uint32_t GreaterEqual(Vec s, Vec t) {
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s, t, _CMP_GE_OQ)));
+}
+inline uint32_t AboveOrNan(Vec s, Vec t) {
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s, t, _CMP_NLE_UQ)));
+}
+inline void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+#else
+// Portable fallback: one lane, still one fused multiply-add per hidden unit.
+constexpr int kLanes = 1, kUsers = 4, kVectors = 4;
+using Vec = float;
+inline Vec Load(const float* p) { return *p; }
+inline Vec Broadcast(float x) { return x; }
+inline Vec Zero() { return 0.0f; }
+inline Vec Fma(Vec a, Vec b, Vec c) { return std::fma(a, b, c); }
+inline uint32_t GreaterEqual(Vec s, Vec t) { return s >= t; }
+inline uint32_t AboveOrNan(Vec s, Vec t) { return !(s <= t); }
+inline void Store(float* p, Vec v) { *p = v; }
+#endif
+
+constexpr int kTileItems = kLanes * kVectors;
+// Items per packed block: [hidden, kBlockItems] floats stay in a core's L2
+// while every user tile passes over them.
+constexpr int64_t kBlockItems = 512;
+
+struct Scan {
+  const float* users;   // [padded users, hidden]
+  int64_t num_users;
+  int64_t hidden;
+  int64_t top_k;
+  int32_t first_id;
+  int64_t lo, hi;       // local rows [lo, hi) are real items
+  std::vector<UserState>* state;
+  std::vector<int64_t>* counts;
+};
+
+// One tile: kUsers users x kTileItems items starting at local row `row0`,
+// the packed block `panel` ([hidden, kBlockItems], column `col0` onward).
+// The tile's scores into `out` [kUsers][kTileItems]. Kept out of line so that
+// the accumulators stay in registers through the loop (inlined beside the
+// heap code, the compiler kept them in memory and stored all of them on
+// every step).
+__attribute__((noinline)) void TileScores(const float* user_rows, int64_t hidden,
+                                          const float* items, float* out) {
+  Vec acc[kUsers][kVectors];
+  for (int u = 0; u < kUsers; ++u)
+    for (int v = 0; v < kVectors; ++v) acc[u][v] = Zero();
+  for (int64_t h = 0; h < hidden; ++h, items += kBlockItems) {
+    Vec item[kVectors];
+    for (int v = 0; v < kVectors; ++v) item[v] = Load(items + v * kLanes);
+    for (int u = 0; u < kUsers; ++u) {
+      Vec weight = Broadcast(user_rows[u * hidden + h]);
+      for (int v = 0; v < kVectors; ++v) acc[u][v] = Fma(weight, item[v], acc[u][v]);
+    }
+  }
+  for (int u = 0; u < kUsers; ++u)
+    for (int v = 0; v < kVectors; ++v) Store(out + u * kTileItems + v * kLanes, acc[u][v]);
+}
+
+inline void Tile(const Scan& scan, const float* panel, int64_t col0, int64_t row0, int64_t user0) {
+  alignas(64) float tile[kUsers * kTileItems];
+  TileScores(scan.users + user0 * scan.hidden, scan.hidden, panel + col0, tile);
+  // Lanes that are real items: all of them but in a block's last tile.
+  constexpr uint32_t kAll = kLanes == 32 ? 0xFFFFFFFFu : (1u << kLanes) - 1;
+  uint32_t valid[kVectors];
+  for (int v = 0; v < kVectors; ++v) {
+    const int64_t first = row0 + v * kLanes, left = scan.hi - first;
+    valid[v] = left >= kLanes ? kAll : left <= 0 ? 0u : (1u << left) - 1;
+  }
+  for (int u = 0; u < kUsers; ++u) {
+    int64_t user = user0 + u;
+    if (user >= scan.num_users) break;
+    UserState& state = (*scan.state)[user];
+    const float* scores = tile + u * kTileItems;
+    Vec answer = Broadcast(state.answer_score);
+    int64_t count = 0;
+    for (int v = 0; v < kVectors; ++v)
+      count += __builtin_popcount(GreaterEqual(Load(scores + v * kLanes), answer) & valid[v]);
+    (*scan.counts)[user] += count;
+    if (scan.top_k == 0) continue;
+    Vec threshold = Broadcast(state.threshold);
+    for (int v = 0; v < kVectors; ++v) {
+      uint32_t above = AboveOrNan(Load(scores + v * kLanes), threshold) & valid[v];
+      while (above) {
+        int lane = __builtin_ctz(above);
+        above &= above - 1;
+        Offer(state, scan.top_k, row0 + v * kLanes + lane, scan.first_id,
+              scores[v * kLanes + lane]);
+      }
+    }
+  }
+}
+
+ffi::Error FullRankingImpl(ffi::Buffer<ffi::F32> users, ffi::Buffer<ffi::F32> table,
+                           ffi::Buffer<ffi::F32> answer_rows, ffi::Buffer<ffi::S32> answers,
+                           ffi::Buffer<ffi::S32> history, ffi::Buffer<ffi::S32> first_id_buffer,
+                           int64_t num_items, int64_t top_k,
+                           ffi::ResultBuffer<ffi::S32> ranks,
+                           ffi::ResultBuffer<ffi::S32> top_items,
+                           ffi::ResultBuffer<ffi::F32> top_scores) {
+  auto user_dims = users.dimensions();
+  auto table_dims = table.dimensions();
+  if (user_dims.size() != 2 || table_dims.size() != 2 || user_dims[1] != table_dims[1])
+    return ffi::Error::InvalidArgument("full_ranking_cpu: need users [B, H] and table [N, H]");
+  const int64_t batch = user_dims[0], hidden = user_dims[1], rows = table_dims[0];
+  const int64_t history_width = history.dimensions().size() == 2 ? history.dimensions()[1] : 0;
+  const int64_t out_k = top_items->dimensions().size() == 2 ? top_items->dimensions()[1] : 0;
+  if (top_k > out_k) return ffi::Error::InvalidArgument("full_ranking_cpu: top_k > output width");
+  const int32_t first_id = first_id_buffer.typed_data()[0];
+  // Local rows holding ids 1..num_items.
+  const int64_t lo = std::max<int64_t>(0, 1 - static_cast<int64_t>(first_id));
+  const int64_t hi = std::min<int64_t>(rows, num_items - first_id + 1);
+  const float* user_data = users.typed_data();
+  const float* table_data = table.typed_data();
+  const float* answer_data = answer_rows.typed_data();
+  const int32_t* answer_ids = answers.typed_data();
+  const int32_t* history_ids = history.typed_data();
+
+  std::vector<Entry> heaps(std::max<int64_t>(1, batch * top_k));
+  std::vector<UserState> state(batch);
+  std::vector<int64_t> counts(batch, 0);
+  const int32_t empty_key = OrderKey(-std::numeric_limits<float>::infinity());
+  for (int64_t b = 0; b < batch; ++b) {
+    UserState& user = state[b];
+    user.answer_score = SequentialDot(user_data + b * hidden, answer_data + b * hidden, hidden);
+    user.answer_nan = std::isnan(user.answer_score);
+    user.heap = heaps.data() + b * top_k;
+    // Unfilled places: score -inf, id 0; a candidate scoring -inf never enters
+    // (metrics.full_ranking's running list starts the same way).
+    for (int64_t k = 0; k < top_k; ++k) user.heap[k] = Entry{empty_key, 0};
+    user.threshold = -std::numeric_limits<float>::infinity();
+    for (int64_t e = 0; e < history_width; ++e) {
+      int64_t id = history_ids[b * history_width + e];
+      int64_t row = id - first_id;
+      if (id > 0 && id != answer_ids[b] && row >= lo && row < hi)
+        user.excluded.push_back(static_cast<int32_t>(row));
+    }
+    std::sort(user.excluded.begin(), user.excluded.end());
+    user.excluded.erase(std::unique(user.excluded.begin(), user.excluded.end()),
+                        user.excluded.end());
+  }
+
+  // Users padded to whole tiles (zero rows, never read back).
+  const int64_t padded_users = (batch + kUsers - 1) / kUsers * kUsers;
+  std::vector<float> user_block(padded_users * hidden, 0.0f);
+  std::copy(user_data, user_data + batch * hidden, user_block.begin());
+  std::vector<float> panel(hidden * kBlockItems);
+  Scan scan{user_block.data(), batch, hidden, top_k, first_id, lo, hi, &state, &counts};
+
+  for (int64_t block0 = lo; block0 < hi; block0 += kBlockItems) {
+    const int64_t width = std::min<int64_t>(kBlockItems, hi - block0);
+    // Pack the block transposed, [hidden, items], zero past its width.
+    for (int64_t h = 0; h < hidden; ++h) {
+      float* dst = panel.data() + h * kBlockItems;
+      for (int64_t i = 0; i < width; ++i) dst[i] = table_data[(block0 + i) * hidden + h];
+      std::fill(dst + width, dst + kBlockItems, 0.0f);
+    }
+    const int64_t tiles = (width + kTileItems - 1) / kTileItems;
+    for (int64_t user0 = 0; user0 < padded_users; user0 += kUsers)
+      for (int64_t t = 0; t < tiles; ++t)
+        Tile(scan, panel.data(), t * kTileItems, block0 + t * kTileItems, user0);
+  }
+
+  int32_t* rank_out = ranks->typed_data();
+  int32_t* item_out = top_items->typed_data();
+  float* score_out = top_scores->typed_data();
+  const int64_t real_rows = std::max<int64_t>(0, hi - lo);
+  for (int64_t b = 0; b < batch; ++b) {
+    UserState& user = state[b];
+    const int64_t answer_row = static_cast<int64_t>(answer_ids[b]) - first_id;
+    const bool answer_here = answer_row >= lo && answer_row < hi;
+    int64_t count;
+    if (user.answer_nan) {
+      // A NaN answer loses to every other candidate.
+      count = real_rows - answer_here - static_cast<int64_t>(user.excluded.size());
+    } else {
+      // The scan counted every real item at or above the answer's score: take
+      // off the answer itself (its score equals itself) and excluded items.
+      count = counts[b] - answer_here;
+      for (int32_t row : user.excluded) {
+        float score = SequentialDot(user_data + b * hidden, table_data + row * hidden, hidden);
+        count -= score >= user.answer_score;
+      }
+    }
+    rank_out[b] = static_cast<int32_t>(count);
+    std::sort(user.heap, user.heap + top_k, [](const Entry& a, const Entry& c) {
+      return Worse(c, a);
+    });
+    for (int64_t k = 0; k < out_k; ++k) {
+      const bool filled = k < top_k;
+      item_out[b * out_k + k] = filled ? user.heap[k].id : 0;
+      score_out[b * out_k + k] = filled ? FromOrderKey(user.heap[k].key)
+                                        : -std::numeric_limits<float>::infinity();
+    }
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(S3RecFullRankingCpu, FullRankingImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // users [B, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // table block [N, H]
+                                  .Arg<ffi::Buffer<ffi::F32>>()   // answers' rows [B, H]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // answers [B]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // history [B, E]
+                                  .Arg<ffi::Buffer<ffi::S32>>()   // id of row 0 [1]
+                                  .Attr<int64_t>("num_items")
+                                  .Attr<int64_t>("top_k")
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // ranks [B]
+                                  .Ret<ffi::Buffer<ffi::S32>>()   // top items [B, K]
+                                  .Ret<ffi::Buffer<ffi::F32>>());  // top scores [B, K]

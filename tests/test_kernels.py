@@ -1,0 +1,157 @@
+"""Tests for s3rec_jax.kernels: the fused native CPU full ranking against the XLA scan and numpy."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec as P
+
+from s3rec_jax import config_validation
+from s3rec_jax import kernels
+from s3rec_jax import metrics
+
+pytestmark = pytest.mark.skipif(
+    kernels.compiler() is None, reason="no C++ compiler here (set CXX or install g++): the "
+    "fused_cpu kernel cannot be built")
+
+
+def _numpy_ranking(user, table, answers, history, num_items, top_k):
+  """Independent reference in float64: rank = other candidates scoring >= the answer; the
+  top-k by score, then lowest id; candidates are 1..num_items minus history other than the
+  answer."""
+  scores = user.astype(np.float64) @ table.astype(np.float64).T
+  ranks, items, best = [], [], []
+  for b in range(user.shape[0]):
+    excluded = {int(h) for h in history[b] if h > 0 and h != answers[b]}
+    candidates = [j for j in range(1, num_items + 1) if j not in excluded]
+    answer = scores[b, answers[b]]
+    ranks.append(sum(1 for j in candidates if j != answers[b] and scores[b, j] >= answer))
+    order = sorted(candidates, key=lambda j: (-scores[b, j], j))[:top_k]
+    order += [0] * (top_k - len(order))
+    items.append(order)
+    best.append([scores[b, j] if j else -np.inf for j in order])
+  return np.array(ranks), np.array(items, int).reshape(-1, top_k), np.array(best).reshape(-1, top_k)
+
+
+def _grid_problem(seed, users=13, items=300, hidden=24, history=6, extra_rows=2):
+  """Embeddings on a 1/4 grid, so float32 dots are exact in any summation order (the scan
+  and the kernel must then agree bit for bit, ties included)."""
+  rng = np.random.default_rng(seed)
+  user = (rng.integers(-3, 4, (users, hidden)) / 4).astype(np.float32)
+  table = (rng.integers(-3, 4, (items + extra_rows, hidden)) / 4).astype(np.float32)
+  answers = rng.integers(1, items + 1, users).astype(np.int32)
+  table[7] = table[answers[0]]             # a row identical to an answer: a tie
+  hist = rng.integers(0, items + 1, (users, history)).astype(np.int32)
+  hist[1, 0] = answers[1]                   # the answer in its own history stays a candidate
+  hist[2, :3] = hist[2, 0]                  # repeats
+  return user, table, answers, hist
+
+
+def _rank(method, top_k, num_items, *arrays, chunk_size=64):
+  fn = jax.jit(functools.partial(metrics.full_ranking, num_items=num_items, chunk_size=chunk_size,
+                                 top_k=top_k, method=method))
+  return [np.asarray(x) for x in fn(*arrays)]
+
+
+@pytest.mark.parametrize("top_k", [0, 1, 5, 20])
+def test_fused_cpu_equals_the_scan_and_numpy_on_exact_scores(top_k):
+  user, table, answers, hist = _grid_problem(0)
+  num_items = table.shape[0] - 2            # the last row (a mask token) is never a candidate
+  fused = _rank("fused_cpu", top_k, num_items, user, table, answers, hist)
+  scan = _rank("scan", top_k, num_items, user, table, answers, hist)
+  for a, b in zip(fused, scan):
+    np.testing.assert_array_equal(a, b)
+  ranks, items, best = _numpy_ranking(user, table, answers, hist, num_items, max(top_k, 1))
+  np.testing.assert_array_equal(fused[0], ranks)
+  if top_k:
+    np.testing.assert_array_equal(fused[1], items[:, :top_k])
+    np.testing.assert_array_equal(fused[2], best[:, :top_k].astype(np.float32))
+  # The grid makes many exact ties with the answer; they count against it.
+  assert fused[0][0] >= 1
+
+
+def test_fused_cpu_ties_of_rows_identical_to_the_answer_count_against_it():
+  """Raw float rows (no grid): copies of the answer's row score exactly the answer's score."""
+  rng = np.random.default_rng(1)
+  hidden, items = 64, 500
+  user = rng.standard_normal((9, hidden)).astype(np.float32)
+  table = rng.standard_normal((items + 1, hidden)).astype(np.float32)
+  answers = np.full(9, 10, np.int32)
+  table[[3, 250, 499]] = table[10]
+  hist = np.zeros((9, 2), np.int32)
+  hist[0] = [250, 0]                          # an excluded copy does not count
+  ranks, _, scores = _rank("fused_cpu", 5, items, user, table, answers, hist)
+  dots = user.astype(np.float64) @ table.astype(np.float64).T
+  above = (dots[:, 1:] > dots[:, 10:11]).sum(axis=1)
+  expected = above + 3 - (np.arange(9) == 0)  # three copies, one excluded for user 0
+  np.testing.assert_array_equal(ranks, expected)
+  assert np.all(np.isfinite(scores))
+
+
+def test_fused_cpu_nan_answer_loses_to_every_candidate_and_short_lists_pad():
+  user, table, answers, hist = _grid_problem(2, users=6, items=8, hidden=4, history=3)
+  user[3, 0] = np.nan
+  num_items = 8
+  fused = _rank("fused_cpu", 12, num_items, user, table, answers, hist)
+  scan = _rank("scan", 12, num_items, user, table, answers, hist)
+  np.testing.assert_array_equal(fused[0], scan[0])
+  np.testing.assert_array_equal(fused[1], scan[1])
+  np.testing.assert_array_equal(fused[2], scan[2])
+  # Fewer than 12 candidates: the tail is id 0 with score -inf.
+  assert np.all(fused[1][:, -1] == 0) and np.all(fused[2][:, -1] == -np.inf)
+  excluded = len({h for h in hist[3] if h > 0 and h != answers[3]})
+  assert fused[0][3] == num_items - 1 - excluded
+
+
+@pytest.mark.parametrize("devices", [2, 4])
+def test_fused_cpu_with_the_catalogue_split_over_devices(devices):
+  if len(jax.devices()) < devices:
+    pytest.skip(f"needs {devices} devices")
+  user, table, answers, hist = _grid_problem(3, users=11, items=301, hidden=16, extra_rows=3)
+  num_items = 301
+  rows = -(-table.shape[0] // devices) * devices
+  table = np.pad(table, ((0, rows - table.shape[0]), (0, 0)))
+  mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+  got = {}
+  for method in ("fused_cpu", "scan"):
+    body = functools.partial(metrics.full_ranking, num_items=num_items, chunk_size=32, top_k=7,
+                             axis_name="data", method=method)
+    fn = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P("data"), P(), P()),
+                               out_specs=P(), check_vma=False))
+    got[method] = [np.asarray(x) for x in fn(user, table, answers, hist)]
+  whole = _rank("fused_cpu", 7, num_items, user, table[:num_items + 2], answers, hist)
+  for a, b, c in zip(got["fused_cpu"], got["scan"], whole):
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_a_kernel_library_is_cached_and_a_broken_compiler_is_one_clear_error(tmp_path,
+                                                                             monkeypatch):
+  monkeypatch.setenv("S3REC_KERNEL_CACHE", str(tmp_path / "cache"))
+  source = os.path.join(os.path.dirname(kernels.__file__), "full_ranking_cpu.cc")
+  first = kernels._build(source, kernels.compiler())
+  assert os.path.exists(first) and kernels._build(source, kernels.compiler()) == first
+  assert [f for f in os.listdir(tmp_path / "cache") if f.startswith(".")] == []
+  broken = tmp_path / "broken.cc"
+  broken.write_text("this is not C++\n")
+  with pytest.raises(kernels.KernelUnavailable, match="compiling broken.cc failed"):
+    kernels._build(str(broken), kernels.compiler())
+  assert [f for f in os.listdir(tmp_path / "cache") if "broken" in f] == []
+
+
+def test_config_names_the_ranking_method():
+  from configs import default  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  assert config.eval.ranking == "scan"        # the default stays the XLA scan
+  config.eval.ranking = "fused_cpu"
+  config_validation.validate(config)
+  config.eval.ranking = "fast"
+  with pytest.raises(config_validation.ConfigError, match="eval.ranking='fast' is unknown"):
+    config_validation.validate(config)
+  old = ml_collections.ConfigDict(default.get_config().to_dict())
+  del old.eval["ranking"]                     # a run recorded before the option
+  config_validation.validate(old)

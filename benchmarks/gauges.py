@@ -4,6 +4,7 @@ import resource
 import time
 
 import jax
+from jax.sharding import PartitionSpec as P
 
 from s3rec_jax import parallel
 from s3rec_jax import provenance
@@ -52,6 +53,39 @@ def scoring_matmul_flops_per_s(mesh, users_per_device: int, items: int, hidden: 
   users, table = make(jax.random.key(1))
   scores = jax.jit(lambda u, t: u @ t.T, in_shardings=(data, repl), out_shardings=data)
   return 2.0 * rows * items * hidden / _best_seconds(scores, (users, table), repeats)
+
+
+def ranking_step_seconds(mesh, users: int, items: int, hidden: int, *, batch: int,
+                         method: str, top_k: int = 0, history: int = 50,
+                         chunk_size: int = 2048, repeats: int = 3) -> float:
+  """Best seconds of `metrics.full_ranking` alone for `users` given user vectors (random
+  normal, as are the table's `items` + 2 rows), in batches of `batch` users split over the
+  mesh with the table on every device, as evaluation ranks: the ranking step without the
+  encoder that makes the user vectors."""
+  from s3rec_jax import metrics  # pylint: disable=import-outside-toplevel
+  data, repl = parallel.data_sharded(mesh), parallel.replicated(mesh)
+  num_batches = -(-users // batch)
+  make = jax.jit(lambda k: (jax.random.normal(k, (num_batches, batch, hidden)),
+                            jax.random.normal(k, (items + 2, hidden)),
+                            jax.random.randint(k, (num_batches, batch), 1, items + 1),
+                            jax.random.randint(k, (num_batches, batch, history), 0, items + 1)))
+  user_sets, table, answers, histories = make(jax.random.key(2))
+  table = jax.device_put(table, repl)
+  batches = [tuple(jax.device_put(x[b], data) for x in (user_sets, answers, histories))
+             for b in range(num_batches)]
+  axis = parallel.DATA_AXIS
+  # Each device ranks its own users against its copy of the table (as the
+  # evaluation step does); a custom call is not split by XLA's partitioner.
+  rank = jax.jit(jax.shard_map(
+      lambda u, t, a, h: metrics.full_ranking(
+          u, t, a, h, num_items=items, chunk_size=chunk_size, top_k=top_k, method=method),
+      mesh=mesh, in_specs=(P(axis), P(), P(axis), P(axis)), out_specs=P(axis),
+      check_vma=False))
+
+  def one_pass():
+    return [rank(u, table, a, h) for u, a, h in batches]
+
+  return _best_seconds(lambda: one_pass(), (), repeats)
 
 
 def peak_rss_gib() -> float:

@@ -532,6 +532,16 @@ def main(argv) -> int:
               f"{config.model.hidden_size}] x [{config.model.hidden_size}, {ds.max_item}]) runs "
               f"at {bare / 1e9:.1f} GFLOP/s = {100 * bare / peak:.0f}% of it, so ranking is at "
               f"{100 * work / e['seconds'] / bare:.0f}% of its own shape's matmul")
+          # The same ranking without the encoder: given user vectors, as the issue's
+          # "ranking step" (the pass above also encodes every user's history).
+          alone = gauges.ranking_step_seconds(
+              mesh, ds.num_users, ds.max_item, config.model.hidden_size,
+              batch=config.eval.batch_size, method=ranking, chunk_size=config.eval.chunk_size)
+          r[f"rank_alone_{ranking}_s"] = alone
+          say(f"[{layout}] the ranking step alone ({ranking}; {ds.num_users} given user vectors, "
+              f"ranks only, as evaluation asks): {alone:.3f}s = {work / alone / 1e9:.1f} GFLOP/s "
+              f"= {100 * work / alone / peak:.0f}% of the [2048, 2048] matmul; the encoder and "
+              f"the batches take the other {e['seconds'] - alone:.2f}s of the pass")
     say(f"[{layout}] peak RSS so far: {gauges.peak_rss_gib():.2f} GiB")
     results[layout] = r
 

@@ -72,7 +72,9 @@ struct UserState {
   float answer_score;
   bool answer_nan;
   float threshold;              // the worst entry's score: a vector pre-filter
+  int64_t answer_row;           // local row of the answer (may be outside this block)
   std::vector<int32_t> excluded;  // sorted local rows of excluded history items
+  size_t next_excluded;         // tiles reach a user in row order: the first not yet passed
   Entry* heap;
 };
 
@@ -92,8 +94,6 @@ void SiftDown(Entry* heap, int64_t size, int64_t i) {
 inline void Offer(UserState& user, int64_t top_k, int64_t row, int32_t first_id, float score) {
   int32_t key = OrderKey(score);
   if (key <= user.heap[0].key) return;
-  if (std::binary_search(user.excluded.begin(), user.excluded.end(), static_cast<int32_t>(row)))
-    return;
   user.heap[0] = Entry{key, static_cast<int32_t>(first_id + row)};
   SiftDown(user.heap, top_k, 0);
   user.threshold = FromOrderKey(user.heap[0].key);
@@ -193,15 +193,29 @@ inline void Tile(const Scan& scan, const float* panel, int64_t col0, int64_t row
     if (user >= scan.num_users) break;
     UserState& state = (*scan.state)[user];
     const float* scores = tile + u * kTileItems;
+    // Lanes out of this user's candidates: excluded history items (for the
+    // count and the top-k), and the answer itself (for the count).
+    uint32_t excluded[kVectors] = {}, answer_lane[kVectors] = {};
+    const int64_t end = row0 + kTileItems;
+    while (state.next_excluded < state.excluded.size() &&
+           state.excluded[state.next_excluded] < end) {
+      const int64_t lane = state.excluded[state.next_excluded++] - row0;
+      excluded[lane / kLanes] |= 1u << (lane % kLanes);
+    }
+    if (state.answer_row >= row0 && state.answer_row < end) {
+      const int64_t lane = state.answer_row - row0;
+      answer_lane[lane / kLanes] = 1u << (lane % kLanes);
+    }
     Vec answer = Broadcast(state.answer_score);
     int64_t count = 0;
     for (int v = 0; v < kVectors; ++v)
-      count += __builtin_popcount(GreaterEqual(Load(scores + v * kLanes), answer) & valid[v]);
+      count += __builtin_popcount(GreaterEqual(Load(scores + v * kLanes), answer) & valid[v] &
+                                  ~excluded[v] & ~answer_lane[v]);
     (*scan.counts)[user] += count;
     if (scan.top_k == 0) continue;
     Vec threshold = Broadcast(state.threshold);
     for (int v = 0; v < kVectors; ++v) {
-      uint32_t above = AboveOrNan(Load(scores + v * kLanes), threshold) & valid[v];
+      uint32_t above = AboveOrNan(Load(scores + v * kLanes), threshold) & valid[v] & ~excluded[v];
       while (above) {
         int lane = __builtin_ctz(above);
         above &= above - 1;
@@ -250,6 +264,8 @@ ffi::Error FullRankingImpl(ffi::Buffer<ffi::F32> users, ffi::Buffer<ffi::F32> ta
     // (metrics.full_ranking's running list starts the same way).
     for (int64_t k = 0; k < top_k; ++k) user.heap[k] = Entry{empty_key, 0};
     user.threshold = -std::numeric_limits<float>::infinity();
+    user.answer_row = static_cast<int64_t>(answer_ids[b]) - first_id;
+    user.next_excluded = 0;
     for (int64_t e = 0; e < history_width; ++e) {
       int64_t id = history_ids[b * history_width + e];
       int64_t row = id - first_id;
@@ -288,21 +304,12 @@ ffi::Error FullRankingImpl(ffi::Buffer<ffi::F32> users, ffi::Buffer<ffi::F32> ta
   const int64_t real_rows = std::max<int64_t>(0, hi - lo);
   for (int64_t b = 0; b < batch; ++b) {
     UserState& user = state[b];
-    const int64_t answer_row = static_cast<int64_t>(answer_ids[b]) - first_id;
-    const bool answer_here = answer_row >= lo && answer_row < hi;
-    int64_t count;
-    if (user.answer_nan) {
-      // A NaN answer loses to every other candidate.
-      count = real_rows - answer_here - static_cast<int64_t>(user.excluded.size());
-    } else {
-      // The scan counted every real item at or above the answer's score: take
-      // off the answer itself (its score equals itself) and excluded items.
-      count = counts[b] - answer_here;
-      for (int32_t row : user.excluded) {
-        float score = SequentialDot(user_data + b * hidden, table_data + row * hidden, hidden);
-        count -= score >= user.answer_score;
-      }
-    }
+    const bool answer_here = user.answer_row >= lo && user.answer_row < hi;
+    // A NaN answer loses to every other candidate (the scan counted none).
+    const int64_t count =
+        user.answer_nan
+            ? real_rows - answer_here - static_cast<int64_t>(user.excluded.size())
+            : counts[b];
     rank_out[b] = static_cast<int32_t>(count);
     std::sort(user.heap, user.heap + top_k, [](const Entry& a, const Entry& c) {
       return Worse(c, a);

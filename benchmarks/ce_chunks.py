@@ -53,6 +53,8 @@ def parse_args(argv):
   p.add_argument("--matmul_dtype", default="", help="e.g. bfloat16: the scoring matmuls' "
                  "operand dtype (as model.compute_dtype=bfloat16 sets it); empty = float32")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--fused_cpu", action="store_true",
+                 help="also time method fused_cpu (the native CPU kernel, no chunks)")
   args = p.parse_args(argv)
   args.chunk_sizes = [int(c) for c in args.chunk_sizes.split(",") if c]
   if not args.chunk_sizes or min(args.chunk_sizes) < 1:
@@ -60,13 +62,15 @@ def parse_args(argv):
   return args
 
 
-def make_step(mesh, num_items: int, chunk_size: int, matmul_dtype: str | None):
+def make_step(mesh, num_items: int, chunk_size: int, matmul_dtype: str | None,
+              method: str = "scan"):
   """(queries, table, targets) -> (losses, d_queries, d_table summed over devices)."""
   def local(queries, table, targets):
     def total(q, t):
       return jnp.sum(catalogue_softmax.cross_entropy(q, t, targets, num_items=num_items,
                                                      chunk_size=chunk_size,
-                                                     matmul_dtype=matmul_dtype))
+                                                     matmul_dtype=matmul_dtype,
+                                                     method=method))
     loss, (d_queries, d_table) = jax.value_and_grad(total, argnums=(0, 1))(queries, table)
     return loss[None], d_queries, jax.lax.psum(d_table, parallel.DATA_AXIS)
 
@@ -83,7 +87,10 @@ def main(argv) -> int:
   queries = jax.random.normal(keys[0], (rows, args.hidden))
   table = 0.1 * jax.random.normal(keys[1], (args.items + 2, args.hidden))
   targets = jax.random.randint(keys[2], (rows,), 1, args.items + 1)
-  steps = {c: make_step(mesh, args.items, c, args.matmul_dtype or None) for c in args.chunk_sizes}
+  steps = {f"chunk {c:6d}": make_step(mesh, args.items, c, args.matmul_dtype or None)
+           for c in args.chunk_sizes}
+  if args.fused_cpu:
+    steps["fused_cpu   "] = make_step(mesh, args.items, 1, None, method="fused_cpu")
   for step in steps.values():
     jax.block_until_ready(step(queries, table, targets))  # compile
   peak = gauges.matmul_flops_per_s(mesh)
@@ -101,14 +108,15 @@ def main(argv) -> int:
         f"x {args.hidden}; matmul operands {args.matmul_dtype or 'float32'}")
   for c, ts in seconds.items():
     t = statistics.median(ts)
-    print(f"chunk {c:6d}: {1e3 * t:7.1f} ms per step (rounds {', '.join(f'{1e3 * x:.1f}' for x in ts)}); "
+    print(f"{c}: {1e3 * t:7.1f} ms per step (rounds {', '.join(f'{1e3 * x:.1f}' for x in ts)}); "
           f"the four matmuls at the dense rate would take {1e3 * matmul_flops / peak:.1f} ms "
           f"({100 * matmul_flops / peak / t:.0f}%)")
   print("reproduce: python benchmarks/ce_chunks.py " + shlex.join([
       "--devices", str(args.devices), "--chunk_sizes", ",".join(map(str, args.chunk_sizes)),
       "--queries", str(args.queries), "--items", str(args.items), "--hidden", str(args.hidden),
       "--steps", str(args.steps), "--rounds", str(args.rounds), "--seed", str(args.seed)]
-      + (["--matmul_dtype", args.matmul_dtype] if args.matmul_dtype else [])))
+      + (["--matmul_dtype", args.matmul_dtype] if args.matmul_dtype else [])
+      + (["--fused_cpu"] if args.fused_cpu else [])))
   return 0
 
 

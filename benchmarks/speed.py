@@ -87,7 +87,8 @@ def parse_args(argv):
   p.add_argument("--finetune_losses", default="bce",
                  help="comma list of fine-tuning losses to time, one epoch each: a next-item "
                       "form (bce, ce, sampled_softmax), optionally +OBJECTIVE[:WEIGHT] terms, "
-                      "e.g. bce,ce,ce+cl4srec,ce+duorec:0.1")
+                      "e.g. bce,ce,ce+cl4srec,ce+duorec:0.1; ce@fused_cpu: ce with "
+                      "settings.next_item.ce_method=fused_cpu")
   p.add_argument("--ce_chunk_size", type=int, default=0,
                  help="catalogue rows per chunk of the ce loss (0 = the config's)")
   p.add_argument("--loop_epochs", type=int, default=2,
@@ -354,8 +355,13 @@ def bench_finetune(config, ds, splits, mesh, pack: bool, form: str = "bce") -> d
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size,
                                            train_lib.negative_high(config, ds), config.seed,
                                            pack, shards=train_lib.shards(mesh))
-  # A spec is FORM[+OBJECTIVE[:WEIGHT]...]: the next-item form plus auxiliary terms.
+  # A spec is FORM[@CE_METHOD][+OBJECTIVE[:WEIGHT]...]: the next-item form (and for ce,
+  # settings.next_item.ce_method), plus auxiliary terms.
   form, *extra = form.split("+")
+  form, _, ce_method = form.partition("@")
+  if ce_method:
+    config = copy.deepcopy(config)
+    config.settings.next_item.ce_method = ce_method
   weights = {"next_item": 1.0}
   for term in extra:
     name, _, weight = term.partition(":")

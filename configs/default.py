@@ -114,7 +114,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Settings of plug-in objectives and views, by plug-in name.
   c.settings = ml_collections.ConfigDict()
-  c.settings.next_item = ml_collections.ConfigDict({"chunk_size": 256, "num_negatives": 1024})
+  # next_item's ce_method: "scan" (XLA, chunks of chunk_size rows) or "fused_cpu"
+  # (a native CPU kernel whose tiles of logits never leave the registers; float32,
+  # CPU devices only; the same losses up to float rounding).
+  c.settings.next_item = ml_collections.ConfigDict(
+      {"chunk_size": 256, "num_negatives": 1024, "ce_method": "scan"})
   c.settings.augment = ml_collections.ConfigDict({"crop": 0.6, "mask": 0.3, "reorder": 0.6})
   c.settings.cl4srec = ml_collections.ConfigDict({"temperature": 1.0, "similarity": "dot"})
   c.settings.duorec = ml_collections.ConfigDict({"temperature": 1.0, "similarity": "dot"})

@@ -27,9 +27,11 @@ import math
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from s3rec_jax import item_table
+from s3rec_jax import kernels
 
 # Catalogue rows per chunk. Small enough that a chunk's [T, chunk] logits stay
 # in a core's cache for the max, exp and backward passes over them: on the
@@ -133,10 +135,62 @@ def _logsumexp_bwd(num_items, chunk_size, whole, matmul_dtype, residuals, g):
 
 _logsumexp.defvjp(_logsumexp_fwd, _logsumexp_bwd)
 
+# How the logsumexp over the catalogue runs: an XLA scan over chunks, or the
+# native CPU kernel (s3rec_jax/kernels/catalogue_softmax_cpu.cc) whose tiles of
+# logits never leave the registers.
+METHODS = ("scan", "fused_cpu")
+# The kernel's backward pass works on whole vectors of hidden units.
+FUSED_HIDDEN_MULTIPLE = 16
+
+
+def _first_id_operand(first_id):
+  return jnp.reshape(jnp.asarray(first_id, jnp.int32), (1,))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _fused_logsumexp(queries, table, first_id, num_items):
+  lse, _ = _fused_logsumexp_fwd(queries, table, first_id, num_items)
+  return lse
+
+
+def _fused_logsumexp_fwd(queries, table, first_id, num_items):
+  forward, _ = kernels.load("catalogue_softmax_cpu")
+  lse = jax.ffi.ffi_call(forward, jax.ShapeDtypeStruct(queries.shape[:1], jnp.float32),
+                         vmap_method="sequential")(
+      queries, table, _first_id_operand(first_id), num_items=np.int64(num_items))
+  return lse, (queries, table, first_id, lse)
+
+
+def _fused_logsumexp_bwd(num_items, residuals, g):
+  queries, table, first_id, lse = residuals
+  _, backward = kernels.load("catalogue_softmax_cpu")
+  d_queries, d_table = jax.ffi.ffi_call(
+      backward, (jax.ShapeDtypeStruct(queries.shape, jnp.float32),
+                 jax.ShapeDtypeStruct(table.shape, jnp.float32)),
+      vmap_method="sequential")(
+      queries, table, _first_id_operand(first_id), lse, g.astype(jnp.float32),
+      num_items=np.int64(num_items))
+  return d_queries, d_table, None
+
+
+_fused_logsumexp.defvjp(_fused_logsumexp_fwd, _fused_logsumexp_bwd)
+
+
+def _block_logsumexp(queries, table, first_id, num_items, chunk_size, whole, matmul_dtype,
+                     method):
+  """logsumexp of each query over the table's candidate rows (ids 1..num_items; with
+  `whole`, row i is id i; otherwise row i is id first_id + i)."""
+  if method == "scan":
+    return _logsumexp(queries, table, first_id, num_items, chunk_size, whole, matmul_dtype)
+  # Both readings agree: a whole table's row 0 is id 0, and rows past num_items
+  # (the mask token) are never candidates.
+  return _fused_logsumexp(queries.astype(jnp.float32), table.astype(jnp.float32),
+                          jnp.int32(0) if whole else first_id, num_items)
+
 
 def cross_entropy(queries: jax.Array, table: jax.Array, targets: jax.Array, *, num_items: int,
                   chunk_size: int = DEFAULT_CHUNK_SIZE, axis_name: str | None = None,
-                  matmul_dtype: str | None = None) -> jax.Array:
+                  matmul_dtype: str | None = None, method: str = "scan") -> jax.Array:
   """Per-query softmax cross-entropy over item ids 1..num_items; see the module docstring.
 
   With `axis_name` (inside shard_map), `table` is this device's block of a
@@ -158,6 +212,10 @@ def cross_entropy(queries: jax.Array, table: jax.Array, targets: jax.Array, *, n
       backward) take their operands in that dtype and accumulate in float32;
       the logsumexp, softmax weights and losses stay float32. None or "float32":
       the inputs'.
+    method: "scan" (XLA) or "fused_cpu" (the native CPU kernel: float32, CPU
+      devices only, hidden size a multiple of 16; `chunk_size` and
+      `matmul_dtype` are the scan's). The same losses and gradients up to
+      float rounding (its exp is a polynomial good to about 2e-7).
 
   Returns:
     [T] losses, differentiable in `queries` and `table`.
@@ -170,14 +228,20 @@ def cross_entropy(queries: jax.Array, table: jax.Array, targets: jax.Array, *, n
     raise ValueError(f"need 1 <= num_items < item_size; got {num_items}, {rows}")
   if chunk_size < 1:
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+  if method == "fused_cpu" and queries.shape[1] % FUSED_HIDDEN_MULTIPLE:
+    raise ValueError(f"method 'fused_cpu' needs a hidden size that is a multiple of "
+                     f"{FUSED_HIDDEN_MULTIPLE}, got {queries.shape[1]}")
   dtype = jnp.result_type(queries.dtype, table.dtype)
   queries, table, targets = queries.astype(dtype), table.astype(dtype), targets.astype(jnp.int32)
   if axis_name is None:
-    lse = _logsumexp(queries, table, jnp.int32(0), num_items, chunk_size, True, matmul_dtype)
+    lse = _block_logsumexp(queries, table, jnp.int32(0), num_items, chunk_size, True,
+                           matmul_dtype, method)
     return lse - jnp.sum(queries * jnp.take(table, targets, axis=0), axis=1)
   everyone = lax.all_gather(queries, axis_name, tiled=True)              # [N * T, H]
-  block_lse = _logsumexp(everyone, table, item_table.block_offset(table, axis_name), num_items,
-                         chunk_size, False, matmul_dtype)
+  block_lse = _block_logsumexp(everyone, table, item_table.block_offset(table, axis_name),
+                               num_items, chunk_size, False, matmul_dtype, method)
   top = lax.pmax(lax.stop_gradient(block_lse), axis_name)
   lse = top + jnp.log(lax.psum(jnp.exp(block_lse - top), axis_name))
   target_rows, _ = item_table.owned_rows(table, lax.all_gather(targets, axis_name, tiled=True),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
+from s3rec_jax import catalogue_softmax
 from s3rec_jax import errors
 from s3rec_jax import item_table
 from s3rec_jax import kernels
@@ -38,19 +39,37 @@ def _probability(value, field: str) -> None:
     raise ConfigError(f"config.{field} must be a probability in [0, 1], got {value!r}")
 
 
-def _check_ranking(method: str) -> None:
-  if method not in metrics.RANKING_METHODS:
-    raise ConfigError(f"config.eval.ranking={method!r} is unknown; expected "
-                      + " or ".join(metrics.RANKING_METHODS))
+def _check_method(field: str, method: str, methods: tuple[str, ...], kernel: str) -> None:
+  """`method` is one of `methods`; "fused_cpu" needs CPU devices and its native kernel."""
+  if method not in methods:
+    raise ConfigError(f"config.{field}={method!r} is unknown; expected " + " or ".join(methods))
   if method != "fused_cpu":
     return
   if jax.default_backend() != "cpu":
-    raise ConfigError(f"config.eval.ranking='fused_cpu' runs on CPU devices only, and these are "
+    raise ConfigError(f"config.{field}='fused_cpu' runs on CPU devices only, and these are "
                       f"{jax.default_backend()}; use 'scan'")
   try:
-    kernels.load("full_ranking_cpu")   # builds it once, before any work
+    kernels.load(kernel)   # builds it once, before any work
   except kernels.KernelUnavailable as e:
-    raise ConfigError(f"config.eval.ranking='fused_cpu': {e}") from None
+    raise ConfigError(f"config.{field}='fused_cpu': {e}") from None
+
+
+def _check_native_methods(config) -> None:
+  _check_method("eval.ranking", config.eval.get("ranking", "scan"), metrics.RANKING_METHODS,
+                "full_ranking_cpu")
+  ce_method = config.settings.next_item.get("ce_method", "scan")
+  _check_method("settings.next_item.ce_method", ce_method, catalogue_softmax.METHODS,
+                "catalogue_softmax_cpu")
+  if ce_method == "fused_cpu":
+    if config.model.compute_dtype != "float32":
+      raise ConfigError("config.settings.next_item.ce_method='fused_cpu' computes in float32; "
+                        f"it does not combine with model.compute_dtype="
+                        f"{config.model.compute_dtype!r}")
+    multiple = catalogue_softmax.FUSED_HIDDEN_MULTIPLE
+    if config.model.hidden_size % multiple:
+      raise ConfigError(f"config.settings.next_item.ce_method='fused_cpu' needs "
+                        f"model.hidden_size to be a multiple of {multiple}, got "
+                        f"{config.model.hidden_size}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -84,7 +103,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.eval.protocol not in PROTOCOLS:
     raise ConfigError(f"config.eval.protocol={config.eval.protocol!r} is unknown; valid protocols: "
                       + ", ".join(PROTOCOLS))
-  _check_ranking(config.eval.get("ranking", "scan"))
+  _check_native_methods(config)
   if config.finetune.loss not in next_item.FORMS:
     raise ConfigError(f"config.finetune.loss={config.finetune.loss!r} is unknown; valid losses: "
                       + ", ".join(next_item.FORMS))

@@ -356,7 +356,7 @@ def _merge_devices(ranks, top_items, top_scores, top_k, axis_name):
 def _fused_cpu_ranking(user_repr, item_table, answers, history, base, num_items, top_k,
                        axis_name):
   """This device's counts and top-k list from the native kernel (float32)."""
-  target = kernels.load("full_ranking_cpu")
+  (target,) = kernels.load("full_ranking_cpu")
   user_repr = user_repr.astype(jnp.float32)
   item_table = item_table.astype(jnp.float32)
   answer_rows, _ = _answer_rows(item_table, None, answers, base, axis_name)

@@ -1,4 +1,5 @@
-"""Tests for s3rec_jax.kernels: the fused native CPU full ranking against the XLA scan and numpy."""
+"""Tests for s3rec_jax.kernels: the native CPU full ranking and catalogue softmax against the
+XLA scans and numpy."""
 
 import functools
 import os
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
+from s3rec_jax import catalogue_softmax
 from s3rec_jax import config_validation
 from s3rec_jax import kernels
 from s3rec_jax import metrics
+from s3rec_jax import objectives
 
 pytestmark = pytest.mark.skipif(
     kernels.compiler() is None, reason="no C++ compiler here (set CXX or install g++): the "
@@ -155,3 +158,112 @@ def test_config_names_the_ranking_method():
   old = ml_collections.ConfigDict(default.get_config().to_dict())
   del old.eval["ranking"]                     # a run recorded before the option
   config_validation.validate(old)
+
+
+# ---------------------------------------------------------------------------
+# The catalogue softmax (settings.next_item.ce_method=fused_cpu).
+
+
+def _ce_problem(seed, queries, items, hidden, extra_rows=2):
+  rng = np.random.default_rng(seed)
+  q = rng.standard_normal((queries, hidden)).astype(np.float32)
+  table = (0.5 * rng.standard_normal((items + extra_rows, hidden))).astype(np.float32)
+  targets = rng.integers(1, items + 1, queries).astype(np.int32)
+  weights = rng.random(queries).astype(np.float32)
+  weights[::5] = 0.0                          # padded positions: no cotangent
+  return q, table, targets, weights
+
+
+def _ce_value_and_grads(method, q, table, targets, weights, num_items):
+  def total(q, t):
+    return jnp.sum(weights * catalogue_softmax.cross_entropy(
+        q, t, targets, num_items=num_items, chunk_size=64, method=method))
+  value, grads = jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(q, table)
+  return [np.asarray(value)] + [np.asarray(g) for g in grads]
+
+
+@pytest.mark.parametrize("queries,items,hidden", [(13, 300, 16), (50, 1000, 64), (7, 70, 32),
+                                                  (1, 1, 16)])
+def test_fused_cpu_cross_entropy_equals_the_scan_and_numpy(queries, items, hidden):
+  q, table, targets, weights = _ce_problem(0, queries, items, hidden)
+  fused = _ce_value_and_grads("fused_cpu", q, table, targets, weights, items)
+  scan = _ce_value_and_grads("scan", q, table, targets, weights, items)
+  for a, b in zip(fused, scan):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # The loss and its gradients by hand in float64 (rows past num_items never count).
+  logits = q.astype(np.float64) @ table[1:items + 1].astype(np.float64).T
+  p = np.exp(logits - logits.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+  want = np.sum(weights * (lse - logits[np.arange(queries), targets - 1]))
+  np.testing.assert_allclose(fused[0], want, rtol=1e-5)
+  onehot = np.zeros_like(p)
+  onehot[np.arange(queries), targets - 1] = 1
+  dq = weights[:, None] * ((p - onehot) @ table[1:items + 1])
+  np.testing.assert_allclose(fused[1], dq, rtol=1e-4, atol=1e-5)
+  assert np.all(fused[2][0] == 0) and np.all(fused[2][items + 1:] == 0)
+
+
+@pytest.mark.parametrize("devices", [2, 4])
+def test_fused_cpu_cross_entropy_with_the_table_split_over_devices(devices):
+  if len(jax.devices()) < devices:
+    pytest.skip(f"needs {devices} devices")
+  # 20 items in 4 blocks of 16 rows: the last blocks hold no candidate at all.
+  items, hidden, rows = 20, 16, 16 * devices
+  q, table, targets, weights = _ce_problem(1, 4 * devices, items, hidden,
+                                           extra_rows=rows - items)
+  mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+  got = {}
+  for method in ("fused_cpu", "scan"):
+    def local(q, t, y, w, method=method):
+      def total(q, t):
+        return jnp.sum(w * catalogue_softmax.cross_entropy(q, t, y, num_items=items,
+                                                           chunk_size=8, axis_name="data",
+                                                           method=method))
+      value, (dq, dt) = jax.value_and_grad(total, argnums=(0, 1))(q, t)
+      return jax.lax.psum(value, "data")[None], dq, dt
+    fn = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("data"), P("data"), P("data"),
+                                                           P("data")),
+                               out_specs=(P(), P("data"), P("data")), check_vma=False))
+    got[method] = [np.asarray(x) for x in fn(q, table, targets, weights)]
+  whole = _ce_value_and_grads("fused_cpu", q, table[:items + 2], targets, weights, items)
+  for a, b in zip(got["fused_cpu"], got["scan"]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got["fused_cpu"][0][0], whole[0], rtol=1e-5)
+  np.testing.assert_allclose(got["fused_cpu"][2][:items + 2], whole[2], rtol=1e-5, atol=1e-6)
+
+
+def test_fused_cpu_cross_entropy_in_the_next_item_objective():
+  """settings.next_item.ce_method reaches the `ce` form; ill-fitting configs are one line."""
+  rng = np.random.default_rng(2)
+  out = jnp.asarray(rng.standard_normal((3, 5, 16)).astype(np.float32))
+  table = jnp.asarray(rng.standard_normal((42, 16)).astype(np.float32))
+  targets = jnp.asarray(rng.integers(0, 41, (3, 5)).astype(np.int32))
+  loss = objectives.get("next_item", "ce").fn
+
+  def total(method):
+    options = objectives.ObjectiveOptions(
+        mask_id=41, num_items=40,
+        settings=objectives.settings_tuple({"next_item": {"ce_method": method}}))
+    return jax.jit(jax.value_and_grad(lambda o, t: loss(objectives.ObjectiveInputs(
+        {"sequence": o}, {"item_embeddings": {"embedding": t}}, {"targets": targets}, {},
+        jax.random.key(0), options)), argnums=(0, 1)))
+
+  (a, ga), (b, gb) = total("fused_cpu")(out, table), total("scan")(out, table)
+  assert "s3rec_catalogue_lse_cpu" in total("fused_cpu").lower(out, table).as_text()
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  for x, y in zip(ga, gb):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  from configs import default  # pylint: disable=import-outside-toplevel
+  config = default.get_config()
+  assert config.settings.next_item.ce_method == "scan"
+  config.settings.next_item.ce_method = "fused_cpu"
+  config_validation.validate(config)
+  config.model.hidden_size = 24
+  config.model.num_heads = 2
+  with pytest.raises(config_validation.ConfigError, match="multiple of 16, got 24"):
+    config_validation.validate(config)
+  config.model.hidden_size = 64
+  config.model.compute_dtype = "bfloat16"
+  with pytest.raises(config_validation.ConfigError, match="computes in float32"):
+    config_validation.validate(config)

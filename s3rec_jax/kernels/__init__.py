@@ -6,8 +6,8 @@ caches the shared library under `$S3REC_KERNEL_CACHE` (default
 ~/.cache/s3rec_jax/kernels) keyed by the source, the flags, the CPU and the
 jaxlib version, and registers its handler with XLA for the CPU platform.
 Compiling takes a few seconds once; later processes load the cached library.
-Nothing here runs unless a kernel is asked for by name (e.g.
-`eval.ranking=fused_cpu`).
+Nothing here runs unless a kernel is asked for by name
+(`eval.ranking=fused_cpu`, `settings.next_item.ce_method=fused_cpu`).
 """
 
 from __future__ import annotations
@@ -25,13 +25,17 @@ import jax
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 
-# name -> (source file, exported handler symbol, XLA target name)
+# name -> (source file, {exported handler symbol: XLA target name})
 KERNELS = {
-    "full_ranking_cpu": ("full_ranking_cpu.cc", "S3RecFullRankingCpu", "s3rec_full_ranking_cpu"),
+    "full_ranking_cpu": ("full_ranking_cpu.cc",
+                         {"S3RecFullRankingCpu": "s3rec_full_ranking_cpu"}),
+    "catalogue_softmax_cpu": ("catalogue_softmax_cpu.cc",
+                              {"S3RecCatalogueLogSumExpCpu": "s3rec_catalogue_lse_cpu",
+                               "S3RecCatalogueLogSumExpGradCpu": "s3rec_catalogue_lse_grad_cpu"}),
 }
 
 _lock = threading.Lock()
-_loaded: dict[str, str] = {}
+_loaded: dict[str, tuple[str, ...]] = {}
 
 
 class KernelUnavailable(RuntimeError):
@@ -62,8 +66,13 @@ def _cache_dir() -> str:
 
 def _build(source: str, cxx: str) -> str:
   import jaxlib  # pylint: disable=import-outside-toplevel
-  with open(source, "rb") as f:
-    text = f.read()
+  # The source and every header beside it (the kernels share cpu_tiles.h).
+  folder = os.path.dirname(source)
+  text = b""
+  for name in [os.path.basename(source)] + sorted(
+      n for n in os.listdir(folder) if n.endswith(".h")):
+    with open(os.path.join(folder, name), "rb") as f:
+      text += name.encode() + b"\0" + f.read()
   key = hashlib.sha256(b"\0".join([
       text, " ".join(_FLAGS).encode(), _cpu_signature().encode(), jaxlib.__version__.encode(),
       cxx.encode()])).hexdigest()[:16]
@@ -77,12 +86,13 @@ def _build(source: str, cxx: str) -> str:
   # or killed build never leaves a half-written library under the final name.
   fd, partial = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=cache)
   os.close(fd)
-  command = [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), source, "-o", partial]
+  command = [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), "-I", folder, source, "-o", partial]
   try:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
+      errors = [l for l in result.stderr.splitlines() if "error" in l] or [result.stderr.strip()]
       raise KernelUnavailable(
-          f"compiling {os.path.basename(source)} failed: {result.stderr.strip()[-2000:]}")
+          f"compiling {os.path.basename(source)} failed: {' | '.join(errors)[:2000]}")
     os.replace(partial, library)
   finally:
     if os.path.exists(partial):
@@ -90,23 +100,25 @@ def _build(source: str, cxx: str) -> str:
   return library
 
 
-def load(name: str) -> str:
-  """Builds (once) and registers kernel `name` for the CPU; returns its XLA target name."""
+def load(name: str) -> tuple[str, ...]:
+  """Builds (once) and registers kernel `name`'s handlers for the CPU; returns their XLA
+  target names, in the order of KERNELS."""
   with _lock:
     if name in _loaded:
       return _loaded[name]
     if name not in KERNELS:
       raise KeyError(f"unknown kernel {name!r}; known: {sorted(KERNELS)}")
-    source, symbol, target = KERNELS[name]
+    source, handlers = KERNELS[name]
     cxx = compiler()
     if cxx is None:
       raise KernelUnavailable(
           f"kernel {name!r} needs a C++ compiler (set CXX, or install g++); none was found")
     library = ctypes.cdll.LoadLibrary(_build(os.path.join(_HERE, source), cxx))
-    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
-                                platform="cpu")
-    _loaded[name] = target
-    return target
+    for symbol, target in handlers.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
+                                  platform="cpu")
+    _loaded[name] = tuple(handlers.values())
+    return _loaded[name]
 
 
 def available(name: str) -> bool:

@@ -22,15 +22,14 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
+#include "cpu_tiles.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using namespace s3rec_tiles;  // NOLINT: the tile layer of this kernel family
 
 // The order lax.top_k gives canonical float32 scores (-0.0 as 0.0, every NaN
 // as the positive quiet NaN, above everything), as int32 keys.
@@ -47,14 +46,6 @@ inline float FromOrderKey(int32_t key) {
   float score;
   std::memcpy(&score, &bits, sizeof(score));
   return score;
-}
-
-// The dot product in the vector lanes' order: one fused multiply-add per
-// hidden unit, first to last, starting from 0.
-inline float SequentialDot(const float* a, const float* b, int64_t hidden) {
-  float acc = 0.0f;
-  for (int64_t h = 0; h < hidden; ++h) acc = std::fma(a[h], b[h], acc);
-  return acc;
 }
 
 // A user's running top-k: a binary heap whose root is the worst entry (lowest
@@ -99,51 +90,6 @@ inline void Offer(UserState& user, int64_t top_k, int64_t row, int32_t first_id,
   user.threshold = FromOrderKey(user.heap[0].key);
 }
 
-// ---- The register tiles: kUsers users x kVectors vectors of kLanes items. ----
-
-#if defined(__AVX512F__)
-constexpr int kLanes = 16, kUsers = 6, kVectors = 4;
-using Vec = __m512;
-inline Vec Load(const float* p) { return _mm512_loadu_ps(p); }
-inline Vec Broadcast(float x) { return _mm512_set1_ps(x); }
-inline Vec Zero() { return _mm512_setzero_ps(); }
-inline Vec Fma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline uint32_t GreaterEqual(Vec s, Vec t) { return _mm512_cmp_ps_mask(s, t, _CMP_GE_OQ); }
-// Greater, or unordered (a NaN score must reach the exact key compare).
-inline uint32_t AboveOrNan(Vec s, Vec t) { return _mm512_cmp_ps_mask(s, t, _CMP_NLE_UQ); }
-inline void Store(float* p, Vec v) { _mm512_storeu_ps(p, v); }
-#elif defined(__AVX2__) && defined(__FMA__)
-constexpr int kLanes = 8, kUsers = 6, kVectors = 2;
-using Vec = __m256;
-inline Vec Load(const float* p) { return _mm256_loadu_ps(p); }
-inline Vec Broadcast(float x) { return _mm256_set1_ps(x); }
-inline Vec Zero() { return _mm256_setzero_ps(); }
-inline Vec Fma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
-inline uint32_t GreaterEqual(Vec s, Vec t) {
-  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s, t, _CMP_GE_OQ)));
-}
-inline uint32_t AboveOrNan(Vec s, Vec t) {
-  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(s, t, _CMP_NLE_UQ)));
-}
-inline void Store(float* p, Vec v) { _mm256_storeu_ps(p, v); }
-#else
-// Portable fallback: one lane, still one fused multiply-add per hidden unit.
-constexpr int kLanes = 1, kUsers = 4, kVectors = 4;
-using Vec = float;
-inline Vec Load(const float* p) { return *p; }
-inline Vec Broadcast(float x) { return x; }
-inline Vec Zero() { return 0.0f; }
-inline Vec Fma(Vec a, Vec b, Vec c) { return std::fma(a, b, c); }
-inline uint32_t GreaterEqual(Vec s, Vec t) { return s >= t; }
-inline uint32_t AboveOrNan(Vec s, Vec t) { return !(s <= t); }
-inline void Store(float* p, Vec v) { *p = v; }
-#endif
-
-constexpr int kTileItems = kLanes * kVectors;
-// Items per packed block: [hidden, kBlockItems] floats stay in a core's L2
-// while every user tile passes over them.
-constexpr int64_t kBlockItems = 512;
-
 struct Scan {
   const float* users;   // [padded users, hidden]
   int64_t num_users;
@@ -157,37 +103,12 @@ struct Scan {
 
 // One tile: kUsers users x kTileItems items starting at local row `row0`,
 // the packed block `panel` ([hidden, kBlockItems], column `col0` onward).
-// The tile's scores into `out` [kUsers][kTileItems]. Kept out of line so that
-// the accumulators stay in registers through the loop (inlined beside the
-// heap code, the compiler kept them in memory and stored all of them on
-// every step).
-__attribute__((noinline)) void TileScores(const float* user_rows, int64_t hidden,
-                                          const float* items, float* out) {
-  Vec acc[kUsers][kVectors];
-  for (int u = 0; u < kUsers; ++u)
-    for (int v = 0; v < kVectors; ++v) acc[u][v] = Zero();
-  for (int64_t h = 0; h < hidden; ++h, items += kBlockItems) {
-    Vec item[kVectors];
-    for (int v = 0; v < kVectors; ++v) item[v] = Load(items + v * kLanes);
-    for (int u = 0; u < kUsers; ++u) {
-      Vec weight = Broadcast(user_rows[u * hidden + h]);
-      for (int v = 0; v < kVectors; ++v) acc[u][v] = Fma(weight, item[v], acc[u][v]);
-    }
-  }
-  for (int u = 0; u < kUsers; ++u)
-    for (int v = 0; v < kVectors; ++v) Store(out + u * kTileItems + v * kLanes, acc[u][v]);
-}
-
 inline void Tile(const Scan& scan, const float* panel, int64_t col0, int64_t row0, int64_t user0) {
   alignas(64) float tile[kUsers * kTileItems];
   TileScores(scan.users + user0 * scan.hidden, scan.hidden, panel + col0, tile);
   // Lanes that are real items: all of them but in a block's last tile.
-  constexpr uint32_t kAll = kLanes == 32 ? 0xFFFFFFFFu : (1u << kLanes) - 1;
   uint32_t valid[kVectors];
-  for (int v = 0; v < kVectors; ++v) {
-    const int64_t first = row0 + v * kLanes, left = scan.hi - first;
-    valid[v] = left >= kLanes ? kAll : left <= 0 ? 0u : (1u << left) - 1;
-  }
+  for (int v = 0; v < kVectors; ++v) valid[v] = LanesBelow(row0, v, scan.hi);
   for (int u = 0; u < kUsers; ++u) {
     int64_t user = user0 + u;
     if (user >= scan.num_users) break;
@@ -286,12 +207,7 @@ ffi::Error FullRankingImpl(ffi::Buffer<ffi::F32> users, ffi::Buffer<ffi::F32> ta
 
   for (int64_t block0 = lo; block0 < hi; block0 += kBlockItems) {
     const int64_t width = std::min<int64_t>(kBlockItems, hi - block0);
-    // Pack the block transposed, [hidden, items], zero past its width.
-    for (int64_t h = 0; h < hidden; ++h) {
-      float* dst = panel.data() + h * kBlockItems;
-      for (int64_t i = 0; i < width; ++i) dst[i] = table_data[(block0 + i) * hidden + h];
-      std::fill(dst + width, dst + kBlockItems, 0.0f);
-    }
+    PackBlock(table_data, hidden, block0, width, panel.data());
     const int64_t tiles = (width + kTileItems - 1) / kTileItems;
     for (int64_t user0 = 0; user0 < padded_users; user0 += kUsers)
       for (int64_t t = 0; t < tiles; ++t)

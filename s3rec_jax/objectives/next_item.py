@@ -65,7 +65,8 @@ def next_item_ce(inputs: ObjectiveInputs) -> jax.Array:
       jnp.where(targets > 0, targets, 1).reshape(-1), num_items=inputs.options.num_items,
       chunk_size=int(inputs.options.setting("next_item", "chunk_size",
                                             catalogue_softmax.DEFAULT_CHUNK_SIZE)),
-      axis_name=inputs.options.item_table_axis, matmul_dtype=inputs.options.compute_dtype)
+      axis_name=inputs.options.item_table_axis, matmul_dtype=inputs.options.compute_dtype,
+      method=str(inputs.options.setting("next_item", "ce_method", "scan")))
   return jnp.sum(per_position.reshape(targets.shape) * is_target)
 
 

@@ -70,6 +70,8 @@ class Spec:
   metrics: tuple[str, ...] | None
   published: Mapping[str, Mapping[str, float]]
   select_on: str | None = None
+  # IMPLEMENTATION_FIELDS set for every run (from --implementation), outside the cells.
+  implementation: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def load_spec(path: str) -> Spec:
@@ -122,8 +124,41 @@ def _value(v) -> str:
   return str(v).lower() if isinstance(v, bool) else str(v)
 
 
+# Config fields that choose how a run computes, not what: the same losses and
+# metrics up to float rounding (tests/test_kernels.py). `--implementation`
+# sets them for every run of a grid without making its cells new ones: runs
+# made either way match the same ledger records, and each record says how it
+# was made.
+IMPLEMENTATION_FIELDS = ("settings.next_item.ce_method", "eval.ranking")
+
+
+def parse_implementation(pairs: Sequence[str]) -> dict[str, str]:
+  """['FIELD=VALUE', ...] -> {field: value}, fields from IMPLEMENTATION_FIELDS only."""
+  chosen = {}
+  for pair in pairs:
+    field, sep, value = pair.partition("=")
+    if not sep or not value:
+      raise errors.UserError(f"--implementation {pair!r}: expected FIELD=VALUE")
+    if field not in IMPLEMENTATION_FIELDS:
+      raise errors.UserError(f"--implementation {pair!r}: {field!r} is not an implementation "
+                             f"choice; expected one of {', '.join(IMPLEMENTATION_FIELDS)}")
+    chosen[field] = value
+  return chosen
+
+
+def _implementation_of(results: dict) -> dict[str, str]:
+  """The implementation fields a finished run was made with (from its results' config)."""
+  made = {}
+  for field in IMPLEMENTATION_FIELDS:
+    node = results.get("config") or {}
+    for part in field.split("."):
+      node = node.get(part) if isinstance(node, dict) else None
+    made[field] = "scan" if node is None else _value(node)
+  return made
+
+
 def run_command(spec: Spec, cell: str, seed: int, workdir: str) -> list[str]:
-  overrides = dict(spec.overrides, **spec.cells[cell], seed=seed)
+  overrides = {**spec.overrides, **spec.cells[cell], **spec.implementation, "seed": seed}
   return ([sys.executable, os.path.join(REPO, "train.py"), f"--config={spec.config}",
            f"--workdir={workdir}"] + [f"--config.{k}={_value(v)}" for k, v in overrides.items()])
 
@@ -209,6 +244,7 @@ def record_finished(spec: Spec, root: str, ledger: str) -> int:
       new.append({"cell": cell, "seed": seed, "config": _config_name(spec),
                   "overrides": _cell_overrides(spec, cell), "test": results["test"],
                   "valid": results.get("valid") or {}, "best_epoch": results.get("best_epoch"),
+                  "implementation": _implementation_of(results),
                   "wall_seconds": _wall_seconds(workdir), **made_by})
   if new:
     existing = ""
@@ -421,9 +457,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "to: its runs are not run again and join the table")
   parser.add_argument("--summarize_only", action="store_true",
                       help="write the table and chart of the runs finished so far")
+  parser.add_argument("--implementation", action="append", default=[], metavar="FIELD=VALUE",
+                      help="how every run computes, not what (e.g. "
+                           "settings.next_item.ce_method=fused_cpu): the cells and their ledger "
+                           "records stay the same; one of " + ", ".join(IMPLEMENTATION_FIELDS))
   args = parser.parse_args(argv)
   with errors.exit_on_user_error(PROG):
     spec = load_spec(args.spec)
+    spec = dataclasses.replace(spec, implementation=parse_implementation(args.implementation))
     if args.seeds:
       try:
         seeds = tuple(int(s) for s in args.seeds.split(","))

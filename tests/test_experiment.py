@@ -41,9 +41,12 @@ class FakeTrain:
     value = (0.3 if sasrec else 0.5) + 0.01 * seed
     # Validation ranks the cells the other way round from test: the choice must follow it.
     valid = 0.9 - value
+    ce_method = next((a.split("=", 1)[1] for a in command
+                      if a.startswith("--config.settings.next_item.ce_method=")), "scan")
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump({"test": {"HR@10": value, "MRR": value / 2},
-                 "valid": {"HR@10": valid, "MRR": valid / 2}, "best_epoch": seed + 1}, f)
+                 "valid": {"HR@10": valid, "MRR": valid / 2}, "best_epoch": seed + 1,
+                 "config": {"settings": {"next_item": {"ce_method": ce_method}}}}, f)
     with open(os.path.join(workdir, "log.jsonl"), "w") as f:
       f.write(json.dumps({"phase": "done", "wall_seconds": 60.0 * seed}) + "\n")
     return 0
@@ -165,3 +168,26 @@ def test_transcribed_ledger_records_are_marked(tmp_path):
   table = open(tmp_path / "a" / "results.md").read()
   assert "| S3-Rec | 1/2* | 0.5000 +- 0.0000 [0.5000] |" in table
   assert "transcribed from an earlier record, not written by a run: an old table." in table
+
+
+def test_implementation_fields_change_how_runs_compute_not_which_cells_they_are(tmp_path):
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  from s3rec_jax import errors  # pylint: disable=import-outside-toplevel
+  spec = experiment.load_spec(_spec(tmp_path, SPEC))
+  fused = dataclasses.replace(spec, implementation=experiment.parse_implementation(
+      ["settings.next_item.ce_method=fused_cpu"]))
+  ledger = str(tmp_path / "ledger.jsonl")
+  fake = FakeTrain()
+  experiment.run(fused, str(tmp_path / "a"), ledger=ledger, runner=fake, log=lambda _: None)
+  assert all("--config.settings.next_item.ce_method=fused_cpu" in c for c in fake.calls)
+  records = [json.loads(line) for line in open(ledger)]
+  assert {r["implementation"]["settings.next_item.ce_method"] for r in records} == {"fused_cpu"}
+  assert records[0]["implementation"]["eval.ranking"] == "scan"
+  # The cells stay the same: the records match the plain spec, so nothing reruns.
+  assert records[0]["overrides"] == {"finetune.epochs": "3"}
+  experiment.run(spec, str(tmp_path / "b"), ledger=ledger, runner=fake, log=lambda _: None)
+  assert len(fake.calls) == 4
+  for bad, message in [("finetune.loss=ce", "not an implementation choice"),
+                       ("eval.ranking", "expected FIELD=VALUE")]:
+    with pytest.raises(errors.UserError, match=message):
+      experiment.parse_implementation([bad])

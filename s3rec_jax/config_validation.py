@@ -39,7 +39,7 @@ def _probability(value, field: str) -> None:
     raise ConfigError(f"config.{field} must be a probability in [0, 1], got {value!r}")
 
 
-def _check_method(field: str, method: str, methods: tuple[str, ...], kernel: str) -> None:
+def check_method(field: str, method: str, methods: tuple[str, ...], kernel: str) -> None:
   """`method` is one of `methods`; "fused_cpu" needs CPU devices and its native kernel."""
   if method not in methods:
     raise ConfigError(f"config.{field}={method!r} is unknown; expected " + " or ".join(methods))
@@ -55,10 +55,10 @@ def _check_method(field: str, method: str, methods: tuple[str, ...], kernel: str
 
 
 def _check_native_methods(config) -> None:
-  _check_method("eval.ranking", config.eval.get("ranking", "scan"), metrics.RANKING_METHODS,
+  check_method("eval.ranking", config.eval.get("ranking", "scan"), metrics.RANKING_METHODS,
                 "full_ranking_cpu")
   ce_method = config.settings.next_item.get("ce_method", "scan")
-  _check_method("settings.next_item.ce_method", ce_method, catalogue_softmax.METHODS,
+  check_method("settings.next_item.ce_method", ce_method, catalogue_softmax.METHODS,
                 "catalogue_softmax_cpu")
   if ce_method == "fused_cpu":
     if config.model.compute_dtype != "float32":

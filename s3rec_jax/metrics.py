@@ -381,6 +381,7 @@ def top_k_items(
     num_items: int,
     chunk_size: int,
     top_k: int,
+    method: str = "scan",
 ) -> tuple[jax.Array, jax.Array]:
   """The `top_k` best-scoring real items per user, in chunks of the catalogue.
 
@@ -399,6 +400,8 @@ def top_k_items(
     num_items: number of real items (static).
     chunk_size: catalogue rows scored per scan step (static), >= 1.
     top_k: number of items to return (static), >= 1.
+    method: "scan" or "fused_cpu", as for `full_ranking` (the kernel needs a
+      concrete batch size: no symbolic dimension).
 
   Returns:
     items: [B, top_k] int32 item ids, best first; equal scores by lowest id.
@@ -418,7 +421,16 @@ def top_k_items(
         f"num_items={num_items}, item_size={item_table.shape[0]}.")
   if chunk_size < 1 or top_k < 1:
     raise ValueError(f"chunk_size and top_k must be >= 1; got {chunk_size}, {top_k}.")
+  if method not in RANKING_METHODS:
+    raise ValueError(f"unknown ranking method {method!r}; expected one of {RANKING_METHODS}")
   batch = user_repr.shape[0]
+  if method == "fused_cpu":
+    # full_ranking's kernel with no answer (id 0 is never a candidate) and the
+    # excluded ids as the history.
+    _, top_items, top_scores = _fused_cpu_ranking(
+        user_repr, item_table, jnp.zeros((batch,), jnp.int32), exclude.astype(jnp.int32), 0,
+        num_items, top_k, None)
+    return top_items, top_scores
   chunk, num_chunks = _chunking(num_items, chunk_size)
   score_dtype = jnp.result_type(user_repr.dtype, item_table.dtype)
   user_repr = user_repr.astype(score_dtype)

@@ -46,6 +46,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from s3rec_jax import checkpointing
+from s3rec_jax import config_validation
 from s3rec_jax import errors
 from s3rec_jax import files
 from s3rec_jax import metrics as metrics_lib
@@ -85,7 +86,8 @@ def model_window(histories: jax.Array, max_len: int) -> jax.Array:
 
 def score_histories(config: model_lib.ModelConfig, params: dict, histories: jax.Array, *,
                     num_items: int, chunk_size: int, top_k: int,
-                    exclude_history: bool = True) -> tuple[jax.Array, jax.Array]:
+                    exclude_history: bool = True,
+                    ranking: str = "scan") -> tuple[jax.Array, jax.Array]:
   """Dense top-k recommendations for left-padded dense histories.
 
   Encodes each history's window causally, takes the newest token's output as
@@ -120,7 +122,8 @@ def score_histories(config: model_lib.ModelConfig, params: dict, histories: jax.
                           queries=model_lib.Queries(0, newest))             # [B, H]
   exclude = histories if exclude_history else jnp.zeros((batch, 1), jnp.int32)
   return metrics_lib.top_k_items(user, model_lib.item_table(params), exclude,
-                                 num_items=num_items, chunk_size=chunk_size, top_k=top_k)
+                                 num_items=num_items, chunk_size=chunk_size, top_k=top_k,
+                                 method=ranking)
 
 
 def left_pad_rows(rows: Sequence[np.ndarray], batch_size: int, width: int) -> np.ndarray:
@@ -342,8 +345,9 @@ class Recommender:
   it that holds the call's longest history.
   """
 
-  def __init__(self, run: Run, params: dict, mesh, batch_size: int):
+  def __init__(self, run: Run, params: dict, mesh, batch_size: int, ranking: str = "scan"):
     self.run = run
+    self.ranking = ranking
     self.ids = run.ids
     self.config = run.config
     self.mesh = mesh
@@ -354,18 +358,25 @@ class Recommender:
 
   @classmethod
   def from_workdir(cls, workdir: str, *, step: int | None = None,
-                   batch_size: int = DEFAULT_BATCH_SIZE) -> Recommender:
+                   batch_size: int = DEFAULT_BATCH_SIZE, ranking: str = "scan") -> Recommender:
     """Loads the best fine-tuned parameters of `workdir` (see `read_run` for `step`)."""
-    return cls.from_run(read_run(workdir, step=step), batch_size=batch_size)
+    return cls.from_run(read_run(workdir, step=step), batch_size=batch_size, ranking=ranking)
 
   @classmethod
-  def from_run(cls, run: Run, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Recommender:
-    """Loads the parameters of a `read_run` record."""
+  def from_run(cls, run: Run, *, batch_size: int = DEFAULT_BATCH_SIZE,
+               ranking: str = "scan") -> Recommender:
+    """Loads the parameters of a `read_run` record. `ranking`: "scan", or "fused_cpu" (the
+    native CPU kernel of eval.ranking, for CPU devices)."""
     if batch_size < 1:
       raise RecommendError(f"batch_size must be >= 1, got {batch_size}")
+    try:
+      config_validation.check_method("ranking", ranking, metrics_lib.RANKING_METHODS,
+                                     "full_ranking_cpu")
+    except config_validation.ConfigError as e:
+      raise RecommendError(str(e).replace("config.ranking", "--ranking")) from None
     mesh = parallel.make_mesh(jax.local_devices())
     params = restore_scoring_params(run, parallel.replicated(mesh))
-    return cls(run, params, mesh, batch_size)
+    return cls(run, params, mesh, batch_size, ranking)
 
   @property
   def num_items(self) -> int:
@@ -382,7 +393,7 @@ class Recommender:
       def body(params, histories):
         return score_histories(self.config, params, histories, num_items=self.num_items,
                                chunk_size=self.run.chunk_size, top_k=k,
-                               exclude_history=exclude_history)
+                               exclude_history=exclude_history, ranking=self.ranking)
       # Rows are independent: each device ranks its own rows, with no
       # collectives (check_vma=False: the scan's fresh carry is per-device too).
       self._compiled[key] = jax.jit(jax.shard_map(
@@ -505,6 +516,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                       help=f"histories per device program (default {DEFAULT_BATCH_SIZE})")
   parser.add_argument("--keep_history", action="store_true",
                       help="do not leave the history's items out of the recommendations")
+  parser.add_argument("--ranking", default="scan", choices=("scan", "fused_cpu"),
+                      help="scan (XLA) or fused_cpu (a native CPU kernel, compiled on first "
+                           "use; the same items up to last-bit rounding of the scores)")
   return parser.parse_args(argv)
 
 
@@ -530,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run = read_run(args.workdir, step=args.step)
     k = check_k(args.k, run.num_items)
     dense = dense_histories(run.ids, histories, labels)
-    recommender = Recommender.from_run(run, batch_size=args.batch_size)
+    recommender = Recommender.from_run(run, batch_size=args.batch_size, ranking=args.ranking)
     items, scores = recommender.recommend_dense(dense, k, exclude_history=not args.keep_history)
     results = recommender.to_recommendations(items, scores)
     text = "".join(json.dumps({"user": user, "items": r.items,

@@ -180,19 +180,41 @@ def test_unfinished_or_missing_workdir(tiny, tmp_path):
   assert recommend.read_run(str(copy), step=step).step == step
 
 
-def test_top_k_items_ties_and_short_lists():
+def _fused_cpu_or_skip():
+  from s3rec_jax import kernels  # pylint: disable=import-outside-toplevel
+  if kernels.compiler() is None:
+    pytest.skip("no C++ compiler here (set CXX or install g++): fused_cpu cannot be built")
+  return "fused_cpu"
+
+
+def test_fused_cpu_ranking_serves_the_same_recommendations(tiny, all_top10):
+  method = _fused_cpu_or_skip()
+  workdir, _, _, histories = tiny
+  items, scores = all_top10
+  fused = recommend.Recommender.from_workdir(workdir, batch_size=64, ranking=method)
+  got_items, got_scores = fused.recommend_dense(histories, 10)
+  np.testing.assert_array_equal(got_items, items)
+  np.testing.assert_allclose(got_scores, scores, rtol=1e-5, atol=1e-6)
+  with pytest.raises(recommend.RecommendError, match="--ranking='fast' is unknown"):
+    recommend.Recommender.from_workdir(workdir, ranking="fast")
+
+
+@pytest.mark.parametrize("method", ["scan", "fused_cpu"])
+def test_top_k_items_ties_and_short_lists(method):
+  if method == "fused_cpu":
+    _fused_cpu_or_skip()
   # A collapsed table: every score ties, so the lowest remaining ids win, in any chunking.
   table = np.ones((12, 4), np.float32)
   user = np.ones((2, 4), np.float32)
   exclude = np.array([[1, 3, 3, 0], [2, 4, 6, 8]], np.int32)
   for chunk_size in (1, 3, 10):
     items, scores = metrics.top_k_items(user, table, exclude, num_items=10,
-                                        chunk_size=chunk_size, top_k=4)
+                                        chunk_size=chunk_size, top_k=4, method=method)
     np.testing.assert_array_equal(items, [[2, 4, 5, 6], [1, 3, 5, 7]])
     np.testing.assert_array_equal(scores, 4.0)
     # Fewer candidates than k: an id-0, -inf tail.
     items, scores = metrics.top_k_items(user, table, exclude, num_items=10,
-                                        chunk_size=chunk_size, top_k=9)
+                                        chunk_size=chunk_size, top_k=9, method=method)
     np.testing.assert_array_equal(items[1], [1, 3, 5, 7, 9, 10, 0, 0, 0])
     assert np.all(np.isneginf(scores[1, 6:]))
 

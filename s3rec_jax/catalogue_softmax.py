@@ -157,7 +157,8 @@ def _fused_logsumexp_fwd(queries, table, first_id, num_items):
   forward, _ = kernels.load("catalogue_softmax_cpu")
   lse = jax.ffi.ffi_call(forward, jax.ShapeDtypeStruct(queries.shape[:1], jnp.float32),
                          vmap_method="sequential")(
-      queries, table, _first_id_operand(first_id), num_items=np.int64(num_items))
+      queries, table, _first_id_operand(first_id), num_items=np.int64(num_items),
+      threads=np.int64(kernels.threads_per_device()))
   return lse, (queries, table, first_id, lse)
 
 
@@ -169,7 +170,7 @@ def _fused_logsumexp_bwd(num_items, residuals, g):
                  jax.ShapeDtypeStruct(table.shape, jnp.float32)),
       vmap_method="sequential")(
       queries, table, _first_id_operand(first_id), lse, g.astype(jnp.float32),
-      num_items=np.int64(num_items))
+      num_items=np.int64(num_items), threads=np.int64(kernels.threads_per_device()))
   return d_queries, d_table, None
 
 

@@ -369,7 +369,8 @@ def _fused_cpu_ranking(user_repr, item_table, answers, history, base, num_items,
   ranks, top_items, top_scores = call(
       user_repr, item_table, answer_rows, answers, history,
       jnp.reshape(jnp.asarray(base, jnp.int32), (1,)),
-      num_items=np.int64(num_items), top_k=np.int64(top_k))
+      num_items=np.int64(num_items), top_k=np.int64(top_k),
+      threads=np.int64(kernels.threads_per_device()))
   return ranks, top_items[:, :top_k], top_scores[:, :top_k]
 
 

@@ -267,3 +267,20 @@ def test_fused_cpu_cross_entropy_in_the_next_item_objective():
   config.model.compute_dtype = "bfloat16"
   with pytest.raises(config_validation.ConfigError, match="computes in float32"):
     config_validation.validate(config)
+
+
+def test_kernels_split_over_threads_give_the_one_thread_results(monkeypatch):
+  """Several threads per call (one device's share of the cores): users, queries or blocks
+  split over XLA's pool give what one thread gives."""
+  user, table, answers, hist = _grid_problem(4, users=700, items=3000, hidden=32)
+  q, ce_table, targets, weights = _ce_problem(5, 400, 3000, 32)
+  got = []
+  for threads in ("1", "3"):
+    monkeypatch.setenv("S3REC_KERNEL_THREADS", threads)
+    ranking = _rank("fused_cpu", 10, 3000, user, table, answers, hist)
+    ce = _ce_value_and_grads("fused_cpu", q, ce_table, targets, weights, 3000)
+    got.append((ranking, ce))
+  for a, b in zip(got[0][0], got[1][0]):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(got[0][1], got[1][1]):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -121,6 +121,15 @@ def load(name: str) -> tuple[str, ...]:
     return _loaded[name]
 
 
+def threads_per_device() -> int:
+  """Threads a kernel call may use: the cores shared out over this process's devices (on 2
+  cores, 2 for one device, 1 for two or more: each device's program then has a core), or
+  `$S3REC_KERNEL_THREADS`. Read when a call is traced."""
+  if os.environ.get("S3REC_KERNEL_THREADS"):
+    return max(1, int(os.environ["S3REC_KERNEL_THREADS"]))
+  return max(1, (os.cpu_count() or 1) // max(1, jax.local_device_count()))
+
+
 def available(name: str) -> bool:
   """Whether kernel `name` builds and loads here (builds it if needed)."""
   try:

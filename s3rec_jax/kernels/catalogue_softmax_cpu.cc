@@ -20,6 +20,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_parallel.h"
 #include "cpu_tiles.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -57,9 +58,9 @@ std::vector<float> PaddedQueries(const Problem& p) {
   return out;
 }
 
-ffi::Error LogSumExpImpl(ffi::Buffer<ffi::F32> queries, ffi::Buffer<ffi::F32> table,
-                         ffi::Buffer<ffi::S32> first_id, int64_t num_items,
-                         ffi::ResultBuffer<ffi::F32> lse) {
+ffi::Error LogSumExpImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> queries,
+                         ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::S32> first_id,
+                         int64_t num_items, int64_t threads, ffi::ResultBuffer<ffi::F32> lse) {
   Problem p;
   if (ffi::Error e = Describe(queries, table, first_id, num_items, &p); e.failure()) return e;
   std::vector<float> rows = PaddedQueries(p);
@@ -67,42 +68,49 @@ ffi::Error LogSumExpImpl(ffi::Buffer<ffi::F32> queries, ffi::Buffer<ffi::F32> ta
   // Per query: the running max, and per lane the sum of exp(logit - max).
   std::vector<float> running_max(padded, kNegInf);
   std::vector<float> sums(padded * kLanes, 0.0f);
-  std::vector<float> panel(p.hidden * kBlockItems);
-  alignas(64) float tile[kUsers * kTileItems];
-  for (int64_t block0 = p.lo; block0 < p.hi; block0 += kBlockItems) {
-    const int64_t width = std::min<int64_t>(kBlockItems, p.hi - block0);
-    PackBlock(p.table, p.hidden, block0, width, panel.data());
-    const int64_t tiles = (width + kTileItems - 1) / kTileItems;
-    for (int64_t q0 = 0; q0 < padded; q0 += kUsers) {
-      for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t row0 = block0 + t * kTileItems;
-        TileScores(rows.data() + q0 * p.hidden, p.hidden, panel.data() + t * kTileItems, tile);
-        uint32_t valid[kVectors];
-        for (int v = 0; v < kVectors; ++v) valid[v] = LanesBelow(row0, v, p.hi);
-        for (int u = 0; u < kUsers; ++u) {
-          const float* logits = tile + u * kTileItems;
-          Vec top = Broadcast(kNegInf);
-          for (int v = 0; v < kVectors; ++v)
-            top = Max(top, Add(KeepLanes(Load(logits + v * kLanes), valid[v]),
-                               KeepLanes(Broadcast(kNegInf), ~valid[v] & kAllLanes)));
-          float& m = running_max[q0 + u];
-          const float tile_max = HorizontalMax(top);
-          float* sum = sums.data() + (q0 + u) * kLanes;
-          Vec acc = Load(sum);
-          if (tile_max > m) {  // rare once the max has settled: rescale the sums
-            acc = Mul(acc, ExpNonPositive(Broadcast(m - tile_max)));
-            m = tile_max;
+  // Parts of the queries, one per thread, each with the blocks packed for itself.
+  const int64_t query_tiles = padded / kUsers;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, query_tiles / 16));
+  ParallelFor(pool, parts, parts - 1, [&](int64_t part) {
+    const int64_t first = query_tiles * part / parts * kUsers;
+    const int64_t last = query_tiles * (part + 1) / parts * kUsers;
+    std::vector<float> panel(p.hidden * kBlockItems);
+    alignas(64) float tile[kUsers * kTileItems];
+    for (int64_t block0 = p.lo; block0 < p.hi; block0 += kBlockItems) {
+      const int64_t width = std::min<int64_t>(kBlockItems, p.hi - block0);
+      PackBlock(p.table, p.hidden, block0, width, panel.data());
+      const int64_t tiles = (width + kTileItems - 1) / kTileItems;
+      for (int64_t q0 = first; q0 < last; q0 += kUsers) {
+        for (int64_t t = 0; t < tiles; ++t) {
+          const int64_t row0 = block0 + t * kTileItems;
+          TileScores(rows.data() + q0 * p.hidden, p.hidden, panel.data() + t * kTileItems, tile);
+          uint32_t valid[kVectors];
+          for (int v = 0; v < kVectors; ++v) valid[v] = LanesBelow(row0, v, p.hi);
+          for (int u = 0; u < kUsers; ++u) {
+            const float* logits = tile + u * kTileItems;
+            Vec top = Broadcast(kNegInf);
+            for (int v = 0; v < kVectors; ++v)
+              top = Max(top, Add(KeepLanes(Load(logits + v * kLanes), valid[v]),
+                                 KeepLanes(Broadcast(kNegInf), ~valid[v] & kAllLanes)));
+            float& m = running_max[q0 + u];
+            const float tile_max = HorizontalMax(top);
+            float* sum = sums.data() + (q0 + u) * kLanes;
+            Vec acc = Load(sum);
+            if (tile_max > m) {  // rare once the max has settled: rescale the sums
+              acc = Mul(acc, ExpNonPositive(Broadcast(m - tile_max)));
+              m = tile_max;
+            }
+            if (m == kNegInf) continue;  // no finite logit yet
+            const Vec shift = Broadcast(m);
+            for (int v = 0; v < kVectors; ++v)
+              acc = Add(acc, KeepLanes(ExpNonPositive(Sub(Load(logits + v * kLanes), shift)),
+                                       valid[v]));
+            Store(sum, acc);
           }
-          if (m == kNegInf) continue;  // no finite logit yet
-          const Vec shift = Broadcast(m);
-          for (int v = 0; v < kVectors; ++v)
-            acc = Add(acc, KeepLanes(ExpNonPositive(Sub(Load(logits + v * kLanes), shift)),
-                                     valid[v]));
-          Store(sum, acc);
         }
       }
     }
-  }
+  });
   float* out = lse->typed_data();
   for (int64_t t = 0; t < p.num_queries; ++t) {
     const float total = HorizontalSum(Load(sums.data() + t * kLanes));
@@ -166,9 +174,10 @@ void OverHidden(const float* weights, const float* data, int64_t hidden, int64_t
   for (; h0 < hidden; h0 += kLanes) One(weights, data, hidden, row0, items, h0, out);
 }
 
-ffi::Error LogSumExpGradImpl(ffi::Buffer<ffi::F32> queries, ffi::Buffer<ffi::F32> table,
-                             ffi::Buffer<ffi::S32> first_id, ffi::Buffer<ffi::F32> lse,
-                             ffi::Buffer<ffi::F32> cotangent, int64_t num_items,
+ffi::Error LogSumExpGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> queries,
+                             ffi::Buffer<ffi::F32> table, ffi::Buffer<ffi::S32> first_id,
+                             ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> cotangent,
+                             int64_t num_items, int64_t threads,
                              ffi::ResultBuffer<ffi::F32> d_queries,
                              ffi::ResultBuffer<ffi::F32> d_table) {
   Problem p;
@@ -185,39 +194,52 @@ ffi::Error LogSumExpGradImpl(ffi::Buffer<ffi::F32> queries, ffi::Buffer<ffi::F32
     const float l = lse.typed_data()[t];
     if (std::isfinite(l)) shift[t] = l, scale[t] = cotangent.typed_data()[t];
   }
-  std::vector<float> dq(padded * p.hidden, 0.0f);
   float* dt = d_table->typed_data();
   std::fill(dt, dt + p.rows * p.hidden, 0.0f);
-  std::vector<float> panel(p.hidden * kBlockItems);
-  alignas(64) float tile[kUsers * kTileItems];
-  for (int64_t block0 = p.lo; block0 < p.hi; block0 += kBlockItems) {
-    const int64_t width = std::min<int64_t>(kBlockItems, p.hi - block0);
-    PackBlock(p.table, p.hidden, block0, width, panel.data());
-    const int64_t tiles = (width + kTileItems - 1) / kTileItems;
-    for (int64_t q0 = 0; q0 < padded; q0 += kUsers) {
-      bool any = false;
-      for (int u = 0; u < kUsers; ++u) any |= scale[q0 + u] != 0.0f;
-      if (!any) continue;
-      for (int64_t t = 0; t < tiles; ++t) {
-        const int64_t row0 = block0 + t * kTileItems;
-        const int items = static_cast<int>(std::min<int64_t>(kTileItems, p.hi - row0));
-        TileScores(rows.data() + q0 * p.hidden, p.hidden, panel.data() + t * kTileItems, tile);
-        // The tile's logits become g_t p_tj in place (0 past the candidates).
-        for (int u = 0; u < kUsers; ++u) {
-          float* w = tile + u * kTileItems;
-          const Vec s = Broadcast(shift[q0 + u]), g = Broadcast(scale[q0 + u]);
-          for (int v = 0; v < kVectors; ++v)
-            Store(w + v * kLanes, KeepLanes(Mul(ExpNonPositive(Sub(Load(w + v * kLanes), s)), g),
-                                            LanesBelow(row0, v, p.hi)));
+  // Parts of the blocks, one per thread: each block's table gradient is one
+  // part's alone; each part sums its own query gradient, added up after.
+  const int64_t blocks = std::max<int64_t>(0, (p.hi - p.lo + kBlockItems - 1) / kBlockItems);
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, blocks));
+  std::vector<std::vector<float>> dq_parts(parts);
+  ParallelFor(pool, parts, parts - 1, [&](int64_t part) {
+    std::vector<float>& dq = dq_parts[part];
+    dq.assign(padded * p.hidden, 0.0f);
+    std::vector<float> panel(p.hidden * kBlockItems);
+    alignas(64) float tile[kUsers * kTileItems];
+    for (int64_t b = blocks * part / parts; b < blocks * (part + 1) / parts; ++b) {
+      const int64_t block0 = p.lo + b * kBlockItems;
+      const int64_t width = std::min<int64_t>(kBlockItems, p.hi - block0);
+      PackBlock(p.table, p.hidden, block0, width, panel.data());
+      const int64_t tiles = (width + kTileItems - 1) / kTileItems;
+      for (int64_t q0 = 0; q0 < padded; q0 += kUsers) {
+        bool any = false;
+        for (int u = 0; u < kUsers; ++u) any |= scale[q0 + u] != 0.0f;
+        if (!any) continue;
+        for (int64_t t = 0; t < tiles; ++t) {
+          const int64_t row0 = block0 + t * kTileItems;
+          const int items = static_cast<int>(std::min<int64_t>(kTileItems, p.hi - row0));
+          TileScores(rows.data() + q0 * p.hidden, p.hidden, panel.data() + t * kTileItems, tile);
+          // The tile's logits become g_t p_tj in place (0 past the candidates).
+          for (int u = 0; u < kUsers; ++u) {
+            float* w = tile + u * kTileItems;
+            const Vec s = Broadcast(shift[q0 + u]), g = Broadcast(scale[q0 + u]);
+            for (int v = 0; v < kVectors; ++v)
+              Store(w + v * kLanes, KeepLanes(Mul(ExpNonPositive(Sub(Load(w + v * kLanes), s)), g),
+                                              LanesBelow(row0, v, p.hi)));
+          }
+          OverHidden<AddWeightedRows<kVectors>, AddWeightedRows<1>>(
+              tile, p.table, p.hidden, row0, items, dq.data() + q0 * p.hidden);
+          OverHidden<AddWeightedQueries<kVectors>, AddWeightedQueries<1>>(
+              tile, rows.data() + q0 * p.hidden, p.hidden, row0, items, dt);
         }
-        OverHidden<AddWeightedRows<kVectors>, AddWeightedRows<1>>(
-            tile, p.table, p.hidden, row0, items, dq.data() + q0 * p.hidden);
-        OverHidden<AddWeightedQueries<kVectors>, AddWeightedQueries<1>>(
-            tile, rows.data() + q0 * p.hidden, p.hidden, row0, items, dt);
       }
     }
-  }
-  std::copy(dq.begin(), dq.begin() + p.num_queries * p.hidden, d_queries->typed_data());
+  });
+  float* out = d_queries->typed_data();
+  std::fill(out, out + p.num_queries * p.hidden, 0.0f);
+  for (const std::vector<float>& dq : dq_parts)
+    for (int64_t i = 0; i < p.num_queries * p.hidden && i < static_cast<int64_t>(dq.size()); ++i)
+      out[i] += dq[i];
   return ffi::Error::Success();
 }
 
@@ -225,19 +247,23 @@ ffi::Error LogSumExpGradImpl(ffi::Buffer<ffi::F32> queries, ffi::Buffer<ffi::F32
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(S3RecCatalogueLogSumExpCpu, LogSumExpImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // queries [T, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // table (block) [R, H]
                                   .Arg<ffi::Buffer<ffi::S32>>()   // id of row 0 [1]
                                   .Attr<int64_t>("num_items")
+                                  .Attr<int64_t>("threads")      // most threads to use
                                   .Ret<ffi::Buffer<ffi::F32>>());  // lse [T]
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(S3RecCatalogueLogSumExpGradCpu, LogSumExpGradImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // queries [T, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // table (block) [R, H]
                                   .Arg<ffi::Buffer<ffi::S32>>()   // id of row 0 [1]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // lse [T]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // lse's cotangent [T]
                                   .Attr<int64_t>("num_items")
+                                  .Attr<int64_t>("threads")      // most threads to use
                                   .Ret<ffi::Buffer<ffi::F32>>()   // d queries [T, H]
                                   .Ret<ffi::Buffer<ffi::F32>>());  // d table [R, H]

@@ -22,6 +22,7 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_parallel.h"
 #include "cpu_tiles.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -147,10 +148,10 @@ inline void Tile(const Scan& scan, const float* panel, int64_t col0, int64_t row
   }
 }
 
-ffi::Error FullRankingImpl(ffi::Buffer<ffi::F32> users, ffi::Buffer<ffi::F32> table,
+ffi::Error FullRankingImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> users, ffi::Buffer<ffi::F32> table,
                            ffi::Buffer<ffi::F32> answer_rows, ffi::Buffer<ffi::S32> answers,
                            ffi::Buffer<ffi::S32> history, ffi::Buffer<ffi::S32> first_id_buffer,
-                           int64_t num_items, int64_t top_k,
+                           int64_t num_items, int64_t top_k, int64_t threads,
                            ffi::ResultBuffer<ffi::S32> ranks,
                            ffi::ResultBuffer<ffi::S32> top_items,
                            ffi::ResultBuffer<ffi::F32> top_scores) {
@@ -202,17 +203,25 @@ ffi::Error FullRankingImpl(ffi::Buffer<ffi::F32> users, ffi::Buffer<ffi::F32> ta
   const int64_t padded_users = (batch + kUsers - 1) / kUsers * kUsers;
   std::vector<float> user_block(padded_users * hidden, 0.0f);
   std::copy(user_data, user_data + batch * hidden, user_block.begin());
-  std::vector<float> panel(hidden * kBlockItems);
   Scan scan{user_block.data(), batch, hidden, top_k, first_id, lo, hi, &state, &counts};
 
-  for (int64_t block0 = lo; block0 < hi; block0 += kBlockItems) {
-    const int64_t width = std::min<int64_t>(kBlockItems, hi - block0);
-    PackBlock(table_data, hidden, block0, width, panel.data());
-    const int64_t tiles = (width + kTileItems - 1) / kTileItems;
-    for (int64_t user0 = 0; user0 < padded_users; user0 += kUsers)
-      for (int64_t t = 0; t < tiles; ++t)
-        Tile(scan, panel.data(), t * kTileItems, block0 + t * kTileItems, user0);
-  }
+  // Parts of the users, one per thread: each packs the blocks for itself (the
+  // packing is small beside a part's tiles) and owns its users' state.
+  const int64_t user_tiles = padded_users / kUsers;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, user_tiles / 16));
+  ParallelFor(pool, parts, parts - 1, [&](int64_t part) {
+    const int64_t first = user_tiles * part / parts * kUsers;
+    const int64_t last = user_tiles * (part + 1) / parts * kUsers;
+    std::vector<float> panel(hidden * kBlockItems);
+    for (int64_t block0 = lo; block0 < hi; block0 += kBlockItems) {
+      const int64_t width = std::min<int64_t>(kBlockItems, hi - block0);
+      PackBlock(table_data, hidden, block0, width, panel.data());
+      const int64_t tiles = (width + kTileItems - 1) / kTileItems;
+      for (int64_t user0 = first; user0 < last; user0 += kUsers)
+        for (int64_t t = 0; t < tiles; ++t)
+          Tile(scan, panel.data(), t * kTileItems, block0 + t * kTileItems, user0);
+    }
+  });
 
   int32_t* rank_out = ranks->typed_data();
   int32_t* item_out = top_items->typed_data();
@@ -244,6 +253,7 @@ ffi::Error FullRankingImpl(ffi::Buffer<ffi::F32> users, ffi::Buffer<ffi::F32> ta
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(S3RecFullRankingCpu, FullRankingImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()   // users [B, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // table block [N, H]
                                   .Arg<ffi::Buffer<ffi::F32>>()   // answers' rows [B, H]
@@ -252,6 +262,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(S3RecFullRankingCpu, FullRankingImpl,
                                   .Arg<ffi::Buffer<ffi::S32>>()   // id of row 0 [1]
                                   .Attr<int64_t>("num_items")
                                   .Attr<int64_t>("top_k")
+                                  .Attr<int64_t>("threads")      // most threads to use
                                   .Ret<ffi::Buffer<ffi::S32>>()   // ranks [B]
                                   .Ret<ffi::Buffer<ffi::S32>>()   // top items [B, K]
                                   .Ret<ffi::Buffer<ffi::F32>>());  // top scores [B, K]

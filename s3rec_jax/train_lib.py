@@ -325,11 +325,12 @@ class Evaluator:
                cache_bytes: int = 256 * 2**20):
     ec = config.eval
     self.config, self.ds, self.splits, self.mesh, self.protocol = config, ds, splits, mesh, protocol
+    ranking = ec.get("ranking", "scan")
     self.step = train_steps.make_eval_step(mcfg, protocol, mesh, num_items=ds.max_item,
-                                           chunk_size=ec.chunk_size,
-                                           ranking=ec.get("ranking", "scan"))
-    self.fingerprints = train_steps.make_table_fingerprints(mesh, ec.chunk_size,
-                                                            mcfg.item_table_axis)
+                                           chunk_size=ec.chunk_size, ranking=ranking)
+    self.fingerprints = train_steps.make_table_fingerprints(
+        mesh, ec.chunk_size, mcfg.item_table_axis,
+        needed=not (protocol == "full" and ranking == "fused_cpu"))
     self.cache_bytes, self.cached = cache_bytes, {}
 
   def batches(self, split: str):

@@ -521,13 +521,17 @@ def make_eval_step(model_config, protocol: str, mesh, *, num_items: int,
   return _with_params(step, mesh, axis, (P(AXIS), P(axis) if axis else P()), out_specs=P())
 
 
-def make_table_fingerprints(mesh, chunk_size: int, item_table_axis: str | None = None) -> Callable:
+def make_table_fingerprints(mesh, chunk_size: int, item_table_axis: str | None = None,
+                            needed: bool = True) -> Callable:
   """params -> fingerprints of the item table's rows, replicated over the mesh (split by
-  rows like the table when it is sharded)."""
+  rows like the table when it is sharded). `needed=False` (the fused_cpu full ranking ties
+  bit-identical rows by itself): zeros of the same shape, without hashing the table."""
+  def fingerprints(params):
+    table = model_lib.item_table(params)
+    if not needed:
+      return jnp.zeros((table.shape[0], 2), jnp.uint32)
+    return metrics_lib.table_fingerprints(table, chunk_size)
+
   if item_table_axis is None:
-    return jax.jit(lambda params: metrics_lib.table_fingerprints(model_lib.item_table(params),
-                                                                 chunk_size),
-                   out_shardings=parallel.replicated(mesh))
-  return _with_params(
-      lambda params: metrics_lib.table_fingerprints(model_lib.item_table(params), chunk_size),
-      mesh, item_table_axis, (), out_specs=P(item_table_axis))
+    return jax.jit(fingerprints, out_shardings=parallel.replicated(mesh))
+  return _with_params(fingerprints, mesh, item_table_axis, (), out_specs=P(item_table_axis))

@@ -144,6 +144,10 @@ def test_a_kernel_library_is_cached_and_a_broken_compiler_is_one_clear_error(tmp
   with pytest.raises(kernels.KernelUnavailable, match="compiling broken.cc failed"):
     kernels._build(str(broken), kernels.compiler())
   assert [f for f in os.listdir(tmp_path / "cache") if "broken" in f] == []
+  (tmp_path / "file").write_text("")
+  monkeypatch.setenv("S3REC_KERNEL_CACHE", str(tmp_path / "file" / "cache"))
+  with pytest.raises(kernels.KernelUnavailable, match="cannot write the kernel cache"):
+    kernels._build(source, kernels.compiler())
 
 
 def test_config_names_the_ranking_method():

@@ -81,10 +81,14 @@ def _build(source: str, cxx: str) -> str:
   library = os.path.join(cache, f"{name}-{key}.so")
   if os.path.exists(library):
     return library
-  os.makedirs(cache, exist_ok=True)
-  # Compile to a temporary name in the same folder, then rename: a concurrent
-  # or killed build never leaves a half-written library under the final name.
-  fd, partial = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=cache)
+  try:
+    os.makedirs(cache, exist_ok=True)
+    # Compile to a temporary name in the same folder, then rename: a concurrent
+    # or killed build never leaves a half-written library under the final name.
+    fd, partial = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=cache)
+  except OSError as e:
+    raise KernelUnavailable(f"cannot write the kernel cache {cache} ({e.strerror}); set "
+                            "S3REC_KERNEL_CACHE to a writable folder") from None
   os.close(fd)
   command = [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), "-I", folder, source, "-o", partial]
   try:

@@ -286,5 +286,5 @@ def test_kernels_split_over_threads_give_the_one_thread_results(monkeypatch):
     got.append((ranking, ce))
   for a, b in zip(got[0][0], got[1][0]):
     np.testing.assert_array_equal(a, b)
-  for a, b in zip(got[0][1], got[1][1]):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  for a, b in zip(got[0][1], got[1][1]):   # the query gradient summed over parts
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

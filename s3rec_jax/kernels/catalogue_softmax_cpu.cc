@@ -65,9 +65,10 @@ ffi::Error LogSumExpImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> queries,
   if (ffi::Error e = Describe(queries, table, first_id, num_items, &p); e.failure()) return e;
   std::vector<float> rows = PaddedQueries(p);
   const int64_t padded = static_cast<int64_t>(rows.size()) / std::max<int64_t>(p.hidden, 1);
-  // Per query: the running max, and per lane the sum of exp(logit - max).
+  // Per query: the running max, and the sum of exp(logit - max) in double
+  // (each tile's sum is a vector sum in float, then one horizontal add).
   std::vector<float> running_max(padded, kNegInf);
-  std::vector<float> sums(padded * kLanes, 0.0f);
+  std::vector<double> sums(padded, 0.0);
   // Parts of the queries, one per thread, each with the blocks packed for itself.
   const int64_t query_tiles = padded / kUsers;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, query_tiles / 16));
@@ -94,28 +95,27 @@ ffi::Error LogSumExpImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> queries,
                                  KeepLanes(Broadcast(kNegInf), ~valid[v] & kAllLanes)));
             float& m = running_max[q0 + u];
             const float tile_max = HorizontalMax(top);
-            float* sum = sums.data() + (q0 + u) * kLanes;
-            Vec acc = Load(sum);
-            if (tile_max > m) {  // rare once the max has settled: rescale the sums
-              acc = Mul(acc, ExpNonPositive(Broadcast(m - tile_max)));
+            if (tile_max > m) {  // rare once the max has settled: rescale the sum
+              sums[q0 + u] *= std::exp(static_cast<double>(m) - tile_max);
               m = tile_max;
             }
             if (m == kNegInf) continue;  // no finite logit yet
             const Vec shift = Broadcast(m);
+            Vec tile_sum = Zero();
             for (int v = 0; v < kVectors; ++v)
-              acc = Add(acc, KeepLanes(ExpNonPositive(Sub(Load(logits + v * kLanes), shift)),
-                                       valid[v]));
-            Store(sum, acc);
+              tile_sum = Add(tile_sum, KeepLanes(ExpNonPositive(Sub(Load(logits + v * kLanes),
+                                                                    shift)), valid[v]));
+            sums[q0 + u] += HorizontalSum(tile_sum);
           }
         }
       }
     }
   });
   float* out = lse->typed_data();
-  for (int64_t t = 0; t < p.num_queries; ++t) {
-    const float total = HorizontalSum(Load(sums.data() + t * kLanes));
-    out[t] = running_max[t] == kNegInf ? kNegInf : running_max[t] + std::log(total);
-  }
+  for (int64_t t = 0; t < p.num_queries; ++t)
+    out[t] = running_max[t] == kNegInf
+                 ? kNegInf
+                 : static_cast<float>(running_max[t] + std::log(sums[t]));
   return ffi::Error::Success();
 }
 

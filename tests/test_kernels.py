@@ -288,3 +288,22 @@ def test_kernels_split_over_threads_give_the_one_thread_results(monkeypatch):
     np.testing.assert_array_equal(a, b)
   for a, b in zip(got[0][1], got[1][1]):   # the query gradient summed over parts
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("march", ["haswell", "x86-64"])
+def test_the_avx2_and_portable_builds_pass_the_kernel_tests(march, tmp_path):
+  """The kernels' AVX2 (haswell) and one-lane (x86-64) paths, built here and run through this
+  file's other tests in a subprocess (about 20 s each, so only on request)."""
+  if not os.environ.get("S3REC_TEST_ISAS"):
+    pytest.skip("set S3REC_TEST_ISAS=1 to build and test the AVX2 and portable kernel paths "
+                "(about 20 s each)")
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  env = dict(os.environ, S3REC_KERNEL_MARCH=march, S3REC_KERNEL_CACHE=str(tmp_path),
+             S3REC_TEST_ISAS="")
+  result = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+       "not avx2_and_portable and not cache"], env=env, capture_output=True, text=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 0, result.stdout[-3000:]
+  assert [f for f in os.listdir(tmp_path) if f.endswith(".so")], "nothing was built"

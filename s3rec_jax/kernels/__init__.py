@@ -1,7 +1,8 @@
 """Native kernels: XLA FFI handlers compiled on first use for the machine at hand.
 
 A kernel is one C++ file beside this module. `load(name)` compiles it with the
-system's C++ compiler (`$CXX`, else g++ or c++) for this CPU (-march=native),
+system's C++ compiler (`$CXX`, else g++ or c++) for this CPU (-march=native, or
+`$S3REC_KERNEL_MARCH`),
 caches the shared library under `$S3REC_KERNEL_CACHE` (default
 ~/.cache/s3rec_jax/kernels) keyed by the source, the flags, the CPU and the
 jaxlib version, and registers its handler with XLA for the CPU platform.
@@ -23,7 +24,13 @@ import threading
 import jax
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
+
+
+def _march() -> str:
+  """The target CPU: this one (`native`), or `$S3REC_KERNEL_MARCH` (e.g. x86-64-v3 for a
+  fleet of AVX2 machines; haswell or x86-64 to build the AVX2 or portable paths here)."""
+  return os.environ.get("S3REC_KERNEL_MARCH") or "native"
 
 # name -> (source file, {exported handler symbol: XLA target name})
 KERNELS = {
@@ -74,8 +81,8 @@ def _build(source: str, cxx: str) -> str:
     with open(os.path.join(folder, name), "rb") as f:
       text += name.encode() + b"\0" + f.read()
   key = hashlib.sha256(b"\0".join([
-      text, " ".join(_FLAGS).encode(), _cpu_signature().encode(), jaxlib.__version__.encode(),
-      cxx.encode()])).hexdigest()[:16]
+      text, " ".join(_FLAGS + (_march(),)).encode(), _cpu_signature().encode(),
+      jaxlib.__version__.encode(), cxx.encode()])).hexdigest()[:16]
   name = os.path.splitext(os.path.basename(source))[0]
   cache = _cache_dir()
   library = os.path.join(cache, f"{name}-{key}.so")
@@ -90,7 +97,8 @@ def _build(source: str, cxx: str) -> str:
     raise KernelUnavailable(f"cannot write the kernel cache {cache} ({e.strerror}); set "
                             "S3REC_KERNEL_CACHE to a writable folder") from None
   os.close(fd)
-  command = [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), "-I", folder, source, "-o", partial]
+  command = [cxx, *_FLAGS, f"-march={_march()}", "-I", jax.ffi.include_dir(), "-I", folder,
+             source, "-o", partial]
   try:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:

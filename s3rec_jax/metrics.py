@@ -253,8 +253,9 @@ def full_ranking(
       s3rec_jax/kernels/full_ranking_cpu.cc). The same candidates, ties and
       outputs; scores may differ from the scan's in the last bit (another
       summation order), so near-ties may rank differently. `chunk_size` and
-      `fingerprints` are the scan's only (the kernel's own dot order makes
-      rows bit-identical to the answer's score exactly the answer's score).
+      `fingerprints` are the scan's only: in the kernel every dot product
+      sums in the same order, so rows bit-identical to the answer's row
+      score exactly the answer's score without fingerprints.
 
   Returns:
     ranks: [B] int32, number of other remaining candidates scoring >= the answer.

@@ -175,15 +175,22 @@ def test_pretrain_micro_batches_follow_the_rows_per_device(tmp_path):
       "cpu", 240)
 
 
-@pytest.mark.parametrize("protocol", ["sampled", "full"])
-def test_evaluator_keeps_small_splits_placed_and_gives_the_same_metrics(tmp_path, protocol):
-  config = tiny_config(**{"eval.protocol": protocol, "eval.batch_size": 16})
+def _evaluation_setup(tmp_path, **overrides):
+  """(config, dataset, splits, mesh, model config, params) of the tiny config, 16 users a batch."""
+  config = tiny_config(**{"eval.batch_size": 16, **overrides})
   ds = train_lib.load_data(config, str(tmp_path))
   splits = data.finetune_splits(ds, config.max_seq_length)
   mesh = parallel.make_mesh()
   mcfg = train_lib.model_config(config, ds)
   params = jax.device_put(model.init_params(mcfg, jax.random.key(3)),
                           parallel.replicated(mesh))
+  return config, ds, splits, mesh, mcfg, params
+
+
+@pytest.mark.parametrize("protocol", ["sampled", "full"])
+def test_evaluator_keeps_small_splits_placed_and_gives_the_same_metrics(tmp_path, protocol):
+  config, ds, splits, mesh, mcfg, params = _evaluation_setup(tmp_path,
+                                                             **{"eval.protocol": protocol})
   kept = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol)
   rebuilt = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol, cache_bytes=0)
   first = kept(params, "valid")
@@ -205,14 +212,8 @@ def test_evaluator_with_the_fused_cpu_ranking_gives_the_scan_metrics(tmp_path):
     pytest.skip("no C++ compiler here (set CXX or install g++): fused_cpu cannot be built")
   got = []
   for ranking in ("scan", "fused_cpu"):
-    config = tiny_config(**{"eval.protocol": "full", "eval.batch_size": 16,
-                            "eval.ranking": ranking})
-    ds = train_lib.load_data(config, str(tmp_path))
-    splits = data.finetune_splits(ds, config.max_seq_length)
-    mesh = parallel.make_mesh()
-    mcfg = train_lib.model_config(config, ds)
-    params = jax.device_put(model.init_params(mcfg, jax.random.key(3)),
-                            parallel.replicated(mesh))
+    config, ds, splits, mesh, mcfg, params = _evaluation_setup(
+        tmp_path, **{"eval.protocol": "full", "eval.ranking": ranking})
     got.append(train_lib.Evaluator(config, ds, splits, mcfg, mesh, "full")(params, "valid"))
   assert got[1].keys() == got[0].keys()
   for name in got[0]:

@@ -238,8 +238,7 @@ ffi::Error LogSumExpGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> queries
   float* out = d_queries->typed_data();
   std::fill(out, out + p.num_queries * p.hidden, 0.0f);
   for (const std::vector<float>& dq : dq_parts)
-    for (int64_t i = 0; i < p.num_queries * p.hidden && i < static_cast<int64_t>(dq.size()); ++i)
-      out[i] += dq[i];
+    for (int64_t i = 0; i < p.num_queries * p.hidden; ++i) out[i] += dq[i];
   return ffi::Error::Success();
 }
 

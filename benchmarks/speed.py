@@ -16,6 +16,8 @@ as in the reference) it prints:
   same devices. The packed layout runs the micro-batches per device step
   that train.py would choose (or --micro_batches); the padded baseline runs
   one pass per step, as the reference does;
+- with --without sp,aap,...: the packed pre-training step again with each
+  named objective's weight 0, beside the full step: what each one costs;
 - fine-tuning: seconds of one full epoch (compile excluded), for each loss of
   --finetune_losses (next-item forms and auxiliary terms), and each one's time
   relative to the first;
@@ -98,11 +100,16 @@ def parse_args(argv):
   p.add_argument("--rankings", default="scan",
                  help="comma list of full-ranking methods to time (config eval.ranking): scan, "
                       "fused_cpu")
+  p.add_argument("--without", default="",
+                 help="comma list of pre-training objectives (e.g. sp,aap): for each, the packed "
+                      "pre-training step rate again with that objective's weight 0, beside the "
+                      "rate with all of them, in the same run: what each objective costs")
   p.add_argument("--skip_finetune", action="store_true")
   p.add_argument("--skip_eval", action="store_true")
   args = p.parse_args(argv)
   args.layouts = tuple(x.strip() for x in args.layouts.split(",") if x.strip())
   args.rankings = tuple(x.strip() for x in args.rankings.split(",") if x.strip())
+  args.without = tuple(x.strip() for x in args.without.split(",") if x.strip())
   bad = [x for x in args.rankings if x not in metrics_lib.RANKING_METHODS]
   if bad or not args.rankings:
     p.error(f"--rankings: unknown {bad}; valid: {', '.join(metrics_lib.RANKING_METHODS)}")
@@ -425,6 +432,8 @@ def reproduce_command(args) -> str:
            "--layouts", ",".join(args.layouts), "--form", args.form,
            "--micro_batches", str(args.micro_batches), "--finetune_losses", args.finetune_losses,
            "--ce_chunk_size", str(args.ce_chunk_size), "--rankings", ",".join(args.rankings)]
+  parts += ["--loop_epochs", str(args.loop_epochs)]
+  parts += ["--without", ",".join(args.without)] if args.without else []
   parts += ["--skip_finetune"] if args.skip_finetune else []
   parts += ["--skip_eval"] if args.skip_eval else []
   return " ".join(shlex.quote(p) for p in parts)
@@ -455,6 +464,11 @@ def main(argv) -> int:
           f"choose --devices among the divisors")
       return 2
 
+  unknown = [n for n in args.without if n not in config.pretrain.objectives]
+  if unknown or any(config.pretrain.objectives[n] == 0 for n in args.without if n not in unknown):
+    say(f"error: --without names {', '.join(args.without)}; expected enabled pre-training "
+        f"objectives among {', '.join(k for k, v in config.pretrain.objectives.items() if v)}")
+    return 2
   peak = gauges.matmul_flops_per_s(mesh)
   say(f"dense matmul [2048,2048]x[2048,2048] f32 on {mesh.size} device(s): "
       f"{peak / 1e9:.1f} GFLOP/s (best of 7)")
@@ -486,6 +500,16 @@ def main(argv) -> int:
         f"{r['flops_step'] / config.pretrain.batch_size / 1e6:.2f} MFLOP/sequence); achieved "
         f"{r['flops_per_s'] / 1e9:.2f} GFLOP/s = {100 * r['flops_per_s'] / peak:.1f}% of the matmul")
     r.pop("state")
+    if pack:
+      for name in args.without:
+        reduced = copy.deepcopy(config)
+        reduced.pretrain.objectives[name] = 0.0
+        w = bench_pretrain(reduced, ds, mesh, pack, args)
+        r[f"seq_per_s_without_{name}"] = w["seq_per_s"]
+        say(f"[{layout}] pre-training without {name}: {w['seq_per_s']:.0f} seq/s with prefetch "
+            f"= {w['seq_per_s'] / r['seq_per_s']:.2f}x the rate with it ({r['seq_per_s']:.0f}); "
+            f"{name} takes {100 * (1 - r['seq_per_s'] / w['seq_per_s']):.0f}% of the step "
+            f"({w['flops_step'] / 1e9:.3f} vs {r['flops_step'] / 1e9:.3f} GFLOP/step)")
     if pack and args.loop_epochs:
       t = bench_train_loop(config, ds, mesh, args.loop_epochs)
       r["loop_seq_per_s"] = t["seq_per_s"]

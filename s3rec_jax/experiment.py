@@ -31,7 +31,9 @@ and CPU of the runner, which records each run as soon as it ends): a run found
 there with the same overrides is not run again, and the table is built from the
 ledger and DIR together. Commit the ledger beside the
 spec and an experiment can be finished over several machines or days, each
-adding seeds; run folders (checkpoints) need not travel.
+adding seeds; run folders (checkpoints) need not travel. `--plan` prints the runs
+still to make and an estimate of their time (the median wall time of each
+cell's finished runs), to fit the next part into the time at hand.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 from typing import Callable, Mapping, Sequence
@@ -410,6 +413,35 @@ def select_cells(spec: Spec, text: str) -> list[str]:
   return chosen
 
 
+def plan(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
+         ledger: str | None = None) -> tuple[list[tuple[str, int, float | None]], str]:
+  """The (cell, seed) runs still to make, each with an estimate of its wall seconds (the median
+  of the cell's finished runs; None where it has none), and a text saying so.
+
+  Long grids are run in parts (one cell or seed at a time, between other work); this is what is
+  left and about how long it takes, read from the same workdir and ledger the runs use.
+  """
+  collected = collect(spec, root, ledger)
+  left = []
+  for cell in (list(cells) if cells else list(spec.cells)):
+    walls = sorted(collected[cell]["wall_seconds"].values())
+    estimate = statistics.median(walls) if walls else None
+    left += [(cell, seed, estimate) for seed in spec.seeds if seed not in collected[cell]["seeds"]]
+  if not left:
+    return left, "nothing left to run: every (cell, seed) has finished"
+  lines = [f"{len(left)} run(s) left:"]
+  for cell, seed, estimate in left:
+    guess = (f"about {estimate / 60:.0f} min (median of the cell's finished runs)"
+             if estimate is not None else "no finished run of the cell to estimate from")
+    lines.append(f"  {cell}, seed {seed}: {guess}")
+  known = [e for _, _, e in left if e is not None]
+  unknown = len(left) - len(known)
+  lines.append(f"estimated {sum(known) / 3600:.1f} h for {len(known)} run(s)"
+               + (f", and {unknown} run(s) with no estimate" if unknown else "")
+               + " (wall times of earlier runs, on whatever machine made them)")
+  return left, "\n".join(lines)
+
+
 def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
         ledger: str | None = None,
         runner: Callable[[list[str], str], int] = run_subprocess,
@@ -457,6 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       "to: its runs are not run again and join the table")
   parser.add_argument("--summarize_only", action="store_true",
                       help="write the table and chart of the runs finished so far")
+  parser.add_argument("--plan", action="store_true",
+                      help="print the runs still to make (of --cells, or every cell) and an "
+                           "estimate of their time from the finished ones; run nothing")
   parser.add_argument("--implementation", action="append", default=[], metavar="FIELD=VALUE",
                       help="how every run computes, not what (e.g. "
                            "settings.next_item.ce_method=fused_cpu): the cells and their ledger "
@@ -472,7 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise errors.UserError(f"--seeds={args.seeds!r}: expected a comma list of integers") from None
       spec = dataclasses.replace(spec, seeds=seeds)
     root = os.path.abspath(args.workdir)
-    if args.summarize_only:
+    if args.plan:
+      print(plan(spec, root, cells=select_cells(spec, args.cells) if args.cells else None,
+                 ledger=args.ledger)[1])
+    elif args.summarize_only:
       os.makedirs(root, exist_ok=True)
       print(markdown_table(spec, summarize(spec, root, args.ledger)))
     else:

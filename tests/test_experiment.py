@@ -191,3 +191,23 @@ def test_implementation_fields_change_how_runs_compute_not_which_cells_they_are(
                        ("eval.ranking", "expected FIELD=VALUE")]:
     with pytest.raises(errors.UserError, match=message):
       experiment.parse_implementation([bad])
+
+
+def test_plan_lists_the_runs_left_with_the_cells_median_wall_time(tmp_path, capsys):
+  spec = experiment.load_spec(_spec(tmp_path, SPEC))
+  fake = FakeTrain()
+  root = str(tmp_path / "exp")
+  # S3-Rec's two seeds run (60 s and 120 s of wall time); SASRec's none.
+  experiment.run(spec, root, cells=["S3-Rec"], runner=fake, log=lambda _: None)
+  spec3 = experiment.load_spec(_spec(tmp_path, SPEC.replace("[1, 2]", "[1, 2, 3]")))
+  left, text = experiment.plan(spec3, root)
+  assert left == [("S3-Rec", 3, 90.0), ("SASRec, min 2", 1, None), ("SASRec, min 2", 2, None),
+                  ("SASRec, min 2", 3, None)]
+  assert "4 run(s) left:" in text and "S3-Rec, seed 3: about 2 min" in text
+  assert "estimated 0.0 h for 1 run(s), and 3 run(s) with no estimate" in text
+  # --cells narrows it; the CLI runs nothing.
+  assert experiment.plan(spec3, root, cells=["S3-Rec"])[0] == [("S3-Rec", 3, 90.0)]
+  assert experiment.main([spec3.path, "--workdir", root, "--plan", "--seeds", "1,2",
+                          "--cells", "S3-Rec"]) == 0
+  assert "nothing left to run" in capsys.readouterr().out
+  assert len(fake.calls) == 2

@@ -350,12 +350,18 @@ def chosen_on_validation(spec: Spec, collected: dict, metrics: Sequence[str]) ->
     return (f"No cell chosen on validation yet: none has validation {metric} for all "
             f"{len(spec.seeds)} seeds.")
   best = max(means, key=means.get)
+  # Cells with every seed's test figures but not every validation one (transcribed records)
+  # could not be compared: say so rather than let the choice read as over all of them.
+  unjudged = [c for c, v in collected.items()
+              if c not in means and len(v["seeds"]) == len(spec.seeds)]
   test = ", ".join(
       f"{m} {mean_std([collected[best]['seeds'][s][m] for s in spec.seeds])[0]:.4f}"
       for m in metrics)
   return (f"Chosen on validation {metric} (mean over {len(spec.seeds)} seeds, among the "
           f"{len(means)} cell(s) with every seed): **{best}** (validation {means[best]:.4f}); "
-          f"its test: {test}.")
+          f"its test: {test}." + (
+              f" Not compared, for want of validation figures: {', '.join(unjudged)}."
+              if unjudged else ""))
 
 
 def bar_chart(spec: Spec, collected: dict, path: str) -> None:
@@ -373,7 +379,9 @@ def bar_chart(spec: Spec, collected: dict, path: str) -> None:
     xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(cells))]
     ax.bar(xs, [m for m, _ in stats], width, yerr=[s for _, s in stats], capsize=3, label=metric)
   ax.set_xticks(range(len(cells)))
-  ax.set_xticklabels(cells, rotation=20, ha="right")
+  # The seed count beside each name: a bar without an error bar may be one seed, not zero spread.
+  ax.set_xticklabels([f"{c} ({len(collected[c]['seeds'])}/{len(spec.seeds)})" for c in cells],
+                     rotation=20, ha="right")
   ax.set_ylabel("test metric (mean +- std over seeds)")
   ax.legend(fontsize=8)
   ax.grid(axis="y", alpha=0.3)

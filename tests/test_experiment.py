@@ -211,3 +211,20 @@ def test_plan_lists_the_runs_left_with_the_cells_median_wall_time(tmp_path, caps
                           "--cells", "S3-Rec"]) == 0
   assert "nothing left to run" in capsys.readouterr().out
   assert len(fake.calls) == 2
+
+
+def test_the_choice_on_validation_names_the_cells_it_could_not_compare(tmp_path):
+  spec = experiment.load_spec(_spec(tmp_path, SPEC))
+  ledger = tmp_path / "ledger.jsonl"
+  base = {"config": "configs/synthetic.py", "overrides": {"finetune.epochs": "3"}}
+  lines = [dict(base, cell="S3-Rec", seed=s, test={"HR@10": 0.6, "MRR": 0.3},
+                transcribed_from="an old table") for s in (1, 2)]
+  lines += [dict(base, cell="SASRec, min 2", seed=s, test={"HR@10": 0.4, "MRR": 0.2},
+                 valid={"HR@10": 0.5, "MRR": 0.25},
+                 overrides={"finetune.epochs": "3", "pretrain.epochs": "0",
+                            "finetune.min_epochs": "2"}) for s in (1, 2)]
+  ledger.write_text("".join(json.dumps(line) + "\n" for line in lines))
+  experiment.summarize(spec, str(tmp_path / "a"), str(ledger))
+  table = open(tmp_path / "a" / "results.md").read()
+  assert "among the 1 cell(s) with every seed): **SASRec, min 2**" in table
+  assert "Not compared, for want of validation figures: S3-Rec." in table

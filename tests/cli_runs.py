@@ -28,11 +28,30 @@ def command(workdir: str, overrides: dict | None = None, extra: tuple = ()) -> l
           + [f"--config.{k}={v}" for k, v in settings.items()] + list(extra))
 
 
-def env(devices: int) -> dict:
+INHERIT = "inherit"
+
+
+def env(devices: int, compilation_cache: str | None = INHERIT) -> dict:
+  """The environment of a train.py subprocess on `devices` CPU devices.
+
+  compilation_cache: the folder of JAX's persistent compilation cache; INHERIT keeps the
+  test process's (conftest.py's), None turns the cache off. Runs that write to one folder at
+  the same time, or are killed while writing, need a folder of their own or none.
+  """
   e = dict(os.environ)
   e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   e["JAX_PLATFORMS"] = "cpu"
+  if compilation_cache is None:
+    e.pop("JAX_COMPILATION_CACHE_DIR", None)
+  elif compilation_cache != INHERIT:
+    e["JAX_COMPILATION_CACHE_DIR"] = compilation_cache
+    e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   return e
+
+
+def compilation_cache_of(reference_workdir: str) -> str:
+  """The compilation cache kept beside conftest's tiny reference run."""
+  return os.path.join(os.path.dirname(reference_workdir), "jax_cache")
 
 
 def free_port() -> int:
@@ -42,8 +61,10 @@ def free_port() -> int:
 
 
 def run(workdir: str, overrides: dict | None = None, devices: int = 4, timeout: int = 300,
-        extra: tuple = ()) -> subprocess.CompletedProcess:
-  return subprocess.run(command(workdir, overrides, extra), env=env(devices), cwd=REPO,
+        extra: tuple = (), compilation_cache: str | None = INHERIT
+        ) -> subprocess.CompletedProcess:
+  return subprocess.run(command(workdir, overrides, extra),
+                        env=env(devices, compilation_cache), cwd=REPO,
                         capture_output=True, text=True, timeout=timeout)
 
 

@@ -8,8 +8,21 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import atexit  # noqa: E402
 import fcntl  # noqa: E402
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# JAX's persistent compilation cache, in a fresh folder for each pytest process (each xdist
+# worker makes its own, replacing the one it inherits): most tests build the same tiny steps
+# again (a second run, a resumed run, evaluate after train), and a step compiled once is then
+# loaded instead of compiled, which halves the suite's time. One writer per folder; the
+# subprocesses a test starts use it in turn (see cli_runs.env).
+_CACHE = tempfile.mkdtemp(prefix="s3rec_jax_test_compilation_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import pytest  # noqa: E402
 
@@ -39,7 +52,9 @@ def tiny_reference_run(tmp_path_factory, worker_id):
   with open(root / "tiny_reference.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not done.exists():
-      result = cli_runs.run(str(workdir), devices=4)
+      # Its own compilation cache, which test_resume copies for its runs of the same model.
+      result = cli_runs.run(str(workdir), devices=4,
+                            compilation_cache=cli_runs.compilation_cache_of(str(workdir)))
       assert result.returncode == 0, result.stderr[-3000:]
       # What the user saw, for tests of the console output (kept beside the workdir).
       pathlib.Path(str(workdir) + ".stdout").write_text(result.stdout)

@@ -16,15 +16,16 @@ def test_two_processes_match_one(tmp_path, capsys, tiny_reference_run):
 
   two = str(tmp_path / "two")
   port = cli_runs.free_port()
-  # Process 0 is configured by flags, process 1 by the environment.
+  # Process 0 is configured by flags, process 1 by the environment. No compilation cache:
+  # two processes writing one folder at once could read each other's half-written entries.
   by_flags = (f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--process_id=0")
-  by_env = dict(cli_runs.env(2), S3REC_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+  by_env = dict(cli_runs.env(2, None), S3REC_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                 S3REC_NUM_PROCESSES="2", S3REC_PROCESS_ID="1")
   procs = [subprocess.Popen(
       cli_runs.command(two, {"model.item_table": "sharded"},
                        extra=extra + ("--distributed_timeout=60",)), env=process_env,
       cwd=cli_runs.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for extra, process_env in ((by_flags, cli_runs.env(2)), ((), by_env))]
+      for extra, process_env in ((by_flags, cli_runs.env(2, None)), ((), by_env))]
   try:
     outputs = [p.communicate(timeout=300) for p in procs]
   finally:

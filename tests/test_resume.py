@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -18,10 +19,10 @@ def _comparable(results: dict) -> dict:
   return out
 
 
-def _kill_after(workdir: str, triggers, delay: float) -> str:
+def _kill_after(workdir: str, triggers, delay: float, cache: str) -> str:
   """Starts a run, waits for any of `triggers` on its output plus `delay` seconds, kills it
   with SIGKILL; returns what it printed."""
-  proc = subprocess.Popen(cli_runs.command(workdir), env=cli_runs.env(4), cwd=cli_runs.REPO,
+  proc = subprocess.Popen(cli_runs.command(workdir), env=cli_runs.env(4, cache), cwd=cli_runs.REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   seen = []
   try:
@@ -51,14 +52,18 @@ def test_kill_and_resume_gives_identical_results(tmp_path, tiny_reference_run, c
               ("pretrain epoch 1:", "pre-training: resuming at epoch 2"),
               ("finetune epoch 1:", "fine-tuning: resuming")]
   workdir = str(tmp_path / "run")
+  # A copy of the reference run's compiled steps (the same model): the runs load them
+  # instead of compiling. A copy, since a kill may leave an entry half-written.
+  cache = str(tmp_path / "jax_cache")
+  shutil.copytree(cli_runs.compilation_cache_of(tiny_reference_run), cache)
   outputs = []
   for trigger in triggers:
     delay = rng.uniform(0.0, 1.5)
-    outputs.append(_kill_after(workdir, trigger, delay))
+    outputs.append(_kill_after(workdir, trigger, delay, cache))
     assert not os.path.exists(os.path.join(workdir, "results.json")), (trigger, delay)
     with capsys.disabled():
       print(f"\nkilled after {trigger[0]!r} + {delay:.2f}s")
-  resumed = cli_runs.run(workdir, devices=4)
+  resumed = cli_runs.run(workdir, devices=4, compilation_cache=cache)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert sum("resuming" in out for out in outputs[1:] + [resumed.stdout]) >= 2
   assert _comparable(cli_runs.read_results(workdir)) == want

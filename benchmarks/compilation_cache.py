@@ -15,7 +15,6 @@ suite trains. Arguments after `--` are added to train.py's.
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from s3rec_jax import provenance  # noqa: E402  (no JAX import: the runs are subprocesses)
 
 # tests/cli_runs.TINY: every phase (pre-training with checkpoints, fine-tuning, test) in
 # about a minute of mostly compilation.
@@ -48,17 +49,6 @@ def parse_args(argv):
   if args.devices < 1:
     p.error("--devices must be >= 1")
   return args, extra
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
 
 
 def main(argv=None) -> int:
@@ -92,8 +82,8 @@ def main(argv=None) -> int:
     results.append({split: record[split] for split in ("valid", "test")})
     rows.append((label, seconds))
   entries = sum(len(files) for _, _, files in os.walk(cache))
-  print(f"train.py, {args.config}, {args.devices} CPU device(s), {_cpu_model()}, "
-        f"{os.cpu_count()} cores; cache entries written: {entries}\n")
+  print(f"train.py, {args.config}, {args.devices} CPU device(s), {provenance.cpu()}; "
+        f"cache entries written: {entries}\n")
   print("| run | wall s | against no cache |")
   print("| --- | --- | --- |")
   for label, seconds in rows:

@@ -15,14 +15,19 @@ import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 # JAX's persistent compilation cache, in a fresh folder for each pytest process (each xdist
-# worker makes its own, replacing the one it inherits): most tests build the same tiny steps
-# again (a second run, a resumed run, evaluate after train), and a step compiled once is then
-# loaded instead of compiled, which halves the suite's time. One writer per folder; the
-# subprocesses a test starts use it in turn (see cli_runs.env).
-_CACHE = tempfile.mkdtemp(prefix="s3rec_jax_test_compilation_cache_")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
-os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+# worker makes its own, replacing the one it inherits): many tests build the same tiny steps
+# again (a second run, a resumed run, evaluate after train), which are then loaded instead of
+# compiled. One writer per folder; the subprocesses a test starts use it in turn (see
+# cli_runs.env). S3REC_TEST_COMPILATION_CACHE: "off", or the shortest compile (seconds) worth
+# keeping.
+_CACHE_SETTING = os.environ.get("S3REC_TEST_COMPILATION_CACHE", "0")
+if _CACHE_SETTING != "off":
+  _CACHE = tempfile.mkdtemp(prefix="s3rec_jax_test_compilation_cache_")
+  atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = _CACHE_SETTING
+else:
+  os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 import pytest  # noqa: E402
 

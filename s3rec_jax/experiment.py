@@ -33,7 +33,11 @@ ledger and DIR together. Commit the ledger beside the
 spec and an experiment can be finished over several machines or days, each
 adding seeds; run folders (checkpoints) need not travel. `--plan` prints the runs
 still to make and an estimate of their time (the median wall time of each
-cell's finished runs), to fit the next part into the time at hand.
+cell's finished runs), to fit the next part into the time at hand. A ledger may
+hold records transcribed from an earlier table ("transcribed_from"; marked * in
+the table): they have test figures but no validation ones, so the choice on
+validation cannot weigh their cell. `--remeasure_transcribed` runs those
+(cell, seed)s anew; the run's own record is then preferred to the transcribed one.
 """
 
 from __future__ import annotations
@@ -211,15 +215,22 @@ def read_ledger(path: str | None) -> list[dict]:
   return records
 
 
-def ledger_record(spec: Spec, cell: str, seed: int, records: Sequence[dict]) -> dict | None:
+def ledger_record(spec: Spec, cell: str, seed: int, records: Sequence[dict], *,
+                  measured_only: bool = False) -> dict | None:
   """The ledger's run of (cell, seed), if one was made with the cell's current overrides
-  and config (a record of an edited cell is stale and ignored)."""
+  and config (a record of an edited cell is stale and ignored).
+
+  A record written by a run is preferred to one transcribed from an earlier table (which
+  lacks validation figures); measured_only ignores transcribed records altogether.
+  """
   overrides, config = _cell_overrides(spec, cell), _config_name(spec)
-  for record in records:
-    if (record["cell"] == cell and int(record["seed"]) == seed
-        and record["config"] == config and record["overrides"] == overrides):
-      return record
-  return None
+  matches = [r for r in records
+             if (r["cell"] == cell and int(r["seed"]) == seed
+                 and r["config"] == config and r["overrides"] == overrides)]
+  measured = [r for r in matches if not r.get("transcribed_from")]
+  if measured or measured_only:
+    return measured[0] if measured else None
+  return matches[0] if matches else None
 
 
 def _wall_seconds(workdir: str) -> float | None:
@@ -242,7 +253,9 @@ def record_finished(spec: Spec, root: str, ledger: str) -> int:
     for seed in spec.seeds:
       workdir = os.path.join(root, slug(cell), f"seed_{seed}")
       results = read_results(workdir)
-      if results is None or ledger_record(spec, cell, seed, records + new) is not None:
+      # A run that re-measures a transcribed record joins the ledger beside it.
+      if results is None or ledger_record(spec, cell, seed, records + new,
+                                          measured_only=True) is not None:
         continue
       new.append({"cell": cell, "seed": seed, "config": _config_name(spec),
                   "overrides": _cell_overrides(spec, cell), "test": results["test"],
@@ -422,7 +435,8 @@ def select_cells(spec: Spec, text: str) -> list[str]:
 
 
 def plan(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
-         ledger: str | None = None) -> tuple[list[tuple[str, int, float | None]], str]:
+         ledger: str | None = None,
+         remeasure_transcribed: bool = False) -> tuple[list[tuple[str, int, float | None]], str]:
   """The (cell, seed) runs still to make, each with an estimate of its wall seconds (the median
   of the cell's finished runs; None where it has none), and a text saying so.
 
@@ -434,7 +448,9 @@ def plan(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
   for cell in (list(cells) if cells else list(spec.cells)):
     walls = sorted(collected[cell]["wall_seconds"].values())
     estimate = statistics.median(walls) if walls else None
-    left += [(cell, seed, estimate) for seed in spec.seeds if seed not in collected[cell]["seeds"]]
+    redo = collected[cell]["transcribed"] if remeasure_transcribed else {}
+    left += [(cell, seed, estimate) for seed in spec.seeds
+             if seed not in collected[cell]["seeds"] or seed in redo]
   if not left:
     return left, "nothing left to run: every (cell, seed) has finished"
   lines = [f"{len(left)} run(s) left:"]
@@ -451,10 +467,14 @@ def plan(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
 
 
 def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
-        ledger: str | None = None,
+        ledger: str | None = None, remeasure_transcribed: bool = False,
         runner: Callable[[list[str], str], int] = run_subprocess,
         log: Callable[[str], None] = print) -> dict:
-  """Runs every missing (cell, seed) of the spec in order, summarising after each."""
+  """Runs every missing (cell, seed) of the spec in order, summarising after each.
+
+  remeasure_transcribed also runs the (cell, seed)s whose only ledger record was transcribed
+  from an earlier table: the new record joins the ledger and is preferred to the old one.
+  """
   os.makedirs(root, exist_ok=True)
   chosen = list(cells) if cells else list(spec.cells)
   for cell in chosen:
@@ -470,7 +490,8 @@ def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
       if read_results(workdir) is not None:
         log(f"{cell}, seed {seed}: done before, skipped")
         continue
-      if ledger_record(spec, cell, seed, records) is not None:
+      if ledger_record(spec, cell, seed, records,
+                       measured_only=remeasure_transcribed) is not None:
         log(f"{cell}, seed {seed}: in the ledger {ledger}, skipped")
         continue
       os.makedirs(workdir, exist_ok=True)
@@ -504,6 +525,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="how every run computes, not what (e.g. "
                            "settings.next_item.ce_method=fused_cpu): the cells and their ledger "
                            "records stay the same; one of " + ", ".join(IMPLEMENTATION_FIELDS))
+  parser.add_argument("--remeasure_transcribed", action="store_true",
+                      help="also run the (cell, seed)s whose ledger record was transcribed from "
+                           "an earlier table (no validation figures): the run's own record is "
+                           "added and preferred (with --plan: count them as left)")
   args = parser.parse_args(argv)
   with errors.exit_on_user_error(PROG):
     spec = load_spec(args.spec)
@@ -517,13 +542,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = os.path.abspath(args.workdir)
     if args.plan:
       print(plan(spec, root, cells=select_cells(spec, args.cells) if args.cells else None,
-                 ledger=args.ledger)[1])
+                 ledger=args.ledger, remeasure_transcribed=args.remeasure_transcribed)[1])
     elif args.summarize_only:
       os.makedirs(root, exist_ok=True)
       print(markdown_table(spec, summarize(spec, root, args.ledger)))
     else:
       run(spec, root, cells=select_cells(spec, args.cells) if args.cells else None,
-          ledger=args.ledger)
+          ledger=args.ledger, remeasure_transcribed=args.remeasure_transcribed)
   return 0
 
 

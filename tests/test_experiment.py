@@ -228,3 +228,38 @@ def test_the_choice_on_validation_names_the_cells_it_could_not_compare(tmp_path)
   table = open(tmp_path / "a" / "results.md").read()
   assert "among the 1 cell(s) with every seed): **SASRec, min 2**" in table
   assert "Not compared, for want of validation figures: S3-Rec." in table
+
+
+def test_remeasuring_transcribed_records_runs_them_and_prefers_the_runs_own(tmp_path):
+  spec = experiment.load_spec(_spec(tmp_path, SPEC))
+  ledger = tmp_path / "ledger.jsonl"
+  old = {"config": "configs/synthetic.py", "overrides": {"finetune.epochs": "3"},
+         "cell": "S3-Rec", "test": {"HR@10": 0.7, "MRR": 0.35}, "transcribed_from": "an old table"}
+  ledger.write_text("".join(json.dumps(dict(old, seed=s)) + "\n" for s in (1, 2)))
+  fake = FakeTrain()
+  root = str(tmp_path / "a")
+  # Without the flag the transcribed seeds count as done: only SASRec's two runs are left.
+  assert [(c, s) for c, s, _ in experiment.plan(spec, root, ledger=str(ledger))[0]] == [
+      ("SASRec, min 2", 1), ("SASRec, min 2", 2)]
+  left, _ = experiment.plan(spec, root, ledger=str(ledger), remeasure_transcribed=True)
+  assert [(c, s) for c, s, _ in left] == [("S3-Rec", 1), ("S3-Rec", 2), ("SASRec, min 2", 1),
+                                         ("SASRec, min 2", 2)]
+  experiment.run(spec, root, cells=["S3-Rec"], ledger=str(ledger), runner=fake,
+                 log=lambda _: None, remeasure_transcribed=True)
+  assert len(fake.calls) == 2
+  records = [json.loads(line) for line in open(ledger)]
+  # The old records stay; the runs' own join them, with validation figures.
+  assert len(records) == 4 and [bool(r.get("transcribed_from")) for r in records] == [
+      True, True, False, False]
+  # Another workdir, the ledger alone: the measured records win, and the cell can be chosen.
+  collected = experiment.summarize(spec, str(tmp_path / "b"), str(ledger))
+  assert collected["S3-Rec"]["seeds"][1] == {"HR@10": 0.51, "MRR": 0.255}
+  assert collected["S3-Rec"]["transcribed"] == {} and set(collected["S3-Rec"]["valid"]) == {1, 2}
+  table = open(tmp_path / "b" / "results.md").read()
+  assert "| S3-Rec | 2/2 |" in table and "transcribed from" not in table
+  # Nothing is left to re-measure, and a plain run reruns nothing either.
+  assert experiment.plan(spec, root, cells=["S3-Rec"], ledger=str(ledger),
+                         remeasure_transcribed=True)[0] == []
+  experiment.run(spec, str(tmp_path / "c"), cells=["S3-Rec"], ledger=str(ledger), runner=fake,
+                 log=lambda _: None, remeasure_transcribed=True)
+  assert len(fake.calls) == 2

@@ -228,9 +228,9 @@ def ledger_record(spec: Spec, cell: str, seed: int, records: Sequence[dict], *,
              if (r["cell"] == cell and int(r["seed"]) == seed
                  and r["config"] == config and r["overrides"] == overrides)]
   measured = [r for r in matches if not r.get("transcribed_from")]
-  if measured or measured_only:
-    return measured[0] if measured else None
-  return matches[0] if matches else None
+  if measured:
+    return measured[0]
+  return None if measured_only or not matches else matches[0]
 
 
 def _wall_seconds(workdir: str) -> float | None:

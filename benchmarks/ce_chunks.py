@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 
-from s3rec_jax import parallel as _parallel  # noqa: E402  (imports jax; no op runs yet)
+from s3rec_jax.core import parallel as _parallel  # noqa: E402  (imports jax; no op runs yet)
 
 _parallel.force_host_devices_from_argv(sys.argv[1:])  # --devices N, before JAX starts
 
@@ -36,8 +36,8 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import gauges  # noqa: E402  (benchmarks/gauges.py)
-from s3rec_jax import catalogue_softmax  # noqa: E402
-from s3rec_jax import parallel  # noqa: E402
+from s3rec_jax.core import parallel  # noqa: E402
+from s3rec_jax.ops import catalogue_softmax  # noqa: E402
 
 
 def parse_args(argv):

@@ -22,7 +22,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
-from s3rec_jax import provenance  # noqa: E402  (no JAX import: the runs are subprocesses)
+from s3rec_jax.core import provenance  # noqa: E402  (no JAX import: the runs are subprocesses)
 import cli_runs  # noqa: E402  (tests/cli_runs.py: the tiny run and its environment)
 
 def parse_args(argv):

@@ -6,8 +6,8 @@ import time
 import jax
 from jax.sharding import PartitionSpec as P
 
-from s3rec_jax import parallel
-from s3rec_jax import provenance
+from s3rec_jax.core import parallel
+from s3rec_jax.core import provenance
 
 
 def matmul_flops_per_s(mesh, n: int = 2048, repeats: int = 7) -> float:
@@ -62,7 +62,7 @@ def ranking_step_seconds(mesh, users: int, items: int, hidden: int, *, batch: in
   normal, as are the table's `items` + 2 rows), in batches of `batch` users split over the
   mesh with the table on every device, as evaluation ranks: the ranking step without the
   encoder that makes the user vectors."""
-  from s3rec_jax import metrics  # pylint: disable=import-outside-toplevel
+  from s3rec_jax.evaluation import metrics  # pylint: disable=import-outside-toplevel
   data, repl = parallel.data_sharded(mesh), parallel.replicated(mesh)
   num_batches = -(-users // batch)
   make = jax.jit(lambda k: (jax.random.normal(k, (num_batches, batch, hidden)),

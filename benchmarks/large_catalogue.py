@@ -25,7 +25,7 @@ import shlex
 import sys
 
 
-from s3rec_jax import parallel as _parallel  # noqa: E402  (imports jax; no op runs yet)
+from s3rec_jax.core import parallel as _parallel  # noqa: E402  (imports jax; no op runs yet)
 
 _parallel.force_host_devices_from_argv(sys.argv[1:])  # --devices N, before JAX starts
 
@@ -40,8 +40,8 @@ import numpy as np  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import gauges  # noqa: E402  (benchmarks/gauges.py)
-from s3rec_jax import metrics  # noqa: E402
-from s3rec_jax import parallel  # noqa: E402
+from s3rec_jax.core import parallel  # noqa: E402
+from s3rec_jax.evaluation import metrics  # noqa: E402
 
 GRID = 16.0   # --exact: values are multiples of 1/GRID
 

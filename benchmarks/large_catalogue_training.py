@@ -24,7 +24,7 @@ import shlex
 import subprocess
 import sys
 
-from s3rec_jax import parallel as _parallel  # noqa: E402  (imports jax; no op runs yet)
+from s3rec_jax.core import parallel as _parallel  # noqa: E402  (imports jax; no op runs yet)
 
 _parallel.force_host_devices_from_argv(sys.argv[1:])  # --devices N, before JAX starts
 
@@ -36,15 +36,15 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default as default_config  # noqa: E402
+from s3rec_jax.configs import default as default_config  # noqa: E402
 import gauges  # noqa: E402  (benchmarks/gauges.py)
-from s3rec_jax import data as data_lib  # noqa: E402
-from s3rec_jax import input_pipeline  # noqa: E402
-from s3rec_jax import model as model_lib  # noqa: E402
+from s3rec_jax.core import parallel  # noqa: E402
+from s3rec_jax.data import dataset as data_lib  # noqa: E402
+from s3rec_jax.data import input_pipeline  # noqa: E402
+from s3rec_jax.model import encoder as model_lib  # noqa: E402
 from s3rec_jax import objectives as objectives_lib  # noqa: E402
-from s3rec_jax import parallel  # noqa: E402
-from s3rec_jax import train_lib  # noqa: E402
-from s3rec_jax import train_steps  # noqa: E402
+from s3rec_jax.training import setup  # noqa: E402
+from s3rec_jax.training import steps as train_steps  # noqa: E402
 
 PHASES = ("pretrain", "bce", "ce")
 
@@ -92,34 +92,34 @@ def measure(args) -> dict:
   config.model.item_table = args.layout
   ds = catalogue(args)
   mesh = parallel.make_mesh()
-  layout = train_lib.item_table_layout(config, ds, mesh)
+  layout = setup.item_table_layout(config, ds, mesh)
   pretraining = args.phase == "pretrain"
   if pretraining:
     pc = config.pretrain
     objectives = objectives_lib.resolve(pc.objectives.to_dict(), pc.form)
-    mcfg = train_lib.model_config(config, ds, objectives_lib.head_names(objectives), layout)
-    micro, _ = train_lib.pretrain_micro_batches(config, ds, mesh, objectives)
+    mcfg = model_lib.model_config(config, ds, objectives_lib.head_names(objectives), layout)
+    micro, _ = setup.pretrain_micro_batches(config, ds, mesh, objectives)
     batches = input_pipeline.PretrainBatches(
         ds, input_pipeline.PretrainSettings(pc.batch_size, config.max_seq_length, pc.mask_p,
-                                            train_lib.negative_high(config, ds),
+                                            setup.negative_high(config, ds),
                                             config.pack_sequences),
-        config.seed, train_lib.shards(mesh, micro))
+        config.seed, setup.shards(mesh, micro))
     tx = train_steps.make_optimizer(pc.learning_rate, pc.adam_b1, pc.adam_b2)
-    step_fn = train_steps.make_pretrain_step(mcfg, objectives, train_lib.objective_options(
+    step_fn = train_steps.make_pretrain_step(mcfg, objectives, setup.objective_options(
         config, ds), tx, mesh, micro)
     tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
   else:
     fc = config.finetune
-    mcfg = train_lib.model_config(config, ds, layout=layout)
+    mcfg = model_lib.model_config(config, ds, layout=layout)
     splits = data_lib.finetune_splits(ds, config.max_seq_length)
     batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size,
-                                             train_lib.negative_high(config, ds), config.seed,
-                                             config.pack_sequences, train_lib.shards(mesh))
+                                             setup.negative_high(config, ds), config.seed,
+                                             config.pack_sequences, setup.shards(mesh))
     objectives = objectives_lib.resolve({"next_item": 1.0}, {"next_item": args.phase},
                                         phase="finetune")
     tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2)
     step_fn = train_steps.make_finetune_step(mcfg, tx, mesh, objectives,
-                                             train_lib.objective_options(config, ds))
+                                             setup.objective_options(config, ds))
     tables = {}
   state = train_steps.create_state(model_lib.init_params(mcfg, jax.random.key(args.seed)), tx,
                                    mesh, mcfg.item_table_axis)

@@ -32,12 +32,12 @@ import speed  # noqa: E402  (forces --devices host devices before JAX starts)
 # pylint: disable=wrong-import-position
 import jax  # noqa: E402
 
-from s3rec_jax import input_pipeline  # noqa: E402
-from s3rec_jax import model as model_lib  # noqa: E402
+from s3rec_jax.core import parallel  # noqa: E402
+from s3rec_jax.data import input_pipeline  # noqa: E402
+from s3rec_jax.model import encoder as model_lib  # noqa: E402
 from s3rec_jax import objectives as objectives_lib  # noqa: E402
-from s3rec_jax import parallel  # noqa: E402
-from s3rec_jax import train_lib  # noqa: E402
-from s3rec_jax import train_steps  # noqa: E402
+from s3rec_jax.training import setup  # noqa: E402
+from s3rec_jax.training import steps as train_steps  # noqa: E402
 
 
 def parse_args(argv):
@@ -69,7 +69,7 @@ def parse_args(argv):
 def row_sweep(args, ds, config, mesh, state, tables, key, step_fn) -> None:
   """Device time of one-pass steps on batches packed on exactly R rows per device."""
   batches = input_pipeline.PretrainBatches(ds, speed.pretrain_settings(config, ds, True),
-                                           config.seed, shards=train_lib.shards(mesh))
+                                           config.seed, shards=setup.shards(mesh))
   order, size = batches.order(0), config.pretrain.batch_size
   for rows in args.rows:
     fitting = []
@@ -106,14 +106,14 @@ def main(argv) -> int:
   mesh = parallel.make_mesh(speed.pick_devices(args.devices))
   pc = config.pretrain
   objectives = objectives_lib.resolve(pc.objectives.to_dict(), pc.form)
-  mcfg = train_lib.model_config(config, ds, head_names=tuple(o.name for o, _ in objectives))
+  mcfg = model_lib.model_config(config, ds, head_names=tuple(o.name for o, _ in objectives))
   options = objectives_lib.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item)
   tx = train_steps.make_optimizer(pc.learning_rate, pc.adam_b1, pc.adam_b2, pc.weight_decay)
   state = train_steps.create_state(model_lib.init_params(mcfg, jax.random.key(config.seed)), tx,
                                    mesh)
   tables = parallel.replicate({"attr_ids": ds.attr_ids}, mesh)
   key = jax.device_put(jax.random.key(config.seed + 1), parallel.replicated(mesh))
-  auto, why = train_lib.pretrain_micro_batches(config, ds, mesh, objectives)
+  auto, why = setup.pretrain_micro_batches(config, ds, mesh, objectives)
   speed.say(f"dataset {args.dataset}; {mesh.size} x {mesh.devices.flat[0].platform} devices; "
             f"automatic choice: {auto} ({why})")
 
@@ -126,7 +126,7 @@ def main(argv) -> int:
   runs = {}
   for count in args.counts:
     batches = input_pipeline.PretrainBatches(ds, speed.pretrain_settings(config, ds, True),
-                                             config.seed, shards=train_lib.shards(mesh, count))
+                                             config.seed, shards=setup.shards(mesh, count))
     step_fn = train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh, count)
     steps = speed.CompiledSteps(step_fn, mesh, lambda b: (state, b, tables, key))
     for batch in speed.pretrain_stream(batches, range(args.steps)):
@@ -141,7 +141,7 @@ def main(argv) -> int:
     for batch in input_pipeline.prefetch(speed.pretrain_stream(batches, range(args.steps))):
       state, out = steps(batch)(state, parallel.shard_batch(batch, mesh), tables, key)
       pending.append(out)
-      train_lib.bound_in_flight(pending)
+      parallel.bound_in_flight(pending)
     jax.block_until_ready((state, pending))
     return args.steps * pc.batch_size / (time.perf_counter() - t0)
 

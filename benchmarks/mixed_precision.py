@@ -23,7 +23,7 @@ _spec = importlib.util.spec_from_file_location("speed", os.path.join(HERE, "spee
 speed = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(speed)  # sets the host devices before JAX starts, as speed.py does
 
-from s3rec_jax import data as data_lib  # noqa: E402
+from s3rec_jax.data import dataset as data_lib  # noqa: E402
 
 
 def parse_args(argv):

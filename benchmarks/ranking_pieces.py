@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import gauges  # noqa: E402  (benchmarks/gauges.py)
-from s3rec_jax import metrics
+from s3rec_jax.evaluation import metrics
 
 
 def parse_args(argv):

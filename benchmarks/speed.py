@@ -36,7 +36,7 @@ import shlex
 import sys
 
 
-from s3rec_jax import parallel as _parallel  # noqa: E402  (imports jax; no op runs yet)
+from s3rec_jax.core import parallel as _parallel  # noqa: E402  (imports jax; no op runs yet)
 
 _parallel.force_host_devices_from_argv(sys.argv[1:])  # --devices N, before JAX starts
 
@@ -51,17 +51,19 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import default as default_config  # noqa: E402
+from s3rec_jax.configs import default as default_config  # noqa: E402
 import gauges  # noqa: E402  (benchmarks/gauges.py)
-from s3rec_jax import data as data_lib  # noqa: E402
-from s3rec_jax import input_pipeline  # noqa: E402
-from s3rec_jax import metric_writers  # noqa: E402
-from s3rec_jax import metrics as metrics_lib  # noqa: E402
-from s3rec_jax import model as model_lib  # noqa: E402
+from s3rec_jax.core import parallel  # noqa: E402
+from s3rec_jax.data import dataset as data_lib  # noqa: E402
+from s3rec_jax.data import input_pipeline  # noqa: E402
+from s3rec_jax.evaluation import evaluator  # noqa: E402
+from s3rec_jax.evaluation import metrics as metrics_lib  # noqa: E402
+from s3rec_jax.model import encoder as model_lib  # noqa: E402
 from s3rec_jax import objectives as objectives_lib  # noqa: E402
-from s3rec_jax import parallel  # noqa: E402
-from s3rec_jax import train_lib  # noqa: E402
-from s3rec_jax import train_steps  # noqa: E402
+from s3rec_jax.training import metric_writers  # noqa: E402
+from s3rec_jax.training import pretraining  # noqa: E402
+from s3rec_jax.training import setup  # noqa: E402
+from s3rec_jax.training import steps as train_steps  # noqa: E402
 
 LAYOUTS = ("packed", "padded")
 
@@ -183,7 +185,7 @@ def pretrain_settings(config, ds, pack: bool) -> input_pipeline.PretrainSettings
   pc = config.pretrain
   return input_pipeline.PretrainSettings(
       batch_size=pc.batch_size, max_len=config.max_seq_length, mask_p=pc.mask_p,
-      negative_high=train_lib.negative_high(config, ds), pack=pack)
+      negative_high=setup.negative_high(config, ds), pack=pack)
 
 
 # --- pre-training ------------------------------------------------------------
@@ -235,11 +237,11 @@ class CompiledSteps:
 def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
   pc = config.pretrain
   objectives = objectives_lib.resolve(pc.objectives.to_dict(), pc.form)
-  mcfg = train_lib.model_config(config, ds, head_names=tuple(o.name for o, _ in objectives))
-  micro, why = (train_lib.pretrain_micro_batches(config, ds, mesh, objectives) if pack
+  mcfg = model_lib.model_config(config, ds, head_names=tuple(o.name for o, _ in objectives))
+  micro, why = (setup.pretrain_micro_batches(config, ds, mesh, objectives) if pack
                 else (1, "one pass per step, as the reference"))
   batches = input_pipeline.PretrainBatches(ds, pretrain_settings(config, ds, pack), config.seed,
-                                           shards=train_lib.shards(mesh, micro))
+                                           shards=setup.shards(mesh, micro))
   options = objectives_lib.ObjectiveOptions(
       mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
       mip_num_negatives=pc.mip_num_negatives)
@@ -289,7 +291,7 @@ def bench_pretrain(config, ds, mesh, pack: bool, args) -> dict:
     for i, batch in enumerate(stream, start=w):
       state, losses = steps(batch)(state, parallel.shard_batch(batch, mesh), tables, keys[i])
       pending.append(losses)
-      train_lib.bound_in_flight(pending)
+      parallel.bound_in_flight(pending)
     block((state, pending))
     windows.append(time.perf_counter() - t0)
   prefetch_s = statistics.median(windows)
@@ -332,7 +334,7 @@ class RecordingWriter(metric_writers.MetricWriter):
 
 
 def bench_train_loop(config, ds, mesh, epochs: int) -> dict:
-  """train.py's own pre-training (train_lib.pretrain: the loop with its host syncs,
+  """train.py's own pre-training (pretraining.pretrain: the loop with its host syncs,
   logging and resume checkpoints) for `epochs` epochs in a scratch workdir; the
   rate of its last epoch as it logs it (the first one compiles)."""
   loop_config = copy.deepcopy(config)
@@ -340,7 +342,7 @@ def bench_train_loop(config, ds, mesh, epochs: int) -> dict:
   loop_config.pretrain.save_every_epochs = epochs
   writer = RecordingWriter()
   with tempfile.TemporaryDirectory() as workdir:
-    train_lib.pretrain(loop_config, ds, workdir, mesh, writer)
+    pretraining.pretrain(loop_config, ds, workdir, mesh, writer)
   epochs_done = [r for r in writer.records if r.get("phase") == "pretrain"]
   last = epochs_done[-1]
   batches = input_pipeline.PretrainBatches(ds, pretrain_settings(config, ds, True), config.seed)
@@ -354,14 +356,14 @@ def bench_train_loop(config, ds, mesh, epochs: int) -> dict:
 
 def bench_finetune(config, ds, splits, mesh, pack: bool, form: str = "bce") -> dict:
   fc = config.finetune
-  mcfg = train_lib.model_config(config, ds)
+  mcfg = model_lib.model_config(config, ds)
   repl = parallel.replicated(mesh)
   tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2, fc.weight_decay)
   params = model_lib.init_params(mcfg, jax.random.key(config.seed))
   state = train_steps.create_state(params, tx, mesh)
   batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size,
-                                           train_lib.negative_high(config, ds), config.seed,
-                                           pack, shards=train_lib.shards(mesh))
+                                           setup.negative_high(config, ds), config.seed,
+                                           pack, shards=setup.shards(mesh))
   # A spec is FORM[@CE_METHOD][+OBJECTIVE[:WEIGHT]...]: the next-item form (and for ce,
   # settings.next_item.ce_method), plus auxiliary terms.
   form, *extra = form.split("+")
@@ -375,8 +377,8 @@ def bench_finetune(config, ds, splits, mesh, pack: bool, form: str = "bce") -> d
     weights[name] = float(weight or 0.1)
   objectives = objectives_lib.resolve(weights, {"next_item": form}, phase="finetune")
   step_fn = train_steps.make_finetune_step(mcfg, tx, mesh, objectives,
-                                           train_lib.objective_options(config, ds))
-  tables = parallel.replicate(train_lib.finetune_tables(objectives, ds, splits), mesh)
+                                           setup.objective_options(config, ds))
+  tables = parallel.replicate(setup.finetune_tables(objectives, ds, splits), mesh)
   base = jax.random.key(config.seed + 2)
   keys = [jax.device_put(train_steps.step_key(base, 0, i), repl)
           for i in range(batches.steps_per_epoch)]
@@ -390,7 +392,7 @@ def bench_finetune(config, ds, splits, mesh, pack: bool, form: str = "bce") -> d
   for step, batch in enumerate(input_pipeline.prefetch(batches.epoch(0))):
     state, out = steps(batch)(state, parallel.shard_batch(batch, mesh), tables, keys[step])
     losses.append(out["loss"])
-    train_lib.bound_in_flight(losses)
+    parallel.bound_in_flight(losses)
   block((state, losses))
   return {"epoch_s": time.perf_counter() - t0, "steps": batches.steps_per_epoch,
           "rows": float(np.mean(rows)), "shapes": sorted(set(rows)),
@@ -403,8 +405,8 @@ def bench_eval(config, ds, splits, mesh, params, protocol: str, ranking: str = "
   the first pass are kept), and of one that builds and places its batches anew."""
   config = copy.deepcopy(config)
   config.eval.ranking = ranking
-  mcfg = train_lib.model_config(config, ds)
-  evaluate = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol)
+  mcfg = model_lib.model_config(config, ds)
+  evaluate = evaluator.Evaluator(config, ds, splits, mcfg, mesh, protocol)
   t0 = time.perf_counter()
   metrics = evaluate(params, "valid")         # compiles, and keeps the placed batches
   first_s = time.perf_counter() - t0
@@ -533,7 +535,7 @@ def main(argv) -> int:
             f"{form} {r[f'finetune_{form}_s'] / r[f'finetune_{forms[0]}_s']:.2f}x"
             for form in forms[1:]))
     else:
-      mcfg = train_lib.model_config(config, ds)
+      mcfg = model_lib.model_config(config, ds)
       params = jax.device_put(model_lib.init_params(mcfg, jax.random.key(config.seed)),
                               parallel.replicated(mesh))
     if not args.skip_eval:
@@ -543,7 +545,7 @@ def main(argv) -> int:
         if protocol == "full":
           r[f"eval_full_{ranking}_s"] = e["seconds"]
         r.setdefault(f"eval_{protocol}_s", e["seconds"])
-        main_metric = train_lib.early_stopping_metric(protocol)
+        main_metric = evaluator.early_stopping_metric(protocol)
         what = f"{protocol}, {ranking}" if protocol == "full" else protocol
         say(f"[{layout}] evaluation ({what}): validation pass over {ds.num_users} users in "
             f"{e['seconds']:.2f}s with the batches kept placed from the first pass, "

@@ -1,11 +1,8 @@
-"""LastFM with the reference's hyper-parameters (150 pre-training epochs, as the released checkpoint)."""
+"""LastFM with the reference's hyper-parameters (150 pre-training epochs, as the released checkpoint).
 
-from configs import default
+The config itself is s3rec_jax/configs/lastfm.py (installed with the package: `s3rec-train
+--config=lastfm` reaches it from anywhere); this file keeps `--config=configs/lastfm.py`
+working in a checkout.
+"""
 
-
-def get_config():
-  c = default.get_config()
-  c.dataset = "LastFM"
-  c.data_dir = "../shared/data"
-  c.pretrain.epochs = 150
-  return c
+from s3rec_jax.configs.lastfm import get_config  # noqa: F401

@@ -1,11 +1,8 @@
-"""Sports_and_Outdoors with the reference's hyper-parameters (100 pre-training epochs, as the released checkpoint)."""
+"""Sports_and_Outdoors with the reference's hyper-parameters (100 pre-training epochs, as the released checkpoint).
 
-from configs import default
+The config itself is s3rec_jax/configs/sports_and_outdoors.py (installed with the package: `s3rec-train
+--config=sports_and_outdoors` reaches it from anywhere); this file keeps `--config=configs/sports_and_outdoors.py`
+working in a checkout.
+"""
 
-
-def get_config():
-  c = default.get_config()
-  c.dataset = "Sports_and_Outdoors"
-  c.data_dir = "../shared/data"
-  c.pretrain.epochs = 100
-  return c
+from s3rec_jax.configs.sports_and_outdoors import get_config  # noqa: F401

@@ -1,11 +1,8 @@
-"""Toys_and_Games with the reference's hyper-parameters (150 pre-training epochs, as the released checkpoint)."""
+"""Toys_and_Games with the reference's hyper-parameters (150 pre-training epochs, as the released checkpoint).
 
-from configs import default
+The config itself is s3rec_jax/configs/toys_and_games.py (installed with the package: `s3rec-train
+--config=toys_and_games` reaches it from anywhere); this file keeps `--config=configs/toys_and_games.py`
+working in a checkout.
+"""
 
-
-def get_config():
-  c = default.get_config()
-  c.dataset = "Toys_and_Games"
-  c.data_dir = "../shared/data"
-  c.pretrain.epochs = 150
-  return c
+from s3rec_jax.configs.toys_and_games import get_config  # noqa: F401

@@ -1,11 +1,8 @@
-"""Yelp with the reference's hyper-parameters (100 pre-training epochs, as the released checkpoint)."""
+"""Yelp with the reference's hyper-parameters (100 pre-training epochs, as the released checkpoint).
 
-from configs import default
+The config itself is s3rec_jax/configs/yelp.py (installed with the package: `s3rec-train
+--config=yelp` reaches it from anywhere); this file keeps `--config=configs/yelp.py`
+working in a checkout.
+"""
 
-
-def get_config():
-  c = default.get_config()
-  c.dataset = "Yelp"
-  c.data_dir = "../shared/data"
-  c.pretrain.epochs = 100
-  return c
+from s3rec_jax.configs.yelp import get_config  # noqa: F401

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s3rec_jax import catalogue_softmax
+from s3rec_jax.ops import catalogue_softmax
 
 
 def _naive(queries, table, targets, num_items):

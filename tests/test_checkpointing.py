@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from s3rec_jax import checkpointing
-from s3rec_jax import model
-from s3rec_jax import parallel
-from s3rec_jax import train_steps
+from s3rec_jax.core import parallel
+from s3rec_jax.model import checkpointing
+from s3rec_jax.model import encoder as model
+from s3rec_jax.training import steps as train_steps
 
 PRE = model.ModelConfig(item_size=12, attribute_size=5, hidden_size=16, num_layers=1, num_heads=2,
                         max_len=6, head_names=("aap", "mip", "map", "sp"))

@@ -77,7 +77,7 @@ def _dataset(folder, lines, attributes=None):
     (["1 1 2 3", "2 2 abc 4"], ("T.txt:2:", "token 'abc' is not an integer")),
     (["1 1 2 3", "2 2 3"], ("T.txt:2:", "has 2 items; expected at least 3")),
     (["1 1 2 3", "2 2 3 2147483000"], ("T.txt:2:", "item id 2147483000 but only 4 distinct",
-                                       "python -m s3rec_jax.prepare")),
+                                       "s3rec-prepare")),
 ])
 def test_bad_data_is_one_line_and_writes_nothing(tmp_path, lines, expected):
   data_dir = _dataset(tmp_path / "data", lines)
@@ -97,12 +97,12 @@ def test_evaluate_without_a_finished_run(tmp_path):
 def test_convert_bad_input_is_one_line(tmp_path):
   bad = tmp_path / "bad.pt"
   bad.write_bytes(b"not a checkpoint")
-  result = _run(["-m", "s3rec_jax.convert", "--input", bad, "--output", tmp_path / "out",
+  result = _run(["-m", "s3rec_jax.model.convert", "--input", bad, "--output", tmp_path / "out",
                  "--item_size", "10", "--attribute_size", "5"])
   _assert_one_line_error(result, str(bad))
   assert not (tmp_path / "out").exists()
   data_dir = _dataset(tmp_path / "data", ["1 1 2 x"])
-  result = _run(["-m", "s3rec_jax.convert", "--input", bad, "--output", tmp_path / "out",
+  result = _run(["-m", "s3rec_jax.model.convert", "--input", bad, "--output", tmp_path / "out",
                  "--dataset", "T", "--data_dir", data_dir])
   _assert_one_line_error(result, "T.txt:1:")
 

@@ -18,9 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from s3rec_jax import convert
-from s3rec_jax.convert import CheckpointFormatError
-from s3rec_jax.model import ModelConfig, init_params
+from s3rec_jax.model import convert
+from s3rec_jax.model.convert import CheckpointFormatError
+from s3rec_jax.model.encoder import ModelConfig, init_params
 
 REFERENCE_HEADS = ("aap", "mip", "map", "sp")
 TINY = ModelConfig(item_size=13, attribute_size=7, hidden_size=8, num_layers=2, num_heads=2,
@@ -494,16 +494,16 @@ def test_epochs_from_file_name(name, step):
 
 @pytest.fixture
 def fake_save(monkeypatch):
-  """Replaces s3rec_jax.checkpointing with a recorder of save_pretrained calls."""
+  """Replaces s3rec_jax.model.checkpointing with a recorder of save_pretrained calls."""
   calls = []
 
   def save_pretrained(directory, step, params, metadata):
     calls.append(dict(directory=directory, step=step, params=params, metadata=metadata))
     return f"{directory}/{step}"
 
-  fake = types.ModuleType("s3rec_jax.checkpointing")
+  fake = types.ModuleType("s3rec_jax.model.checkpointing")
   fake.save_pretrained = save_pretrained
-  monkeypatch.setitem(sys.modules, "s3rec_jax.checkpointing", fake)
+  monkeypatch.setitem(sys.modules, "s3rec_jax.model.checkpointing", fake)
   return calls
 
 
@@ -539,9 +539,9 @@ def test_cli_with_dataset(tiny_checkpoint, tmp_path, fake_save, monkeypatch):
     seen.update(data_dir=data_dir, name=name, need_samples=need_samples)
     return types.SimpleNamespace(item_size=13, attribute_size=7)
 
-  fake = types.ModuleType("s3rec_jax.data")
+  fake = types.ModuleType("s3rec_jax.data.dataset")
   fake.load_dataset = load_dataset
-  monkeypatch.setitem(sys.modules, "s3rec_jax.data", fake)
+  monkeypatch.setitem(sys.modules, "s3rec_jax.data.dataset", fake)
   code = convert.main(["--input", str(path), "--dataset", "Tiny", "--data_dir", "/d",
                        *_tiny_flags(tmp_path / "out")])
   assert code == 0 and len(fake_save) == 1
@@ -564,9 +564,9 @@ def test_cli_needs_sizes(tiny_checkpoint, tmp_path):
 
 
 def test_cli_writes_real_checkpoint(tiny_checkpoint, tmp_path):
-  checkpointing = pytest.importorskip("s3rec_jax.checkpointing")
+  checkpointing = pytest.importorskip("s3rec_jax.model.checkpointing")
   if not hasattr(checkpointing, "save_pretrained"):
-    pytest.skip("s3rec_jax.checkpointing.save_pretrained is not there yet")
+    pytest.skip("s3rec_jax.model.checkpointing.save_pretrained is not there yet")
   path, _, _ = tiny_checkpoint
   out = tmp_path / "ckpt"
   where = convert.convert_file(str(path), str(out), TINY, log=lambda _: None)

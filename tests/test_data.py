@@ -1,4 +1,4 @@
-"""Tests for s3rec_jax.data: parsing, validation, negatives and splits."""
+"""Tests for s3rec_jax.data.dataset: parsing, validation, negatives and splits."""
 
 import os
 import pathlib
@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from s3rec_jax import data
+from s3rec_jax.data import dataset as data
 
 # Three users; user 10 is long enough that max_len=3 cuts every split.
 SEQS = "10 1 2 3 4 5 6 7\n20 3 4 5\n30 2 5 6 8\n"

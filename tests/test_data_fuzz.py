@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the file readers in s3rec_jax.data.
+"""Property-based fuzzing of the file readers in s3rec_jax.data.dataset.
 
 Malformed files must raise DataError and nothing else (no ValueError from
 int(), UnicodeDecodeError, RecursionError, OverflowError, ...), the message
@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from s3rec_jax import data as s3data
+from s3rec_jax.data import dataset as s3data
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -54,7 +54,7 @@ def _summary():
 
 
 # ----------------------------------------------------------------------------
-# Oracles: the file formats, re-derived independently of s3rec_jax.data.
+# Oracles: the file formats, re-derived independently of s3rec_jax.data.dataset.
 
 _WS = b" \t\r\x0b\x0c"  # ASCII whitespace other than the line break
 _WS_RUN = re.compile(rb"[ \t\r\x0b\x0c]+")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from s3rec_jax import experiment
+from s3rec_jax.tools import experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,7 +59,7 @@ def test_runs_every_cell_and_seed_once_and_summarises(tmp_path):
   collected = experiment.run(spec, root, runner=fake, log=lambda _: None)
   assert len(fake.calls) == 4
   command = fake.calls[-1]
-  assert command[1].endswith("train.py") and "--config.finetune.min_epochs=2" in command
+  assert command[1:3] == ["-m", "s3rec_jax.tools.train"] and "--config.finetune.min_epochs=2" in command
   assert "--config.finetune.epochs=3" in command and "--config.seed=2" in command
   assert collected["S3-Rec"]["seeds"] == {1: {"HR@10": 0.51, "MRR": 0.255},
                                           2: {"HR@10": 0.52, "MRR": 0.26}}
@@ -80,7 +80,7 @@ def test_runs_every_cell_and_seed_once_and_summarises(tmp_path):
 
 def test_a_failed_run_stops_with_its_log_named(tmp_path):
   spec = experiment.load_spec(_spec(tmp_path, SPEC))
-  with pytest.raises(experiment.errors.UserError, match=r"S3-Rec, seed 1: train.py exited with "
+  with pytest.raises(experiment.errors.UserError, match=r"S3-Rec, seed 1: s3rec-train exited with "
                      r"status 3; see .*seed_1/train.log"):
     experiment.run(spec, str(tmp_path / "exp"), runner=lambda c, l: 3, log=lambda _: None)
 
@@ -96,7 +96,7 @@ def test_a_failed_run_stops_with_its_log_named(tmp_path):
 ])
 def test_bad_specs_are_one_line_errors(tmp_path, body, message):
   path = _spec(tmp_path, body)
-  result = subprocess.run([sys.executable, "-m", "s3rec_jax.experiment", path, "--workdir",
+  result = subprocess.run([sys.executable, "-m", "s3rec_jax.tools.experiment", path, "--workdir",
                            str(tmp_path / "exp")], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -172,7 +172,7 @@ def test_transcribed_ledger_records_are_marked(tmp_path):
 
 def test_implementation_fields_change_how_runs_compute_not_which_cells_they_are(tmp_path):
   import dataclasses  # pylint: disable=import-outside-toplevel
-  from s3rec_jax import errors  # pylint: disable=import-outside-toplevel
+  from s3rec_jax.core import errors  # pylint: disable=import-outside-toplevel
   spec = experiment.load_spec(_spec(tmp_path, SPEC))
   fused = dataclasses.replace(spec, implementation=experiment.parse_implementation(
       ["settings.next_item.ce_method=fused_cpu"]))

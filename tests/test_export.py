@@ -1,4 +1,4 @@
-"""Tests for s3rec_jax.export: the exported scorer, run without this package, vs Recommender."""
+"""Tests for s3rec_jax.serving.export: the exported scorer, run without this package, vs Recommender."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import cli_runs
-from s3rec_jax import data
-from s3rec_jax import export
-from s3rec_jax import recommend
+from s3rec_jax.data import dataset as data
+from s3rec_jax.serving import export
+from s3rec_jax.serving import recommend
 
 # Runs the folder's own loader in a process that cannot import this package or flax.
 LOADER_SCRIPT = """\
@@ -58,7 +58,7 @@ def exported(tiny, tmp_path_factory):
   """The tiny run exported by the command line, for CPU and CUDA, k=10."""
   folder = str(tmp_path_factory.mktemp("export") / "scorer")
   result = subprocess.run(
-      [sys.executable, "-m", "s3rec_jax.export", "--workdir", tiny[0], "--output", folder,
+      [sys.executable, "-m", "s3rec_jax.serving.export", "--workdir", tiny[0], "--output", folder,
        "--k", "10", "--platforms", "cpu,cuda"],
       env=cli_runs.env(1), cwd=cli_runs.REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr
@@ -181,6 +181,6 @@ def test_export_errors(tiny, tmp_path, monkeypatch, capsys):
       export.main(["--workdir", workdir, "--output", str(tmp_path / "x"), *argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("python -m s3rec_jax.export: error: ") and expected in err, err
+    assert err.startswith("s3rec-export: error: ") and expected in err, err
     assert len(err.strip().splitlines()) == 1
   assert not os.path.exists(tmp_path / "x")

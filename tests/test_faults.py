@@ -7,10 +7,11 @@ import shutil
 import jax.numpy as jnp
 import pytest
 
-from s3rec_jax import checkpointing
-from s3rec_jax import data
+from s3rec_jax.data import dataset as data
+from s3rec_jax.model import checkpointing
 from s3rec_jax import objectives
-from s3rec_jax import train_lib
+from s3rec_jax.training import loop
+from s3rec_jax.training import run as run_lib
 from test_pipeline import tiny_config
 
 
@@ -53,8 +54,8 @@ def test_non_finite_stops_with_step_and_objective(tmp_path, probe, mode):
   name = f"nan_{mode}"
   probe(name, mode)
   config, last_step = _partial_batch_config(name)
-  with pytest.raises(train_lib.NumericalError) as error:
-    train_lib.run(config, str(tmp_path))
+  with pytest.raises(loop.NumericalError) as error:
+    run_lib.run(config, str(tmp_path))
   message = str(error.value)
   assert f"epoch 1 step {last_step}" in message and name in message
   assert "mip" not in message.split("objective:")[1]
@@ -82,7 +83,7 @@ ONE_EPOCH = {"pretrain.epochs": 1, "pretrain.checkpoint_every_steps": 1, "finetu
 def one_epoch_run(tmp_path_factory):
   """(workdir, results) of one finished run of ONE_EPOCH; tests work on copies of it."""
   workdir = tmp_path_factory.mktemp("one_epoch") / "run"
-  return workdir, train_lib.run(tiny_config(**ONE_EPOCH), str(workdir))
+  return workdir, run_lib.run(tiny_config(**ONE_EPOCH), str(workdir))
 
 
 def _copy_of(run, tmp_path):
@@ -101,7 +102,7 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, capsys, one_epoch_run):
   assert len(steps) == 2
   _corrupt(str(workdir / "pretrain_resume" / str(steps[-1])))
   capsys.readouterr()
-  again = train_lib.run(tiny_config(**ONE_EPOCH), str(workdir))
+  again = run_lib.run(tiny_config(**ONE_EPOCH), str(workdir))
   out = capsys.readouterr().out
   assert "cannot be restored" in out
   assert again["test"] == one_epoch_run[1]["test"]
@@ -114,7 +115,7 @@ def test_no_restorable_checkpoint_is_a_clear_error(tmp_path, one_epoch_run):
   config = tiny_config(**ONE_EPOCH)
   config.pretrain.epochs = 2  # more pre-training wanted: it must resume from a damaged folder
   with pytest.raises(checkpointing.CheckpointError, match="can be restored"):
-    train_lib.run(config, str(workdir))
+    run_lib.run(config, str(workdir))
 
 
 def test_restoring_into_another_model_names_the_tensor(tmp_path, one_epoch_run):
@@ -123,7 +124,7 @@ def test_restoring_into_another_model_names_the_tensor(tmp_path, one_epoch_run):
   config.model.hidden_size = 8
   config.pretrain.epochs = 2
   with pytest.raises(checkpointing.CheckpointError, match=r"tensor .* has shape .*16.*expects.*8"):
-    train_lib.run(config, str(workdir))
+    run_lib.run(config, str(workdir))
 
 
 def test_non_finite_in_fine_tuning_names_the_phase_step_and_objective(tmp_path):
@@ -138,8 +139,8 @@ def test_non_finite_in_fine_tuning_names_the_phase_step_and_objective(tmp_path):
   try:
     config = tiny_config(**{"pretrain.epochs": 0, "finetune.epochs": 2})
     config.finetune.objectives[name] = 0.5
-    with pytest.raises(train_lib.NumericalError) as error:
-      train_lib.run(config, str(tmp_path))
+    with pytest.raises(loop.NumericalError) as error:
+      run_lib.run(config, str(tmp_path))
     message = str(error.value)
     assert message.startswith("fine-tuning: non-finite loss or gradient at epoch 1 step 0")
     assert f"objective: {name}" in message and "next_item" not in message.split("objective:")[1]

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from s3rec_jax import data
-from s3rec_jax import input_pipeline as ip
+from s3rec_jax.data import dataset as data
+from s3rec_jax.data import input_pipeline as ip
 
 L = 8
 

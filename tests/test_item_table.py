@@ -8,15 +8,17 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from s3rec_jax import catalogue_softmax
-from s3rec_jax import data
-from s3rec_jax import input_pipeline as ip
-from s3rec_jax import item_table
-from s3rec_jax import metrics
-from s3rec_jax import model
+from s3rec_jax.core import parallel
+from s3rec_jax.data import dataset as data
+from s3rec_jax.data import input_pipeline as ip
+from s3rec_jax.evaluation import metrics
+from s3rec_jax.evaluation import steps as eval_steps
+from s3rec_jax.model import encoder as model
+from s3rec_jax.model import item_table
+from s3rec_jax.model import sharding
 from s3rec_jax import objectives
-from s3rec_jax import parallel
-from s3rec_jax import train_steps
+from s3rec_jax.ops import catalogue_softmax
+from s3rec_jax.training import steps as train_steps
 
 L = 10
 AXIS = parallel.DATA_AXIS
@@ -236,25 +238,25 @@ def test_evaluation_with_a_sharded_table_matches_replicated(ds, protocol):
     params = jax.tree_util.tree_map(
         lambda x, spec: jax.device_put(x, jax.sharding.NamedSharding(mesh, spec)),
         model.with_item_rows(init, cfg.item_rows),
-        train_steps.param_specs(model.with_item_rows(init, cfg.item_rows), cfg.item_table_axis))
-    step = train_steps.make_eval_step(cfg, protocol, mesh, num_items=ds.max_item, chunk_size=6)
-    fingerprints = train_steps.make_table_fingerprints(mesh, 5, cfg.item_table_axis)(params)
+        sharding.param_specs(model.with_item_rows(init, cfg.item_rows), cfg.item_table_axis))
+    step = eval_steps.make_eval_step(cfg, protocol, mesh, num_items=ds.max_item, chunk_size=6)
+    fingerprints = eval_steps.make_table_fingerprints(mesh, 5, cfg.item_table_axis)(params)
     totals = None
     for batch in ip.eval_batches(ds, splits, "valid", protocol, batch_size=24,
                                  shards=ip.Shards(*parallel.local_shards(mesh))):
       sums = jax.device_get(step(params, parallel.shard_batch(batch, mesh), fingerprints))
       totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
     got.append(metrics.finalize(totals))
-  for name in train_steps.metric_names(protocol):
+  for name in eval_steps.metric_names(protocol):
     assert got[1][name] == pytest.approx(got[0][name], abs=1e-6), name
-  assert got[0][train_steps.metric_names(protocol)[-1]] > 0
+  assert got[0][eval_steps.metric_names(protocol)[-1]] > 0
 
 
 def test_train_py_with_a_sharded_table_matches_the_replicated_run(tmp_path, tiny_reference_run):
   """The tiny train.py run (pre-training, fine-tuning, test) with the table split over
   4 devices gives the replicated run's metrics, and its checkpoint serves replicated."""
   import cli_runs  # pylint: disable=g-import-not-at-top
-  from s3rec_jax import recommend  # pylint: disable=g-import-not-at-top
+  from s3rec_jax.serving import recommend  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "sharded")
   result = cli_runs.run(workdir, {"model.item_table": "sharded"}, devices=4)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -284,7 +286,7 @@ def test_checkpoints_refit_the_padding_rows_and_resume_on_another_device_count(t
   """A sharded state saved on 4 devices (item_size 13 -> 16 rows) restores into 3 devices
   (15 rows), replicated (13 rows) and back; another dataset still fails."""
   import optax  # pylint: disable=g-import-not-at-top
-  from s3rec_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from s3rec_jax.model import checkpointing  # pylint: disable=g-import-not-at-top
   base = model.ModelConfig(item_size=13, attribute_size=5, hidden_size=8, num_layers=1,
                            num_heads=2, max_len=6)
   sharded = lambda n: dataclasses.replace(base, item_table_axis=AXIS,

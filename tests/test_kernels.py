@@ -1,4 +1,4 @@
-"""Tests for s3rec_jax.kernels: the native CPU full ranking and catalogue softmax against the
+"""Tests for s3rec_jax.ops.kernels: the native CPU full ranking and catalogue softmax against the
 XLA scans and numpy."""
 
 import functools
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
 
-from s3rec_jax import catalogue_softmax
-from s3rec_jax import config_validation
-from s3rec_jax import kernels
-from s3rec_jax import metrics
+from s3rec_jax.evaluation import metrics
 from s3rec_jax import objectives
+from s3rec_jax.ops import catalogue_softmax
+from s3rec_jax.ops import kernels
+from s3rec_jax.training import config_validation
 
 pytestmark = pytest.mark.skipif(
     kernels.compiler() is None, reason="no C++ compiler here (set CXX or install g++): the "
@@ -151,7 +151,7 @@ def test_a_kernel_library_is_cached_and_a_broken_compiler_is_one_clear_error(tmp
 
 
 def test_config_names_the_ranking_method():
-  from configs import default  # pylint: disable=import-outside-toplevel
+  from s3rec_jax.configs import default  # pylint: disable=import-outside-toplevel
   config = default.get_config()
   assert config.eval.ranking == "scan"        # the default stays the XLA scan
   config.eval.ranking = "fused_cpu"
@@ -258,7 +258,7 @@ def test_fused_cpu_cross_entropy_in_the_next_item_objective():
   np.testing.assert_allclose(a, b, rtol=1e-5)
   for x, y in zip(ga, gb):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-  from configs import default  # pylint: disable=import-outside-toplevel
+  from s3rec_jax.configs import default  # pylint: disable=import-outside-toplevel
   config = default.get_config()
   assert config.settings.next_item.ce_method == "scan"
   config.settings.next_item.ce_method = "fused_cpu"

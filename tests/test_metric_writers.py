@@ -12,7 +12,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 import cli_runs
-from s3rec_jax import metric_writers
+from s3rec_jax.training import metric_writers
 
 
 def _read_lines(path) -> list[dict]:
@@ -119,7 +119,7 @@ def test_default_writer_writes_both_and_nothing_when_disabled(tmp_path):
 
 
 def test_importing_the_module_leaves_tensorboardx_unloaded():
-  code = ("import sys, s3rec_jax.metric_writers; "
+  code = ("import sys, s3rec_jax.training.metric_writers; "
           "assert 'tensorboardX' not in sys.modules, 'tensorboardX imported'")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=cli_runs.REPO)
 

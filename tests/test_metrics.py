@@ -1,4 +1,4 @@
-"""Tests for s3rec_jax.metrics: ranks, metric sums and chunked full ranking."""
+"""Tests for s3rec_jax.evaluation.metrics: ranks, metric sums and chunked full ranking."""
 
 import functools
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from s3rec_jax import metrics
+from s3rec_jax.evaluation import metrics
 
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s3rec_jax import model
+from s3rec_jax.model import encoder as model
 
 CFG = model.ModelConfig(item_size=30, attribute_size=6, hidden_size=16, num_layers=2, num_heads=2,
                         max_len=8, head_names=("aap", "mip", "map", "sp"))

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import pytest
 
 from s3rec_jax import objectives
-from s3rec_jax import train_lib
-from s3rec_jax import views
+from s3rec_jax.objectives import views
+from s3rec_jax.training import run as run_lib
 
 import test_pipeline
 
@@ -51,7 +51,7 @@ def test_new_objective_trains_in_both_phases(registered, tmp_path):
     config.pretrain.objectives[NAME] = 0.5
     config.finetune.objectives[NAME] = 0.1
   workdir = str(tmp_path / "run")
-  results = train_lib.run(config, workdir)
+  results = run_lib.run(config, workdir)
   assert 0.0 <= results["MRR"] <= 1.0
   with open(os.path.join(workdir, "log.jsonl")) as f:
     records = [json.loads(line) for line in f]

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from s3rec_jax import parallel
+from s3rec_jax.core import parallel
 
 
 def test_auto_host_devices_is_one_per_core_dividing_every_batch():

@@ -2,7 +2,7 @@
 
 The numpy side is written from the reference's description and reads the
 reference's own tensor names and torch layout ([out, in] weights); it shares
-no code with `s3rec_jax.model`. The JAX side runs on the same weights after
+no code with `s3rec_jax.model.encoder`. The JAX side runs on the same weights after
 `reference_to_params`, so a naming or transposition slip in the converter or
 a semantic slip in the model shows up as a mismatch.
 """
@@ -16,8 +16,8 @@ import numpy as np
 from test_convert import torch_layout
 import pytest
 
-from s3rec_jax import convert
-from s3rec_jax import model
+from s3rec_jax.model import convert
+from s3rec_jax.model import encoder as model
 
 # float32 JAX against float64 numpy: the tolerance the converter promises.
 TOLERANCE = 1e-5

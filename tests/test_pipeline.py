@@ -8,14 +8,18 @@ import jax
 import numpy as np
 import pytest
 
-from configs import synthetic
-from s3rec_jax import checkpointing
-from s3rec_jax import config_validation
-from s3rec_jax import data
-from s3rec_jax import model
+from s3rec_jax.configs import synthetic
+from s3rec_jax.core import parallel
+from s3rec_jax.data import dataset as data
+from s3rec_jax.evaluation import evaluator
+from s3rec_jax.model import checkpointing
+from s3rec_jax.model import encoder as model
+from s3rec_jax.model import encoder as model_lib
 from s3rec_jax import objectives
-from s3rec_jax import parallel
-from s3rec_jax import train_lib
+from s3rec_jax.training import comparison
+from s3rec_jax.training import config_validation
+from s3rec_jax.training import run as run_lib
+from s3rec_jax.training import setup
 
 
 def tiny_config(**overrides):
@@ -48,7 +52,7 @@ def tiny_config(**overrides):
 @pytest.mark.slow
 def test_full_pipeline_writes_results_and_reevaluates(tmp_path, capsys):
   workdir = str(tmp_path / "run")
-  results = train_lib.run(tiny_config(), workdir)
+  results = run_lib.run(tiny_config(), workdir)
   out = capsys.readouterr().out
   assert "pre-training: saved checkpoint" in out and "loaded embeddings and encoder" in out
   # The conftest's CPU devices: the step runs its shard in (automatically) chosen micro-batches.
@@ -73,14 +77,14 @@ def test_full_pipeline_writes_results_and_reevaluates(tmp_path, capsys):
   assert all(set(r) >= {"aap", "mip", "map", "sp", "loss"} for r in pre)
 
   # evaluate.py's path: the best checkpoint gives the same test metrics, under either protocol.
-  again = train_lib.evaluate_best(tiny_config(), workdir)
+  again = run_lib.evaluate_best(tiny_config(), workdir)
   for name, value in written["test"].items():
     assert again["test"][name] == pytest.approx(value, abs=1e-6)
-  full = train_lib.evaluate_best(tiny_config(**{"eval.protocol": "full"}), workdir)
+  full = run_lib.evaluate_best(tiny_config(**{"eval.protocol": "full"}), workdir)
   assert set(full["test"]) == {"HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20"}
 
   # A second run fine-tunes from the first run's checkpoint folder, naming it explicitly.
-  other = train_lib.run(tiny_config(**{
+  other = run_lib.run(tiny_config(**{
       "pretrain.epochs": 0, "finetune.epochs": 1,
       "finetune.init_checkpoint": os.path.join(workdir, "pretrain")}), str(tmp_path / "run2"))
   assert other["pretrain_checkpoint"]["step"] == 2
@@ -88,7 +92,7 @@ def test_full_pipeline_writes_results_and_reevaluates(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_compare_to_sasrec_trains_the_baseline_and_prints_both(tmp_path, capsys):
-  results = train_lib.run(tiny_config(**{"compare_to_sasrec": True, "pretrain.epochs": 1,
+  results = run_lib.run(tiny_config(**{"compare_to_sasrec": True, "pretrain.epochs": 1,
                                          "finetune.epochs": 2, "eval.protocol": "full"}),
                           str(tmp_path))
   out = capsys.readouterr().out
@@ -107,18 +111,18 @@ def test_compare_to_sasrec_trains_the_baseline_and_prints_both(tmp_path, capsys)
 
 
 def test_comparison_table_names_the_winner():
-  table = train_lib.comparison_table({"A": {"MRR": 0.5, "HR@1": 0.3},
+  table = comparison.comparison_table({"A": {"MRR": 0.5, "HR@1": 0.3},
                                       "B": {"MRR": 0.6, "HR@1": 0.2}}, decide_by="MRR")
   assert "B wins on test MRR: 0.6000 against 0.5000 for A" in table
   assert "HR@1" in table.splitlines()[3]
-  tie = train_lib.comparison_table({"A": {"MRR": 0.5}, "B": {"MRR": 0.5}}, decide_by="MRR")
+  tie = comparison.comparison_table({"A": {"MRR": 0.5}, "B": {"MRR": 0.5}}, decide_by="MRR")
   assert "tie on test MRR" in tie
 
 
 def test_missing_init_checkpoint_fails_before_training(tmp_path):
   config = tiny_config(**{"pretrain.epochs": 0, "finetune.init_checkpoint": str(tmp_path / "nope")})
   with pytest.raises(checkpointing.CheckpointError, match="does not exist"):
-    train_lib.run(config, str(tmp_path / "run"))
+    run_lib.run(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run" / "results.json")
 
 
@@ -147,7 +151,7 @@ def test_unknown_objective_is_named():
 
 def test_batch_must_divide_by_devices(tmp_path):
   with pytest.raises(ValueError, match="batch_size=30 is not divisible by the 4 devices"):
-    train_lib.run(tiny_config(**{"pretrain.batch_size": 30}), str(tmp_path))
+    run_lib.run(tiny_config(**{"pretrain.batch_size": 30}), str(tmp_path))
 
 
 def test_micro_batches_refused_for_whole_batch_objectives():
@@ -160,28 +164,28 @@ def test_micro_batches_refused_for_whole_batch_objectives():
 
 def test_pretrain_micro_batches_follow_the_rows_per_device(tmp_path):
   config = tiny_config(**{"pretrain.batch_size": 240})
-  ds = train_lib.load_data(config, str(tmp_path))
+  ds = setup.load_data(config, str(tmp_path))
   chosen = objectives.resolve(config.pretrain.objectives.to_dict(), "reference")
   one = parallel.make_mesh(jax.devices()[:1])
   starts, ends = data.pretrain_prefixes(ds, config.max_seq_length)
   rows = 240 * np.mean(ends - starts) / (0.9 * config.max_seq_length)
-  count, why = train_lib.pretrain_micro_batches(config, ds, one, chosen)
+  count, why = setup.pretrain_micro_batches(config, ds, one, chosen)
   assert count == parallel.auto_micro_batches("cpu", rows) > 1 and "automatic" in why
   config.pretrain.micro_batches = 3
-  assert train_lib.pretrain_micro_batches(config, ds, one, chosen)[0] == 3
+  assert setup.pretrain_micro_batches(config, ds, one, chosen)[0] == 3
   config.pack_sequences = False   # one sequence per row: 240 rows
   config.pretrain.micro_batches = 0
-  assert train_lib.pretrain_micro_batches(config, ds, one, chosen)[0] == parallel.auto_micro_batches(
+  assert setup.pretrain_micro_batches(config, ds, one, chosen)[0] == parallel.auto_micro_batches(
       "cpu", 240)
 
 
 def _evaluation_setup(tmp_path, **overrides):
   """(config, dataset, splits, mesh, model config, params) of the tiny config, 16 users a batch."""
   config = tiny_config(**{"eval.batch_size": 16, **overrides})
-  ds = train_lib.load_data(config, str(tmp_path))
+  ds = setup.load_data(config, str(tmp_path))
   splits = data.finetune_splits(ds, config.max_seq_length)
   mesh = parallel.make_mesh()
-  mcfg = train_lib.model_config(config, ds)
+  mcfg = model_lib.model_config(config, ds)
   params = jax.device_put(model.init_params(mcfg, jax.random.key(3)),
                           parallel.replicated(mesh))
   return config, ds, splits, mesh, mcfg, params
@@ -191,8 +195,8 @@ def _evaluation_setup(tmp_path, **overrides):
 def test_evaluator_keeps_small_splits_placed_and_gives_the_same_metrics(tmp_path, protocol):
   config, ds, splits, mesh, mcfg, params = _evaluation_setup(tmp_path,
                                                              **{"eval.protocol": protocol})
-  kept = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol)
-  rebuilt = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol, cache_bytes=0)
+  kept = evaluator.Evaluator(config, ds, splits, mcfg, mesh, protocol)
+  rebuilt = evaluator.Evaluator(config, ds, splits, mcfg, mesh, protocol, cache_bytes=0)
   first = kept(params, "valid")
   assert set(kept.cached) == {"valid"} and len(kept.cached["valid"]) == -(-ds.num_users // 16)
   assert not rebuilt.cached
@@ -202,19 +206,19 @@ def test_evaluator_keeps_small_splits_placed_and_gives_the_same_metrics(tmp_path
     assert kept(p, "valid") == want and kept(p, "test") == rebuilt(p, "test")
   assert first == rebuilt(params, "valid")
   # A split over the limit is built anew every pass.
-  small = train_lib.Evaluator(config, ds, splits, mcfg, mesh, protocol, cache_bytes=1000)
+  small = evaluator.Evaluator(config, ds, splits, mcfg, mesh, protocol, cache_bytes=1000)
   assert small(params, "valid") == first and not small.cached
 
 
 def test_evaluator_with_the_fused_cpu_ranking_gives_the_scan_metrics(tmp_path):
-  from s3rec_jax import kernels  # pylint: disable=import-outside-toplevel
+  from s3rec_jax.ops import kernels  # pylint: disable=import-outside-toplevel
   if kernels.compiler() is None:
     pytest.skip("no C++ compiler here (set CXX or install g++): fused_cpu cannot be built")
   got = []
   for ranking in ("scan", "fused_cpu"):
     config, ds, splits, mesh, mcfg, params = _evaluation_setup(
         tmp_path, **{"eval.protocol": "full", "eval.ranking": ranking})
-    got.append(train_lib.Evaluator(config, ds, splits, mcfg, mesh, "full")(params, "valid"))
+    got.append(evaluator.Evaluator(config, ds, splits, mcfg, mesh, "full")(params, "valid"))
   assert got[1].keys() == got[0].keys()
   for name in got[0]:
     assert got[1][name] == pytest.approx(got[0][name], abs=1e-6), name

@@ -1,4 +1,4 @@
-"""python -m s3rec_jax.plot: panels and legend of overlaid runs, the PNG, and bad input."""
+"""python -m s3rec_jax.tools.plot: panels and legend of overlaid runs, the PNG, and bad input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import cli_runs
-from s3rec_jax import plot
+from s3rec_jax.tools import plot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SAMPLED_METRICS = ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR")
@@ -132,16 +132,16 @@ def test_bad_input_is_one_line_and_exit_2_with_no_png(case, tmp_path, sasrec_wor
     plot.main(argv)
   assert exit_info.value.code == 2
   err = capsys.readouterr().err
-  assert err.count("\n") == 1 and err.startswith("python -m s3rec_jax.plot: error: "), err
+  assert err.count("\n") == 1 and err.startswith("s3rec-plot: error: "), err
   assert expected in err, err
   assert not [f for f in os.listdir(tmp_path) if f.endswith(".png") or f.startswith(".tmp")]
 
 
 def test_module_entry_point_reports_bad_input_without_a_traceback(tmp_path):
   result = subprocess.run(
-      [sys.executable, "-m", "s3rec_jax.plot", str(tmp_path), "--output", str(tmp_path / "a.png")],
+      [sys.executable, "-m", "s3rec_jax.tools.plot", str(tmp_path), "--output", str(tmp_path / "a.png")],
       cwd=cli_runs.REPO, capture_output=True, text=True, timeout=60)
   assert result.returncode == 2
-  assert result.stderr == (f"python -m s3rec_jax.plot: error: {tmp_path}/log.jsonl: not found "
+  assert result.stderr == (f"s3rec-plot: error: {tmp_path}/log.jsonl: not found "
                            f"(is {tmp_path} a train.py workdir?)\n")
   assert not os.path.exists(tmp_path / "a.png")

@@ -1,4 +1,4 @@
-"""Tests for s3rec_jax.prepare: every source on tiny generated files, the core rules, bad input."""
+"""Tests for s3rec_jax.data.prepare: every source on tiny generated files, the core rules, bad input."""
 
 import gzip
 import json
@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import cli_runs
-from s3rec_jax import data
-from s3rec_jax import prepare
-from s3rec_jax.sources import Interactions, codes_by_first_appearance, object_array
+from s3rec_jax.data import dataset as data
+from s3rec_jax.data import prepare
+from s3rec_jax.data.sources import Interactions, codes_by_first_appearance, object_array
 
-PROG = "python -m s3rec_jax.prepare"
+PROG = "s3rec-prepare"
 NO_CORE = ["--min_user_interactions", "0", "--min_item_interactions", "0"]
 
 # carol has 2 interactions, too few for a sequence; bob's kiwi and pear tie at
@@ -489,7 +489,7 @@ def test_usage_errors_exit_2(tmp_path, capsys):
 
 def test_cli_subprocess_one_line_no_traceback(tmp_path):
   inter = _write(tmp_path / "x.inter", INTER.replace("rating:float", "rating:floot"))
-  result = subprocess.run([sys.executable, "-m", "s3rec_jax.prepare", "atomic", "--inter",
+  result = subprocess.run([sys.executable, "-m", "s3rec_jax.data.prepare", "atomic", "--inter",
                            str(inter), "--name", "X", "--output", str(tmp_path / "out")],
                           cwd=cli_runs.REPO, capture_output=True, text=True, timeout=60)
   assert result.returncode == 2

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from s3rec_jax import data
-from s3rec_jax import prepare
+from s3rec_jax.data import dataset as data
+from s3rec_jax.data import prepare
 
 
 @pytest.mark.realdata

@@ -1,4 +1,4 @@
-"""s3rec_jax.provenance: the commit, CPU and library versions a record carries."""
+"""s3rec_jax.core.provenance: the commit, CPU and library versions a record carries."""
 
 import os
 import re
@@ -8,7 +8,7 @@ import subprocess
 import jax
 import pytest
 
-from s3rec_jax import provenance
+from s3rec_jax.core import provenance
 
 
 def test_commit_is_the_checkout_head():

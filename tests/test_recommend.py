@@ -1,4 +1,4 @@
-"""Tests for s3rec_jax.recommend on the tiny reference run: API, original ids and CLI."""
+"""Tests for s3rec_jax.serving.recommend on the tiny reference run: API, original ids and CLI."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import cli_runs
-from s3rec_jax import data
-from s3rec_jax import metrics
-from s3rec_jax import model as model_lib
-from s3rec_jax import recommend
+from s3rec_jax.data import dataset as data
+from s3rec_jax.evaluation import metrics
+from s3rec_jax.model import encoder as model_lib
+from s3rec_jax.serving import recommend
 
 
 def run_dataset(workdir: str) -> data.Dataset:
@@ -181,7 +181,7 @@ def test_unfinished_or_missing_workdir(tiny, tmp_path):
 
 
 def _fused_cpu_or_skip():
-  from s3rec_jax import kernels  # pylint: disable=import-outside-toplevel
+  from s3rec_jax.ops import kernels  # pylint: disable=import-outside-toplevel
   if kernels.compiler() is None:
     pytest.skip("no C++ compiler here (set CXX or install g++): fused_cpu cannot be built")
   return "fused_cpu"
@@ -223,7 +223,7 @@ def test_top_k_items_ties_and_short_lists(method):
 
 
 def _cli(*args: str) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, "-m", "s3rec_jax.recommend", *args],
+  return subprocess.Popen([sys.executable, "-m", "s3rec_jax.serving.recommend", *args],
                           env=cli_runs.env(1), cwd=cli_runs.REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
@@ -280,7 +280,7 @@ def _assert_one_line_error(code: int, stdout: str, stderr: str, expected: str) -
   assert stdout == ""
   assert "Traceback" not in stderr
   assert len(stderr.strip().splitlines()) == 1, stderr
-  assert stderr.startswith("python -m s3rec_jax.recommend: error: ")
+  assert stderr.startswith("s3rec-recommend: error: ")
   assert expected in stderr, stderr
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from configs import synthetic
+from s3rec_jax.configs import synthetic
 
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce.py"
 _SPEC = importlib.util.spec_from_file_location("reproduce", _PATH)
@@ -154,7 +154,7 @@ def _tiny_config(dataset):
 
 
 def _fake_run(calls):
-  """A stand-in for train_lib.run that writes what the real one writes, instantly."""
+  """A stand-in for run_lib.run that writes what the real one writes, instantly."""
 
   def run(config, workdir):
     calls.append((os.path.basename(workdir), config.pretrain.epochs,
@@ -182,9 +182,9 @@ def _fake_run(calls):
 
 
 def test_reproduce_orchestrates_rows_workdirs_and_reuse(tmp_path, monkeypatch):
-  from s3rec_jax import train_lib  # pylint: disable=import-outside-toplevel
+  from s3rec_jax.training import run as run_lib  # pylint: disable=import-outside-toplevel
   calls = []
-  monkeypatch.setattr(train_lib, "run", _fake_run(calls))
+  monkeypatch.setattr(run_lib, "run", _fake_run(calls))
   settings = reproduce.Settings(
       datasets=["synthetic"], protocols=["sampled", "full"],
       rows=["paper", "released", "scratch_reference", "sasrec"], data_dir=str(tmp_path / "data"),

@@ -7,14 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s3rec_jax import data
-from s3rec_jax import input_pipeline as ip
-from s3rec_jax import metrics
-from s3rec_jax import model
+from s3rec_jax.core import parallel
+from s3rec_jax.data import dataset as data
+from s3rec_jax.data import input_pipeline as ip
+from s3rec_jax.evaluation import metrics
+from s3rec_jax.evaluation import steps as eval_steps
+from s3rec_jax.model import encoder as model
 from s3rec_jax import objectives
-from s3rec_jax import parallel
-from s3rec_jax import train_lib
-from s3rec_jax import train_steps
+from s3rec_jax.training import setup
+from s3rec_jax.training import steps as train_steps
 
 L = 10
 
@@ -44,7 +45,7 @@ def test_pretrain_losses_match_on_1_and_4_devices(ds, form, settings):
   options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item,
                                         mip_num_negatives=0,
                                         settings=objectives.settings_tuple(settings))
-  negatives = train_lib.segment_negatives(chosen, options)
+  negatives = setup.segment_negatives(chosen, options)
   assert negatives == (2 if settings is SP_TWO_NEGATIVES else 1)
   tx = train_steps.make_optimizer(1e-2, 0.9, 0.999)
   trajectories = []
@@ -190,8 +191,8 @@ def test_eval_step_matches_numpy_ranking(ds, protocol):
   params = model.init_params(cfg, jax.random.key(4))
   splits = data.finetune_splits(ds, L)
   mesh = parallel.make_mesh()
-  step = train_steps.make_eval_step(cfg, protocol, mesh, num_items=ds.max_item, chunk_size=32)
-  fingerprints = train_steps.make_table_fingerprints(mesh, chunk_size=7)(params)
+  step = eval_steps.make_eval_step(cfg, protocol, mesh, num_items=ds.max_item, chunk_size=32)
+  fingerprints = eval_steps.make_table_fingerprints(mesh, chunk_size=7)(params)
   totals = None
   for batch in ip.eval_batches(ds, splits, "valid", protocol, batch_size=24,
                                shards=ip.Shards(*parallel.local_shards(mesh))):
@@ -215,12 +216,12 @@ def test_eval_step_matches_numpy_ranking(ds, protocol):
   ranks = np.array(ranks)
   assert got["HR@10"] == pytest.approx(np.mean(ranks < 10), abs=1e-6)
   assert got["NDCG@10"] == pytest.approx(np.mean((ranks < 10) / np.log2(ranks + 2)), abs=1e-5)
-  assert set(got) == set(train_steps.metric_names(protocol))
+  assert set(got) == set(eval_steps.metric_names(protocol))
 
 
 def test_unknown_protocol():
   with pytest.raises(ValueError, match="valid protocols: sampled, full"):
-    train_steps.metric_names("leave-one-out")
+    eval_steps.metric_names("leave-one-out")
 
 
 @pytest.mark.parametrize("form, train, settings", [("reference", False, {}),
@@ -237,7 +238,7 @@ def test_packed_and_padded_batches_give_the_same_losses(ds, form, train, setting
   params = model.init_params(cfg, jax.random.key(5))
   options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item,
                                         settings=objectives.settings_tuple(settings))
-  negatives = train_lib.segment_negatives(chosen, options)
+  negatives = setup.segment_negatives(chosen, options)
   tables = {"attr_ids": jnp.asarray(ds.attr_ids)}
   losses = {}
   for pack in (False, True):
@@ -263,8 +264,8 @@ def test_packed_and_padded_finetuning_and_eval_agree(ds):
     batch = next(fb.epoch(0))
     loss = train_steps.finetune_loss(params, batch, jax.random.key(9), model_config=cfg)
     mesh = parallel.make_mesh()
-    step = train_steps.make_eval_step(cfg, "full", mesh, num_items=ds.max_item, chunk_size=32)
-    fingerprints = train_steps.make_table_fingerprints(mesh, chunk_size=32)(params)
+    step = eval_steps.make_eval_step(cfg, "full", mesh, num_items=ds.max_item, chunk_size=32)
+    fingerprints = eval_steps.make_table_fingerprints(mesh, chunk_size=32)(params)
     sums = [jax.device_get(step(params, parallel.shard_batch(b, mesh), fingerprints))
             for b in ip.eval_batches(ds, splits, "test", "full", 32, pack=pack,
                                      shards=ip.Shards(*parallel.local_shards(mesh)))]

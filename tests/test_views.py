@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from s3rec_jax import input_pipeline as ip
+from s3rec_jax.data import input_pipeline as ip
 from s3rec_jax import objectives
-from s3rec_jax import views
+from s3rec_jax.objectives import views
 
 L = 8
 MASK = 99

@@ -8,7 +8,7 @@ One file per method family:
 - `cl4srec` (augmented views) and `duorec` (dropout and same-target views).
 
 A new method is one module like `cl4srec.py`: its view builders (registered
-in s3rec_jax.views), its loss registered here with the views it reads and the
+in s3rec_jax.objectives.views), its loss registered here with the views it reads and the
 phases it runs in, and a weight in the config (`pretrain.objectives.<name>`
 or `finetune.objectives.<name>`). See the README's "Adding an objective".
 """

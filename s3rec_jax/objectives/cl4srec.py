@@ -1,7 +1,7 @@
 """CL4SRec (Xie et al., ICDE 2022): contrast two random augmentations of each sequence.
 
 Each sequence gets two views, each one of item crop, item mask and item
-reorder chosen at random per sequence (s3rec_jax.views `augment`: ratios
+reorder chosen at random per sequence (s3rec_jax.objectives.views `augment`: ratios
 settings.augment.crop / mask / reorder, CL4SRec's eta, gamma, beta), and
 the representations at the views' newest tokens are contrasted with in-batch
 InfoNCE (objectives.contrastive; settings.cl4srec.temperature and

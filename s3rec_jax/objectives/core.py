@@ -7,7 +7,7 @@ the *views* it reads: `views` whose output it needs at every token and
 `last_token_views` whose output it needs only at each sequence's newest
 token. A view is a batch array the input pipeline built (S3-Rec's
 `masked_items`, or `sequence`, the phase's item sequence) or one built on
-device by a registered builder (see s3rec_jax/views.py). The training step
+device by a registered builder (see s3rec_jax/objectives/views.py). The training step
 builds and encodes the union of the enabled objectives' views in one batched
 pass, bidirectional in pre-training and causal in fine-tuning.
 
@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
-from s3rec_jax import item_table as item_table_lib
+from s3rec_jax.model import item_table as item_table_lib
 
 FORMS = ("reference", "infonce")          # the forms of the S3-Rec objectives
 PHASES = ("pretrain", "finetune")
@@ -39,7 +39,7 @@ class ObjectiveOptions:
   temperature: float = 1.0       # infonce forms
   mip_num_negatives: int = 0     # infonce MIP: 0 = every other item, K = K shared samples
   axis_name: str | None = None   # set inside a shard_map: the batch is split over this axis
-  # Set when the item table's rows are split over this mesh axis (s3rec_jax.item_table):
+  # Set when the item table's rows are split over this mesh axis (s3rec_jax.model.item_table):
   # objectives read it through ObjectiveInputs.item_rows / shared_item_rows / item_table.
   item_table_axis: str | None = None
   # The model's compute dtype (model.compute_dtype): "bfloat16" runs the scoring
@@ -77,7 +77,7 @@ class ObjectiveInputs:
   options: ObjectiveOptions
   # last-token view name -> encoder output at each sequence's newest token [B, H]
   last_outputs: Mapping[str, jax.Array] = dataclasses.field(default_factory=dict)
-  # view name -> that view's own layout (s3rec_jax.views.View), for views built on device
+  # view name -> that view's own layout (s3rec_jax.objectives.views.View), for views built on device
   layouts: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   # Values several objectives compute alike, computed once per loss evaluation.
   _shared: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)

@@ -1,6 +1,6 @@
 """DuoRec (Qiu et al., WSDM 2022): contrastive regularisation with dropout and same-target views.
 
-Two encodings of the batch with their own dropout masks (s3rec_jax.views
+Two encodings of the batch with their own dropout masks (s3rec_jax.objectives.views
 `dropout:1`, `dropout:2`): the unsupervised view of a sequence is its first
 encoding; its positive is the second encoding of another sequence of the
 global batch whose next item is the same (chosen at random among them), or
@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from s3rec_jax import hashing
+from s3rec_jax.core import hashing
 from s3rec_jax.objectives import contrastive
 from s3rec_jax.objectives.core import ObjectiveInputs
 from s3rec_jax.objectives.core import register

@@ -8,7 +8,7 @@ with target item y_t:
   sequence.
 - `ce`: softmax cross-entropy over the whole catalogue,
   log sum_j exp(h_t . e_j) - h_t . e_y over the real items j = 1..num_items,
-  computed in chunks of the catalogue (s3rec_jax.catalogue_softmax), so memory
+  computed in chunks of the catalogue (s3rec_jax.ops.catalogue_softmax), so memory
   does not grow with the catalogue. With model.compute_dtype=bfloat16 its
   scoring matmuls take bfloat16 operands (float32 accumulation and softmax).
 - `sampled_softmax`: K negatives drawn on device from the items' training
@@ -26,9 +26,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from s3rec_jax import catalogue_softmax
 from s3rec_jax.objectives.core import ObjectiveInputs
 from s3rec_jax.objectives.core import register
+from s3rec_jax.ops import catalogue_softmax
 
 FORMS = ("bce", "ce", "sampled_softmax")
 DEFAULT_NUM_NEGATIVES = 1024

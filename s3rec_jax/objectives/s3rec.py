@@ -17,10 +17,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from s3rec_jax import catalogue_softmax
-from s3rec_jax import model as model_lib
+from s3rec_jax.model import encoder as model_lib
 from s3rec_jax.objectives.core import ObjectiveInputs
 from s3rec_jax.objectives.core import register as _register
+from s3rec_jax.ops import catalogue_softmax
 
 
 def register(name, form, **kwargs):

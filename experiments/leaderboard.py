@@ -1,0 +1,77 @@
+"""The full-ranking leaderboard: the five S3-Rec datasets, test HR@20 / NDCG@20 with the user's
+history excluded, each cell chosen on validation NDCG@20 within its dataset.
+
+  python -m s3rec_jax.experiment experiments/leaderboard.py --workdir runs/leaderboard \\
+      --ledger experiments/ledgers/leaderboard.jsonl \\
+      --implementation settings.next_item.ce_method=fused_cpu --implementation eval.ranking=fused_cpu
+  python -m s3rec_jax.experiment experiments/leaderboard.py --workdir runs/leaderboard \\
+      --ledger experiments/ledgers/leaderboard.jsonl --cells "LastFM: SASRec (ce)"
+
+The released-checkpoint cells need the reference's checkpoints converted first, e.g.
+
+  s3rec-convert --input DIR/LastFM-epochs-150.pt --output runs/ckpt/lastfm_reference \\
+      --dataset LastFM
+
+Cells are named "DATASET: method"; each names its dataset's config, so the runner's choice
+on validation is made per dataset. `finetune.epochs` is 300 for the ce cells, as in
+experiments/beauty_full_ranking.py (with the reference's 200 the released checkpoint's
+ce run was still improving); early stopping (patience 10 on validation NDCG@20) ends most
+runs far sooner.
+"""
+
+_DATASETS = {
+    # name: (config, released checkpoint folder or None)
+    "Beauty": ("configs/beauty.py", "runs/ckpt/beauty_reference"),
+    "Sports_and_Outdoors": ("configs/sports_and_outdoors.py", None),
+    "Toys_and_Games": ("configs/toys_and_games.py", "runs/ckpt/toys_and_games_reference"),
+    "Yelp": ("configs/yelp.py", None),
+    "LastFM": ("configs/lastfm.py", "runs/ckpt/lastfm_reference"),
+}
+
+_CE = {"finetune.loss": "ce", "finetune.epochs": 300}
+
+
+def _cells(dataset: str) -> dict:
+  config, released = _DATASETS[dataset]
+  cells = {
+      "SASRec (ce)": {"pretrain.epochs": 0, **_CE},
+      # This project's own pre-training (the reference's schedule for the dataset), then ce.
+      "S3-Rec pre-trained here (ce)": dict(_CE),
+  }
+  if released:
+    cells["S3-Rec released (ce)"] = {"pretrain.epochs": 0, "finetune.init_checkpoint": released,
+                                     **_CE}
+  return {f"{dataset}: {name}": {"config": config, **overrides}
+          for name, overrides in cells.items()}
+
+
+def get_spec():
+  cells = {}
+  for dataset in _DATASETS:
+    cells.update(_cells(dataset))
+  return {
+      "config": "configs/lastfm.py",
+      "overrides": {"eval.protocol": "full"},
+      "cells": cells,
+      "select_on": "NDCG@20",
+      "seeds": [42, 1, 2],
+      "metrics": ["HR@10", "NDCG@10", "HR@20", "NDCG@20"],
+      # Best published test figures on these files (full ranking, history excluded; single
+      # runs at seed 42, early-stopped on validation).
+      "published": {
+          "Beauty: TV-Rec": {"HR@10": 0.1017, "NDCG@10": 0.0608, "HR@20": 0.1403,
+                             "NDCG@20": 0.0705},
+          "Beauty: BSARec": {"HR@10": 0.1008, "NDCG@10": 0.0611, "HR@20": 0.1373,
+                             "NDCG@20": 0.0703},
+          "Sports_and_Outdoors: WEARec": {"HR@10": 0.0631, "NDCG@10": 0.0367, "HR@20": 0.0895,
+                                          "NDCG@20": 0.0433},
+          "Toys_and_Games: ICSRec": {"HR@10": 0.1055, "NDCG@10": 0.0657, "HR@20": 0.1368,
+                                     "NDCG@20": 0.0736},
+          "Yelp: TV-Rec": {"HR@10": 0.0474, "NDCG@10": 0.0245, "HR@20": 0.0777,
+                           "NDCG@20": 0.0321},
+          "LastFM: TV-Rec": {"HR@10": 0.0853, "NDCG@10": 0.0484, "HR@20": 0.1202,
+                             "NDCG@20": 0.0572},
+          "LastFM: BSARec": {"HR@10": 0.0807, "NDCG@10": 0.0435, "HR@20": 0.1174,
+                             "NDCG@20": 0.0526},
+      },
+  }

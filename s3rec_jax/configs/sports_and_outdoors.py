@@ -1,0 +1,12 @@
+"""Sports_and_Outdoors with the reference's hyper-parameters (100 pre-training epochs, as the released checkpoint)."""
+
+from s3rec_jax.configs import default
+from s3rec_jax.data import fetch
+
+
+def get_config():
+  c = default.get_config()
+  c.dataset = "Sports_and_Outdoors"
+  c.data_dir = fetch.default_data_dir()   # $S3REC_DATA, else ~/.cache/s3rec_jax/data
+  c.pretrain.epochs = 100
+  return c

@@ -1,0 +1,462 @@
+"""Seeded, vectorised numpy batches for pre-training, fine-tuning and evaluation.
+
+Every random draw comes from a numpy Generator derived from
+(seed, stream, epoch[, step]), so a batch is a pure function of those numbers:
+runs are reproducible and a resumed run sees exactly the batches it would have
+seen. The last partial batch of an epoch is padded with empty sequences whose
+`weights` entry is 0, so every batch has the same number of sequences; packed
+batches take a row count from a short ladder (`row_bucket`), so a run compiles
+its step for a handful of shapes only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+
+from s3rec_jax.data import dataset as data_lib
+
+# Distinct stream ids keep the draws of different consumers independent.
+STREAM_PRETRAIN_ORDER = 1
+STREAM_PRETRAIN_BATCH = 2
+STREAM_FINETUNE_ORDER = 3
+STREAM_FINETUNE_BATCH = 4
+
+Batch = dict[str, np.ndarray]
+
+
+def rng_for(seed: int, stream: int, *counters: int) -> np.random.Generator:
+  return np.random.default_rng([seed, stream, *counters])
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+  return -(-num_examples // batch_size)
+
+
+def _pad_rows(indices: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Indices padded to batch_size with -1, and 1/0 row weights."""
+  weights = np.zeros(batch_size, np.float32)
+  weights[:len(indices)] = 1.0
+  padded = np.full(batch_size, -1, np.int64)
+  padded[:len(indices)] = indices
+  return padded, weights
+
+
+def sample_excluding(rng: np.random.Generator, low: int, high: int, shape, need: np.ndarray,
+                     is_excluded) -> np.ndarray:
+  """Uniform ints in [low, high] where `need`, redrawn until `is_excluded(draws)` is False there.
+
+  Rejection keeps the draw uniform over the allowed set; 0 where not needed.
+  """
+  draws = rng.integers(low, high + 1, size=shape)
+  todo = need & is_excluded(draws)
+  for _ in range(1000):
+    if not todo.any():
+      return np.where(need, draws, 0)
+    draws[todo] = rng.integers(low, high + 1, size=int(todo.sum()))
+    todo = need & is_excluded(draws)
+  raise RuntimeError("negative sampling did not converge: is every item excluded for some row?")
+
+
+# --- packing -----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Shards:
+  """A global batch is split into `count` equal shards, one per device of the
+  mesh; this process builds shards first_local .. first_local + num_local - 1.
+
+  With `micro_batches` M > 1 each shard is split further into M equal
+  micro-batches, each packed on its own rows (see `Packer.pack_shards`), so
+  that a step can run them one after another (see train_steps).
+  """
+  count: int = 1
+  first_local: int = 0
+  num_local: int = 1
+  micro_batches: int = 1
+
+  def __post_init__(self):
+    if self.micro_batches < 1:
+      raise ValueError(f"micro_batches must be >= 1, got {self.micro_batches}")
+
+
+def row_bucket(rows: int) -> int:
+  """`rows` rounded up to the ladder 1..8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ...
+
+  Packed batches need a varying number of rows; rounding to quarter steps
+  between powers of two keeps the number of distinct shapes (one compiled
+  step each) to a handful while padding at most a fifth of the rows.
+  """
+  rows = max(int(rows), 1)
+  if rows <= 8:
+    return rows
+  step = 1 << (rows.bit_length() - 3)           # a quarter of the power of two below rows
+  return -(-rows // step) * step
+
+
+@dataclasses.dataclass(frozen=True)
+class Packer:
+  """Lays sequences out in rows of max_len tokens, several short ones per row.
+
+  Sequences are placed first-fit in order of decreasing length (a row takes
+  a sequence while it has room for it), which fills rows almost completely.
+  Every token keeps its absolute position (the newest item at max_len - 1)
+  and a segment id that keeps the sequences of a row from attending to each
+  other, so a packed batch computes exactly what the padded one does with far
+  fewer rows. The row count of a batch is the rows its layout needs, rounded
+  up by `row_bucket` (see `pack_shards`).
+  `pack=False` gives the reference's layout: one left-padded sequence per row.
+  """
+  max_len: int
+  pack: bool = True
+
+  @staticmethod
+  def shard_assignment(lengths: np.ndarray, num_shards: int) -> np.ndarray:
+    """Sequence indices in shard order: shard s holds entries s*per .. (s+1)*per - 1.
+
+    Longest first, dealt to the shards in a snake (0..S-1, S-1..0, ...), so
+    every shard gets a similar number of tokens and the per-shard row count
+    (the maximum over shards) stays close to the average. Works on [..., B].
+    """
+    batch = lengths.shape[-1]
+    per = batch // num_shards
+    by_length = np.argsort(-lengths, axis=-1, kind="stable")
+    rank = np.arange(batch)
+    rnd, pos = rank // num_shards, rank % num_shards
+    shard = np.where(rnd % 2 == 0, pos, num_shards - 1 - pos)
+    slot = shard * per + rnd                                # where the rank-th longest goes
+    order = np.empty_like(by_length)
+    np.put_along_axis(order, np.broadcast_to(slot, by_length.shape), by_length, axis=-1)
+    return order
+
+  def layout(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(row, first column, index within its row) of each sequence (row -1 for empty
+    ones), and the number of rows used."""
+    n = len(lengths)
+    if not self.pack:
+      return (np.where(lengths > 0, np.arange(n), -1), self.max_len - lengths,
+              np.zeros(n, np.int64), n)
+    row = np.full(n, -1, np.int64)
+    first = np.zeros(n, np.int64)
+    slot = np.zeros(n, np.int64)
+    free: list[int] = []      # room left in each row
+    count: list[int] = []     # sequences in each row
+    lengths_list = lengths.tolist()
+    for i in np.argsort(-lengths, kind="stable").tolist():
+      size = lengths_list[i]
+      if size <= 0:
+        break                 # sorted: only empty sequences are left
+      r = next((r for r, room in enumerate(free) if room >= size), len(free))
+      if r == len(free):
+        free.append(self.max_len)
+        count.append(0)
+      row[i], first[i], slot[i] = r, self.max_len - free[r], count[r]
+      free[r] -= size
+      count[r] += 1
+    return row, first, slot, len(free)
+
+  def pack_shards(self, lengths: np.ndarray, token_arrays: dict[str, np.ndarray],
+                  sequence_arrays: dict[str, np.ndarray], shards: "Shards",
+                  num_rows: int | None = None) -> Batch:
+    """Packs this process's shards of a global batch, each shard on its own rows.
+
+    The B sequences of the global batch are split into `shards.count` equal
+    shards (one per device; balanced by token count when packing); each is
+    packed into the same number of rows: `num_rows` if given, else the most
+    any shard needs rounded up by `row_bucket` (every process computes it
+    from the whole batch's lengths, so all agree). `last_index` indexes the
+    shard's own tokens, so a device never needs another device's rows.
+    Per-sequence arrays follow their sequences; token ids stay those of the
+    global batch.
+
+    With `shards.micro_batches` M > 1 the batch is split the same way into
+    count * M pieces (piece d * M + m is micro-batch m of device d), each
+    packed on `num_rows` rows of its own; a device's rows and sequences are
+    then its M pieces one after another. When count * M does not divide B,
+    the batch is completed with empty sequences (no tokens, weight 0), which
+    change no loss.
+    """
+    pieces = shards.count * shards.micro_batches
+    per = -(-len(lengths) // pieces)
+    missing = per * pieces - len(lengths)
+    if missing:
+      lengths = np.concatenate([lengths, np.zeros(missing, lengths.dtype)])
+      token_arrays = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
+                      for k, v in token_arrays.items()}
+      sequence_arrays = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
+                         for k, v in sequence_arrays.items()}
+    order = (self.shard_assignment(lengths, pieces) if self.pack and pieces > 1
+             else np.arange(len(lengths)))
+    members = [order[s * per:(s + 1) * per] for s in range(pieces)]
+    layouts = [self.layout(lengths[m]) for m in members]
+    needed = max(used for *_, used in layouts)
+    if num_rows is None:
+      num_rows = row_bucket(needed) if self.pack else per
+    parts = []
+    first = shards.first_local * shards.micro_batches
+    for shard in range(first, first + shards.num_local * shards.micro_batches):
+      m = members[shard]
+      part = self.apply(lengths[m], {k: v[m] for k, v in token_arrays.items()}, num_rows,
+                        sequence_ids=m, layout=layouts[shard])
+      part.update({k: v[m] for k, v in sequence_arrays.items()})
+      parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def apply(self, lengths: np.ndarray, arrays: dict[str, np.ndarray], num_rows: int,
+            sequence_ids: np.ndarray | None = None, layout=None) -> Batch:
+    """Packs left-padded [S, max_len] arrays into [num_rows, max_len] ones.
+
+    Adds segment_ids and positions (per token), token_ids (sequence index in
+    the global batch * max_len + position: what dropout keys on, so it does
+    not depend on the layout), last_index (each sequence's newest token in the flattened
+    [num_rows * max_len] layout; 0 for an empty sequence) and lengths (tokens
+    per sequence).
+    """
+    L = self.max_len
+    row, first, slot, used = self.layout(lengths) if layout is None else layout
+    if used > num_rows:
+      raise ValueError(f"packing needs {used} rows but the batch has {num_rows}")
+    seq = np.repeat(np.arange(len(lengths)), lengths)                   # one entry per real token
+    step = np.arange(len(seq)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    src_col = L - lengths[seq] + step                                  # column in the padded array
+    dst = row[seq] * L + first[seq] + step                             # flat packed index
+    out = {}
+    for name, value in arrays.items():
+      packed = np.zeros(num_rows * L, value.dtype)
+      packed[dst] = value[seq, src_col]
+      out[name] = packed.reshape(num_rows, L)
+    segment = np.zeros(num_rows * L, np.int32)
+    segment[dst] = slot[seq] + 1
+    positions = np.zeros(num_rows * L, np.int32)
+    positions[dst] = src_col
+    token_ids = np.zeros(num_rows * L, np.int32)
+    ids = np.arange(len(lengths)) if sequence_ids is None else np.asarray(sequence_ids)
+    token_ids[dst] = ids[seq] * L + src_col
+    out["segment_ids"] = segment.reshape(num_rows, L)
+    out["positions"] = positions.reshape(num_rows, L)
+    out["token_ids"] = token_ids.reshape(num_rows, L)
+    out["last_index"] = np.where(lengths > 0, row * L + first + lengths - 1, 0).astype(np.int32)
+    out["lengths"] = np.asarray(lengths, np.int32)   # tokens per sequence (0: none, e.g. padding)
+    return out
+
+
+# --- pre-training ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSettings:
+  batch_size: int
+  max_len: int
+  mask_p: float
+  negative_high: int        # negatives are drawn from 1..negative_high
+  pack: bool = True         # several short sequences per row (same math, fewer rows)
+  # Same-layout SP negatives per sequence: `segment_negative`, then
+  # `segment_negative_2` .. (drawn after every other view, so the others do not change).
+  segment_negatives: int = 1
+
+
+class PretrainBatches:
+  """The reference's pre-training batches, drawn afresh every epoch.
+
+  A batch holds four views of each sequence (the masked sequence and the
+  three segment-prediction sequences) laid out identically by the packer,
+  plus the original items and one negative per masked position.
+  """
+
+  def __init__(self, dataset: data_lib.Dataset, settings: PretrainSettings, seed: int,
+               shards: Shards = Shards()):
+    self.dataset = dataset
+    self.settings = settings
+    self.seed = seed
+    self.shards = shards
+    self.packer = Packer(settings.max_len, settings.pack)
+    self.starts, self.ends = data_lib.pretrain_prefixes(dataset, settings.max_len)
+    self.lengths = self.ends - self.starts
+
+  @property
+  def num_sequences(self) -> int:
+    return len(self.starts)
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return num_batches(self.num_sequences, self.settings.batch_size)
+
+  def order(self, epoch: int) -> np.ndarray:
+    return rng_for(self.seed, STREAM_PRETRAIN_ORDER, epoch).permutation(self.num_sequences)
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+    order = self.order(epoch)
+    bs = self.settings.batch_size
+    for step in range(start_step, self.steps_per_epoch):
+      yield self.batch(order[step * bs:(step + 1) * bs],
+                       rng_for(self.seed, STREAM_PRETRAIN_BATCH, epoch, step))
+
+  def batch(self, prefix_ids: np.ndarray, rng: np.random.Generator,
+            num_rows: int | None = None) -> Batch:
+    s, ds = self.settings, self.dataset
+    rows, weights = _pad_rows(prefix_ids, s.batch_size)
+    real_row = rows >= 0
+    starts = np.where(real_row, self.starts[np.maximum(rows, 0)], 0)
+    ends = np.where(real_row, self.ends[np.maximum(rows, 0)], 0)
+    lengths = ends - starts                                           # [B]
+    items = data_lib.left_pad(ds.offsets, ds.items, starts, ends, s.max_len)  # [B, L]
+    col = np.arange(s.max_len)[None, :]
+    first = s.max_len - lengths[:, None]                              # column of t[0]
+    real = col >= first
+    mask_id = ds.mask_id
+
+    # Masked item prediction: each item but the last masked with p; the last always.
+    is_last = real & (col == s.max_len - 1)
+    masked = (real & (rng.random(items.shape) < s.mask_p)) | is_last
+    masked_items = np.where(masked, mask_id, items)
+    negative_items = sample_excluding(
+        rng, 1, s.negative_high, items.shape, masked,
+        lambda draws: (draws[:, :, None] == items[:, None, :]).any(-1))
+
+    # Segment prediction: span length k ~ U{1..n//2}, start ~ U{0..n-k}, and a
+    # negative span of the same length from the concatenation of all sequences.
+    has_span = lengths >= 2
+    span = rng.integers(1, np.maximum(lengths // 2, 1) + 1)
+    span_start = rng.integers(0, np.maximum(lengths - span, 0) + 1)
+    neg_start = rng.integers(0, len(ds.items) - span + 1)
+    pos_in_t = col - first
+    in_span = real & (pos_in_t >= span_start[:, None]) & (pos_in_t < (span_start + span)[:, None])
+    neg_index = np.clip(neg_start[:, None] + pos_in_t - span_start[:, None], 0, len(ds.items) - 1)
+    outside = np.where(real, mask_id, 0)
+    context = np.where(in_span, mask_id, items)
+    positive = np.where(in_span, items, outside)
+    negative = np.where(in_span, ds.items[neg_index], outside)
+    # Sequences shorter than 2 use the sequence itself for all three views.
+    keep = ~has_span[:, None]
+    context, positive, negative = (np.where(keep, items, v) for v in (context, positive, negative))
+
+    views = {
+        "items": items, "masked_items": masked_items, "negative_items": negative_items,
+        "segment_context": context, "segment_positive": positive, "segment_negative": negative,
+    }
+    for k in range(2, s.segment_negatives + 1):   # more spans like `negative`, elsewhere
+      start_k = rng.integers(0, len(ds.items) - span + 1)
+      index_k = np.clip(start_k[:, None] + pos_in_t - span_start[:, None], 0, len(ds.items) - 1)
+      views[f"segment_negative_{k}"] = np.where(keep, items,
+                                                np.where(in_span, ds.items[index_k], outside))
+    return self.packer.pack_shards(lengths, {k: v.astype(np.int32) for k, v in views.items()},
+                                   {"weights": weights}, self.shards, num_rows)
+
+
+# --- fine-tuning -------------------------------------------------------------
+
+
+def _input_lengths(inputs: np.ndarray) -> np.ndarray:
+  return (inputs > 0).sum(1)
+
+
+class FinetuneBatches:
+  """Next-item training batches: one negative per target position, outside the user's sequence."""
+
+  def __init__(self, dataset: data_lib.Dataset, splits: dict, batch_size: int,
+               negative_high: int, seed: int, pack: bool = True, shards: Shards = Shards()):
+    self.dataset = dataset
+    self.inputs = splits["train_inputs"]
+    self.targets = splits["train_targets"]
+    self.lengths = _input_lengths(self.inputs)
+    self.batch_size = batch_size
+    self.negative_high = negative_high
+    self.seed = seed
+    self.shards = shards
+    self.packer = Packer(self.inputs.shape[1], pack)
+    # Sorted (user, item) keys answer "is item in user u's sequence" with one searchsorted.
+    users = np.repeat(np.arange(dataset.num_users), np.diff(dataset.offsets))
+    self._stride = dataset.item_size + 1
+    self._keys = np.unique(users * self._stride + dataset.items.astype(np.int64))
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return num_batches(len(self.inputs), self.batch_size)
+
+  def in_sequence(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    query = users * self._stride + items
+    pos = np.minimum(np.searchsorted(self._keys, query), len(self._keys) - 1)
+    return self._keys[pos] == query
+
+  def order(self, epoch: int) -> np.ndarray:
+    return rng_for(self.seed, STREAM_FINETUNE_ORDER, epoch).permutation(len(self.inputs))
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+    order = self.order(epoch)
+    bs = self.batch_size
+    for step in range(start_step, self.steps_per_epoch):
+      yield self.batch(order[step * bs:(step + 1) * bs],
+                       rng_for(self.seed, STREAM_FINETUNE_BATCH, epoch, step))
+
+  def batch(self, users: np.ndarray, rng: np.random.Generator,
+            num_rows: int | None = None) -> Batch:
+    rows, weights = _pad_rows(users, self.batch_size)
+    real_row = rows >= 0
+    safe = np.maximum(rows, 0)
+    inputs = np.where(real_row[:, None], self.inputs[safe], 0)
+    targets = np.where(real_row[:, None], self.targets[safe], 0)
+    negatives = sample_excluding(
+        rng, 1, self.negative_high, targets.shape, targets > 0,
+        lambda draws: self.in_sequence(safe[:, None], draws))
+    lengths = np.where(real_row, self.lengths[safe], 0)
+    return self.packer.pack_shards(
+        lengths, {"inputs": inputs.astype(np.int32), "targets": targets.astype(np.int32),
+                  "negatives": negatives.astype(np.int32)}, {"weights": weights}, self.shards,
+        num_rows)
+
+
+# --- evaluation --------------------------------------------------------------
+
+
+def eval_batches(dataset: data_lib.Dataset, splits: dict, split: str, protocol: str,
+                 batch_size: int, pack: bool = True, shards: Shards = Shards()) -> Iterator[Batch]:
+  """Users in file order, packed inputs with each user's last_index; `candidates`
+  (answer first) for the sampled protocol, `history` for full ranking."""
+  inputs, answers = splits[f"{split}_inputs"], splits[f"{split}_answers"]
+  history = splits[f"{split}_history"]
+  if protocol == "sampled" and dataset.sample_negatives is None:
+    raise ValueError("the sampled protocol needs sample negatives, but the dataset has none")
+  packer = Packer(inputs.shape[1], pack)
+  lengths = _input_lengths(inputs)
+  for start in range(0, len(inputs), batch_size):
+    rows, weights = _pad_rows(np.arange(start, min(start + batch_size, len(inputs))), batch_size)
+    real_row = rows >= 0
+    safe = np.maximum(rows, 0)
+    answers_ = np.where(real_row, answers[safe], 1).astype(np.int32)
+    per_user = {"answers": answers_, "weights": weights}
+    if protocol == "sampled":
+      per_user["candidates"] = np.concatenate(
+          [answers_[:, None], dataset.sample_negatives[safe]], axis=1).astype(np.int32)
+    else:
+      per_user["history"] = np.where(real_row[:, None], history[safe], 0).astype(np.int32)
+    yield packer.pack_shards(
+        np.where(real_row, lengths[safe], 0),
+        {"inputs": np.where(real_row[:, None], inputs[safe], 0).astype(np.int32)},
+        per_user, shards)
+
+
+def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
+  """Builds the next `size` items on a background thread while the device works."""
+  q: queue.Queue = queue.Queue(maxsize=size)
+  done = object()
+
+  def produce():
+    try:
+      for item in iterator:
+        q.put(item)
+    except BaseException as e:  # surfaced in the consumer
+      q.put(e)
+    q.put(done)
+
+  threading.Thread(target=produce, daemon=True).start()
+  while True:
+    item = q.get()
+    if item is done:
+      return
+    if isinstance(item, BaseException):
+      raise item
+    yield item

@@ -1,0 +1,719 @@
+"""Turns a source dataset into the files train.py reads: `s3rec-prepare`.
+
+Usage:
+
+  s3rec-prepare atomic --inter data/ml.inter [--item data/ml.item] \\
+      [--attribute_fields genre,director] --name ML --output data/
+  s3rec-prepare csv --interactions ratings.csv --user_col user --item_col movie \\
+      [--time_col ts] [--items movies.parquet --item_key_col movie \\
+      --attribute_cols genres,year --list_sep '|'] --name ML --output data/
+  s3rec-prepare amazon --reviews reviews_Beauty_5.json.gz \\
+      --meta meta_Beauty.json.gz --name Beauty --output data/
+
+Sources (one module each in s3rec_jax/data/sources/): RecBole atomic files, CSV /
+TSV / Parquet tables, and the Amazon review dumps, prepared as the S3-Rec
+authors did (see s3rec_jax/data/sources/amazon.py for their rules).
+
+Every source goes through one core:
+
+1. Reader rules (the Amazon rating rule) drop rows.
+2. Each user's interactions are ordered by time with a stable sort, so equal
+   times keep source order; without a time column, source order is time order.
+3. `--dedup` keeps only the first (earliest) interaction of each (user, item).
+4. k-core filtering, repeated until nothing changes: users need at least
+   max(--min_user_interactions, 3) interactions (3: a train, a valid and a
+   test item), items at least --min_item_interactions. Each pass applies the
+   user rule, then the item rule; the result is the largest subset in which
+   both hold, whatever the order.
+5. Dense ids, all from 1:
+   - users in order of first appearance in the interaction source;
+   - items in order of first appearance walking the output sequences (users
+     in dense order, each in time order);
+   - attributes field by field, in the order of the attribute fields, and
+     within a field in order of first appearance walking items by dense id
+     (each item's values in their order in the source cell). Values found
+     only on items that were filtered out get no id; with
+     --min_attribute_count K, values on fewer than K kept items get none.
+   Items of the item file that no kept interaction mentions are left out;
+   kept items the item file lacks, or whose cells are empty, get `[]`.
+6. Files, written together or not at all: into a temp folder next to
+   --output, then moved in with os.replace; a failure leaves --output as it
+   was. A NAME_sample.txt already in --output belongs to the old data and is
+   removed, so train.py draws new negatives.
+
+   NAME.txt                  `user item_1 item_2 ...`, one user a line, dense ids
+   NAME_item2attributes.json `{"item": [attribute ids]}` for every item
+   NAME_ids.json             dense -> original ids: {"format": "s3rec-jax ids v1",
+                             "users": [...], "items": [...], "attributes":
+                             [[field, value], ...], "attribute_fields":
+                             {field: [first id, last id]}} (dense id k is entry
+                             k - 1; a field with no values has last = first - 1)
+   NAME_stats.json           sizes (the columns of the paper's dataset table),
+                             what each rule removed, the options and the source
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from s3rec_jax.core import errors
+from s3rec_jax.data.dataset import MIN_SEQUENCE_LENGTH, DataError
+from s3rec_jax.data.sources import Interactions, ItemAttributes, codes_by_first_appearance
+
+PROG = "s3rec-prepare"
+IDS_FORMAT = "s3rec-jax ids v1"
+STATS_FORMAT = "s3rec-jax stats v1"
+DEFAULT_MIN_INTERACTIONS = 5  # the paper's 5-core
+# Item ids live in int32 arrays next to a mask id of max_item + 1.
+_MAX_ITEMS = np.iinfo(np.int32).max - 1
+_MAX_ATTRIBUTES = np.iinfo(np.int32).max
+
+PathLike = str | os.PathLike
+Log = Callable[[str], object]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Filtering options shared by every source."""
+
+  min_user_interactions: int = DEFAULT_MIN_INTERACTIONS
+  min_item_interactions: int = DEFAULT_MIN_INTERACTIONS
+  dedup: bool = False
+  min_attribute_count: int = 0
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if field.name != "dedup" and (type(value) is not int or value < 0):
+        raise errors.UserError(f"--{field.name} is {value!r}; expected an integer >= 0")
+
+  @property
+  def user_threshold(self) -> int:
+    return max(self.min_user_interactions, MIN_SEQUENCE_LENGTH)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreparedDataset:
+  """A prepared dataset: dense sequences, item attributes, id maps and stats."""
+
+  name: str
+  user_ids: tuple[str, ...]  # original id of dense user k at [k - 1]
+  item_ids: tuple[str, ...]  # original id of dense item k at [k - 1]
+  attributes: tuple[tuple[str, str], ...]  # (field, value) of dense attribute k at [k - 1]
+  attribute_fields: dict[str, tuple[int, int]]  # field -> (first, last) dense id
+  offsets: np.ndarray  # [U + 1] int64: dense user k's items are items[offsets[k-1]:offsets[k]]
+  items: np.ndarray  # [N] int32 dense item ids
+  attribute_offsets: np.ndarray  # [I + 1] int64, the same for items' attributes
+  attribute_values: np.ndarray  # [pairs] int32 dense attribute ids, sorted per item
+  stats: dict
+  paths: tuple[pathlib.Path, ...] = ()
+
+  def sequence(self, user: int) -> np.ndarray:
+    """Dense user `user`'s items (dense ids, time order)."""
+    return self.items[self.offsets[user - 1]:self.offsets[user]]
+
+  def item_attributes(self, item: int) -> np.ndarray:
+    """Dense item `item`'s attribute ids, sorted."""
+    return self.attribute_values[self.attribute_offsets[item - 1]:self.attribute_offsets[item]]
+
+  def ids_document(self) -> dict:
+    return {"format": IDS_FORMAT, "users": list(self.user_ids), "items": list(self.item_ids),
+            "attributes": [list(a) for a in self.attributes],
+            "attribute_fields": {f: list(r) for f, r in self.attribute_fields.items()}}
+
+  def file_texts(self) -> dict[str, str]:
+    """File name -> contents of every file to write."""
+    item_tokens = self.items.astype(str).tolist()
+    lines = [f"{user} " + " ".join(item_tokens[self.offsets[user - 1]:self.offsets[user]])
+             for user in range(1, len(self.user_ids) + 1)]
+    values = self.attribute_values.tolist()
+    attribute_map = {str(item): values[self.attribute_offsets[item - 1]:
+                                       self.attribute_offsets[item]]
+                     for item in range(1, len(self.item_ids) + 1)}
+    return {
+        f"{self.name}.txt": "\n".join(lines) + "\n",
+        f"{self.name}_item2attributes.json": json.dumps(attribute_map) + "\n",
+        f"{self.name}_ids.json": json.dumps(self.ids_document()) + "\n",
+        f"{self.name}_stats.json": json.dumps(self.stats, indent=2) + "\n",
+    }
+
+
+# ----------------------------------------------------------------------------
+# The shared core: filter, number, write.
+
+
+class _Removals:
+  """What each rule removed: users, items and interactions that were there before."""
+
+  def __init__(self, interactions: Interactions):
+    self._users, self._items = interactions.users, interactions.items
+    self._num_users = interactions.user_names.shape[0]
+    self._num_items = interactions.item_names.shape[0]
+    self.rules: dict[str, dict] = {}
+
+  def _present(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (np.bincount(self._users[keep], minlength=self._num_users) > 0,
+            np.bincount(self._items[keep], minlength=self._num_items) > 0)
+
+  def declare(self, rule: str, **about) -> None:
+    """Lists `rule` (with facts such as its threshold) even if it removes nothing."""
+    self.rules.setdefault(rule, {"rule": rule, **about, "users": 0, "items": 0,
+                                 "interactions": 0})
+
+  def apply(self, rule: str, keep: np.ndarray, new_keep: np.ndarray) -> np.ndarray:
+    """Records the step from `keep` to `new_keep` under `rule`; returns new_keep."""
+    self.declare(rule)
+    entry = self.rules[rule]
+    dropped = int(keep.sum() - new_keep.sum())
+    if dropped:
+      (users_before, items_before), (users_after, items_after) = (self._present(keep),
+                                                                  self._present(new_keep))
+      entry["users"] += int(users_before.sum() - users_after.sum())
+      entry["items"] += int(items_before.sum() - items_after.sum())
+      entry["interactions"] += dropped
+    return new_keep
+
+  def reorder(self, order: np.ndarray) -> None:
+    self._users, self._items = self._users[order], self._items[order]
+
+  def summary(self) -> str:
+    return "; ".join(f"{r['rule']} removed {r['interactions']} interactions, {r['users']} users, "
+                     f"{r['items']} items" for r in self.rules.values())
+
+
+def _filter(interactions: Interactions,
+            options: Options) -> tuple[np.ndarray, np.ndarray, _Removals, int]:
+  """Orders and filters the rows.
+
+  Returns:
+    (order, keep, removals, passes): rows `order[keep]` are kept, in output
+    order (grouped by user code, each user in time order); passes is the
+    number of k-core passes.
+  """
+  n = interactions.num_rows
+  if n == 0:
+    raise DataError(f"{interactions.source}: no interactions; expected at least one row")
+  removals = _Removals(interactions)
+  keep = np.ones(n, bool)
+  for rule, kept in interactions.row_filters:
+    keep = removals.apply(rule, keep, keep & kept)
+    if not keep.any():
+      raise DataError(f"{interactions.source}: no interactions left after the rule {rule} "
+                      f"(it removed all {n}); expected some rows to pass it")
+  # Stable sorts: by time, then by user, so ties keep source order.
+  order = (np.arange(n) if interactions.times is None
+           else np.argsort(interactions.times, kind="stable"))
+  order = order[np.argsort(interactions.users[order], kind="stable")]
+  users, items, keep = interactions.users[order], interactions.items[order], keep[order]
+  removals.reorder(order)
+  num_users, num_items = interactions.user_names.shape[0], interactions.item_names.shape[0]
+  if options.dedup:
+    rows = np.flatnonzero(keep)
+    _, first = np.unique(users[rows] * num_items + items[rows], return_index=True)
+    deduped = np.zeros(n, bool)
+    deduped[rows[first]] = True
+    keep = removals.apply("dedup", keep, deduped)
+  user_rule = "min_user_interactions"
+  about_user = {"threshold": options.user_threshold}
+  if options.user_threshold > options.min_user_interactions:
+    about_user["note"] = (f"--min_user_interactions {options.min_user_interactions} raised to "
+                          f"{MIN_SEQUENCE_LENGTH}: each sequence needs a train, a valid and a "
+                          f"test item")
+  removals.declare(user_rule, **about_user)
+  removals.declare("min_item_interactions", threshold=options.min_item_interactions)
+  passes = 0
+  while True:
+    passes += 1
+    user_count = np.bincount(users[keep], minlength=num_users)
+    keep = removals.apply(user_rule, keep, keep & (user_count >= options.user_threshold)[users])
+    item_count = np.bincount(items[keep], minlength=num_items)
+    item_ok = (item_count >= options.min_item_interactions)[items]
+    if not (keep & ~item_ok).any():
+      break  # the user rule held before the item rule, which removed nothing
+    keep = removals.apply("min_item_interactions", keep, keep & item_ok)
+  if not keep.any():
+    raise DataError(
+        f"{interactions.source}: no interactions left after filtering: users need at least "
+        f"{options.user_threshold} interactions (--min_user_interactions "
+        f"{options.min_user_interactions}, never below {MIN_SEQUENCE_LENGTH}) and items at least "
+        f"{options.min_item_interactions} (--min_item_interactions); {removals.summary()}; "
+        f"expected lower thresholds or more data")
+  return order, keep, removals, passes
+
+
+def _number_attributes(attributes: ItemAttributes | None, fields: Sequence[str],
+                       item_index: Mapping[str, int], num_items: int,
+                       min_count: int) -> tuple[list, dict, np.ndarray, np.ndarray]:
+  """Dense attribute ids (see the module docstring) and each item's set.
+
+  Returns:
+    (names [(field, value)], ranges {field: (first, last)}, offsets [I + 1],
+    values [pairs] int32 sorted per item).
+  """
+  names, ranges = [], {}
+  pair_items, pair_attributes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+  next_id = 1
+  if attributes is not None:
+    record_item = np.fromiter((item_index.get(n, 0) for n in attributes.item_names), np.int64,
+                              count=attributes.item_names.shape[0])
+    for field in fields:
+      records, values = attributes.fields[field]
+      dense = record_item[records]
+      kept = dense > 0
+      order = np.argsort(dense[kept], kind="stable")  # by item; cell order within
+      dense, values = dense[kept][order], values[kept][order]
+      codes, distinct = codes_by_first_appearance(values)
+      width = max(distinct.shape[0], 1)
+      pairs = np.unique(dense * width + codes)  # one per (item, value)
+      dense, codes = pairs // width, pairs % width
+      if min_count > 0:
+        enough = np.bincount(codes, minlength=distinct.shape[0]) >= min_count
+        renumber = np.cumsum(enough) - 1
+        kept = enough[codes]
+        dense, codes, distinct = dense[kept], renumber[codes[kept]], distinct[enough]
+      ranges[field] = (next_id, next_id + distinct.shape[0] - 1)
+      names.extend((field, str(value)) for value in distinct)
+      pair_items.append(dense)
+      pair_attributes.append(codes + next_id)
+      next_id += distinct.shape[0]
+  if next_id - 1 > _MAX_ATTRIBUTES:
+    raise DataError(f"{attributes.source}: {next_id - 1} attributes; expected at most "
+                    f"{_MAX_ATTRIBUTES}")
+  item_col, attribute_col = np.concatenate(pair_items), np.concatenate(pair_attributes)
+  keys = np.unique(item_col * next_id + attribute_col)
+  counts = np.bincount(keys // next_id, minlength=num_items + 1)[1:]
+  offsets = np.zeros(num_items + 1, np.int64)
+  np.cumsum(counts, out=offsets[1:])
+  return names, ranges, offsets, (keys % next_id).astype(np.int32)
+
+
+def build(interactions: Interactions, attributes: ItemAttributes | None = None, *, name: str,
+          options: Options = Options(), attribute_fields: Sequence[str] | None = None,
+          source: Mapping[str, object] | None = None) -> PreparedDataset:
+  """Filters and numbers a source's records (nothing is written).
+
+  Args:
+    interactions: the interactions, from a reader in s3rec_jax.data.sources.
+    attributes: the item attributes, if any.
+    name: the dataset name.
+    options: filtering options.
+    attribute_fields: the fields of `attributes` in id order; None = all, in
+      their order there.
+    source: what to record about the source in the stats.
+  """
+  check_name(name)
+  order, keep, removals, passes = _filter(interactions, options)
+  rows = order[keep]
+  users, items = interactions.users[rows], interactions.items[rows]
+  user_codes, lengths = np.unique(users, return_counts=True)  # code order = source order
+  offsets = np.zeros(user_codes.shape[0] + 1, np.int64)
+  np.cumsum(lengths, out=offsets[1:])
+  distinct_items, first = np.unique(items, return_index=True)
+  item_codes = distinct_items[np.argsort(first, kind="stable")]
+  if item_codes.shape[0] > _MAX_ITEMS:
+    raise DataError(f"{interactions.source}: {item_codes.shape[0]} items; expected at most "
+                    f"{_MAX_ITEMS}")
+  dense_item = np.zeros(interactions.item_names.shape[0], np.int64)
+  dense_item[item_codes] = np.arange(1, item_codes.shape[0] + 1)
+  item_ids = tuple(str(n) for n in interactions.item_names[item_codes])
+  if attributes is not None and attribute_fields is None:
+    attribute_fields = list(attributes.fields)
+  attribute_fields = list(attribute_fields or [])
+  missing = [f for f in attribute_fields if attributes is None or f not in attributes.fields]
+  if missing:
+    raise errors.UserError(f"attribute fields {missing} were not read; expected some of "
+                           f"{[] if attributes is None else list(attributes.fields)}")
+  names, ranges, attribute_offsets, attribute_values = _number_attributes(
+      attributes, attribute_fields, {n: k for k, n in enumerate(item_ids, start=1)},
+      len(item_ids), options.min_attribute_count)
+  prepared = PreparedDataset(
+      name=name, user_ids=tuple(str(n) for n in interactions.user_names[user_codes]),
+      item_ids=item_ids, attributes=tuple(names), attribute_fields=ranges, offsets=offsets,
+      items=dense_item[items].astype(np.int32), attribute_offsets=attribute_offsets,
+      attribute_values=attribute_values, stats={})
+  prepared.stats.update(_stats(prepared, interactions, removals, passes, options, source or {}))
+  return prepared
+
+
+def _stats(prepared: PreparedDataset, interactions: Interactions, removals: _Removals,
+           passes: int, options: Options, source: Mapping[str, object]) -> dict:
+  num_users, num_items = len(prepared.user_ids), len(prepared.item_ids)
+  num_interactions = int(prepared.items.shape[0])
+  lengths = np.diff(prepared.offsets)
+  per_item = np.diff(prepared.attribute_offsets)
+  return {
+      "format": STATS_FORMAT,
+      "name": prepared.name,
+      "users": num_users,
+      "items": num_items,
+      "interactions": num_interactions,
+      "avg_sequence_length": num_interactions / num_users,
+      "min_sequence_length": int(lengths.min()),
+      "max_sequence_length": int(lengths.max()),
+      "avg_interactions_per_item": num_interactions / num_items,
+      "attributes": len(prepared.attributes),
+      "attributes_per_field": {f: last - first + 1
+                               for f, (first, last) in prepared.attribute_fields.items()},
+      "avg_attributes_per_item": float(per_item.mean()),
+      "items_without_attributes": int((per_item == 0).sum()),
+      "sparsity": 1.0 - num_interactions / (num_users * num_items),
+      "input": {"rows": interactions.num_rows, "users": int(interactions.user_names.shape[0]),
+                "items": int(interactions.item_names.shape[0])},
+      "removed": list(removals.rules.values()),
+      "k_core_passes": passes,
+      "options": {"min_user_interactions": options.min_user_interactions,
+                  "min_item_interactions": options.min_item_interactions,
+                  "effective_min_user_interactions": options.user_threshold,
+                  "dedup": options.dedup, "min_attribute_count": options.min_attribute_count,
+                  "time_order": "time column, stable" if interactions.times is not None
+                                else "source order"},
+      "source": dict(source),
+  }
+
+
+def check_name(name: str) -> None:
+  """A dataset name that is one plain file-name stem train.py can load."""
+  if (not name or name != name.strip() or "/" in name or os.sep in name
+      or name.startswith(".") or "\0" in name):
+    raise errors.UserError(f"--name {name!r}: expected a plain file-name stem such as 'Beauty'")
+  if name == "synthetic":
+    raise errors.UserError("--name 'synthetic' is train.py's built-in dataset; expected another "
+                           "name")
+
+
+def write(prepared: PreparedDataset, output: PathLike, *, log: Log = print) -> PreparedDataset:
+  """Writes the files into `output`, all of them or none; returns them with their paths."""
+  output = pathlib.Path(output)
+  if output.exists() and not output.is_dir():
+    raise DataError(f"{output}: exists and is not a folder; expected --output to be a folder")
+  texts = prepared.file_texts()
+  parent = output.absolute().parent
+  try:
+    parent.mkdir(parents=True, exist_ok=True)
+    temp = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=parent))
+  except OSError as e:
+    raise DataError(f"{output}: cannot create ({e.strerror}); expected a writable place for "
+                    f"--output") from None
+  try:
+    for file_name, text in texts.items():
+      with open(temp / file_name, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    if output.is_dir():
+      stale = output / f"{prepared.name}_sample.txt"
+      if stale.exists():
+        stale.unlink()
+        log(f"removed {stale}: its negatives belong to the data being replaced")
+      for file_name in texts:
+        os.replace(temp / file_name, output / file_name)
+    else:
+      umask = os.umask(0)
+      os.umask(umask)
+      os.chmod(temp, 0o777 & ~umask)  # mkdtemp makes it private
+      os.rename(temp, output)
+  except OSError as e:
+    raise DataError(f"{output}: cannot write ({e.strerror}); expected a writable folder") from None
+  finally:
+    shutil.rmtree(temp, ignore_errors=True)
+  _fsync_dir(output)
+  _fsync_dir(parent)
+  return dataclasses.replace(prepared, paths=tuple(output / n for n in texts))
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return  # not every platform opens folders
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def _finish(prepared: PreparedDataset, output: PathLike | None, log: Log) -> PreparedDataset:
+  if output is not None:
+    prepared = write(prepared, output, log=log)
+  for line in summary(prepared):
+    log(line)
+  return prepared
+
+
+def summary(prepared: PreparedDataset) -> list[str]:
+  """The stats table and the paths written, as lines."""
+  s = prepared.stats
+  per_field = ", ".join(f"{f} {n:,}" for f, n in s["attributes_per_field"].items())
+  rows = [
+      ("dataset", prepared.name),
+      ("users", f"{s['users']:,}"),
+      ("items", f"{s['items']:,}"),
+      ("interactions", f"{s['interactions']:,}"),
+      ("avg sequence length", f"{s['avg_sequence_length']:.2f}"),
+      ("avg interactions per item", f"{s['avg_interactions_per_item']:.2f}"),
+      ("sparsity", f"{100 * s['sparsity']:.2f}%"),
+      ("attributes", f"{s['attributes']:,}" + (f" ({per_field})" if per_field else "")),
+      ("avg attributes per item", f"{s['avg_attributes_per_item']:.2f}"),
+  ]
+  lines = [f"{label:<26}{value}" for label, value in rows]
+  for rule in s["removed"]:
+    threshold = f" (>= {rule['threshold']})" if "threshold" in rule else ""
+    lines.append(f"removed by {rule['rule']}{threshold}: {rule['interactions']:,} interactions, "
+                 f"{rule['users']:,} users, {rule['items']:,} items")
+  lines.extend(f"wrote {path}" for path in prepared.paths)
+  return lines
+
+
+# ----------------------------------------------------------------------------
+# One entry point per source.
+
+
+def prepare_atomic(inter: PathLike, item: PathLike | None = None, *, name: str,
+                   output: PathLike | None, user_field: str = "user_id",
+                   item_field: str = "item_id", time_field: str | None = None,
+                   attribute_fields: Sequence[str] | None = None, options: Options = Options(),
+                   log: Log = print) -> PreparedDataset:
+  """Prepares RecBole atomic files (see s3rec_jax.data.sources.atomic).
+
+  Args:
+    inter: the .inter file.
+    item: the .item file, if any.
+    name: the dataset name.
+    output: the folder to write into; None writes nothing.
+    user_field: the user id field.
+    item_field: the item id field.
+    time_field: the time field; None = `timestamp` if present, else file order.
+    attribute_fields: .item fields to use, in id order; None = every token and
+      token_seq field.
+    options: filtering options.
+    log: where the summary goes.
+  """
+  from s3rec_jax.data.sources import atomic  # pylint: disable=g-import-not-at-top
+  check_name(name)
+  interactions = atomic.read_interactions(inter, user_field=user_field, item_field=item_field,
+                                          time_field=time_field)
+  attributes = None
+  if item is not None:
+    attributes = atomic.read_items(item, item_field=item_field, attribute_fields=attribute_fields)
+  source = {"format": "atomic", "inter": str(inter), "item": None if item is None else str(item),
+            "user_field": user_field, "item_field": item_field,
+            "time_field": time_field or ("timestamp" if interactions.times is not None else None),
+            "attribute_fields": None if attributes is None else list(attributes.fields)}
+  prepared = build(interactions, attributes, name=name, options=options, source=source)
+  return _finish(prepared, output, log)
+
+
+def prepare_table(interactions: PathLike, *, user_col: str, item_col: str, name: str,
+                  output: PathLike | None, time_col: str | None = None,
+                  items: PathLike | None = None, item_key_col: str | None = None,
+                  attribute_cols: Sequence[str] = (), list_sep: str | None = None,
+                  delimiter: str | None = None, options: Options = Options(),
+                  log: Log = print) -> PreparedDataset:
+  """Prepares CSV / TSV / Parquet tables (see s3rec_jax.data.sources.table).
+
+  Args:
+    interactions: the interactions table.
+    user_col: its user id column.
+    item_col: its item id column.
+    name: the dataset name.
+    output: the folder to write into; None writes nothing.
+    time_col: its time column; None = rows are in time order.
+    items: the item table, if any.
+    item_key_col: its item id column; None = the same name as item_col.
+    attribute_cols: its attribute columns, in id order.
+    list_sep: splits attribute cells into several values (e.g. "|").
+    delimiter: for text files; None = tab for .tsv/.tab, else comma.
+    options: filtering options.
+    log: where the summary goes.
+  """
+  from s3rec_jax.data.sources import table  # pylint: disable=g-import-not-at-top
+  check_name(name)
+  records = table.read_interactions(interactions, user_col=user_col, item_col=item_col,
+                                    time_col=time_col, delimiter=delimiter)
+  attributes = None
+  item_key_col = item_col if item_key_col is None else item_key_col
+  if items is not None:
+    if not attribute_cols:
+      raise errors.UserError(f"{items}: no --attribute_cols; expected the item table's "
+                             f"attribute columns")
+    attributes = table.read_items(items, item_key_col=item_key_col,
+                                  attribute_cols=_distinct(attribute_cols, "--attribute_cols"),
+                                  list_sep=list_sep, delimiter=delimiter)
+  source = {"format": "table", "interactions": str(interactions), "user_col": user_col,
+            "item_col": item_col, "time_col": time_col,
+            "items": None if items is None else str(items),
+            "item_key_col": None if items is None else item_key_col,
+            "attribute_cols": None if items is None else list(attribute_cols),
+            "list_sep": list_sep, "delimiter": delimiter}
+  prepared = build(records, attributes, name=name, options=options, source=source)
+  return _finish(prepared, output, log)
+
+
+def prepare_amazon(reviews: PathLike, meta: PathLike | None = None, *, name: str,
+                   output: PathLike | None, rating_above: float = 0.0,
+                   attribute_fields: Sequence[str] | None = None, options: Options = Options(),
+                   log: Log = print) -> PreparedDataset:
+  """Prepares the Amazon review dumps as the S3-Rec authors did (see s3rec_jax.data.sources.amazon).
+
+  Args:
+    reviews: the reviews file, e.g. reviews_Beauty_5.json.gz.
+    meta: the metadata file, e.g. meta_Beauty.json.gz; None = no attributes.
+    name: the dataset name.
+    output: the folder to write into; None writes nothing.
+    rating_above: reviews rated at most this are dropped (the reference: 0).
+    attribute_fields: of `categories` and `brand`, in id order; None = both.
+    options: filtering options.
+    log: where the summary goes.
+  """
+  from s3rec_jax.data.sources import amazon  # pylint: disable=g-import-not-at-top
+  check_name(name)
+  fields = list(amazon.ATTRIBUTE_FIELDS if attribute_fields is None
+                else _distinct(attribute_fields, "--attribute_fields"))
+  records = amazon.read_reviews(reviews, rating_above=rating_above)
+  attributes = None
+  if meta is not None:
+    attributes = amazon.read_meta(meta, items=set(records.item_names.tolist()),
+                                  attribute_fields=fields)
+  source = {"format": "amazon", "reviews": str(reviews),
+            "meta": None if meta is None else str(meta), "rating_above": rating_above,
+            "attribute_fields": fields if meta is not None else None}
+  prepared = build(records, attributes, name=name, options=options, source=source)
+  # The reference keeps brands and categories in one namespace of strings.
+  prepared.stats["reference_attributes"] = len({value for _, value in prepared.attributes})
+  prepared.stats["reference_attributes_note"] = (
+      "distinct attribute strings across fields: the reference numbers brands and categories "
+      "in one namespace, so a brand and a category spelt alike are one attribute there")
+  return _finish(prepared, output, log)
+
+
+def _distinct(names: Sequence[str], flag: str) -> list[str]:
+  names = list(names)
+  for k, n in enumerate(names):
+    if n in names[:k]:
+      raise errors.UserError(f"{flag}: {n!r} appears twice; expected each field once")
+  return names
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+
+
+def _field_list(text: str) -> list[str]:
+  return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _delimiter(text: str) -> str:
+  return {"\\t": "\t", "tab": "\t"}.get(text, text)
+
+
+def _count(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if value < 0:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+  return value
+
+
+def _parser() -> argparse.ArgumentParser:
+  common = argparse.ArgumentParser(add_help=False)
+  group = common.add_argument_group("output and filtering (every source)")
+  group.add_argument("--name", required=True, help="dataset name: writes NAME.txt, ...")
+  group.add_argument("--output", required=True, help="folder to write the files into")
+  group.add_argument("--min_user_interactions", type=_count, default=DEFAULT_MIN_INTERACTIONS,
+                     help="k-core: fewest interactions per user (at least 3 apply; 0 = only "
+                          "those 3); default %(default)s")
+  group.add_argument("--min_item_interactions", type=_count, default=DEFAULT_MIN_INTERACTIONS,
+                     help="k-core: fewest interactions per item (0 = off); default %(default)s")
+  group.add_argument("--dedup", action="store_true",
+                     help="keep only the earliest interaction of each (user, item)")
+  group.add_argument("--min_attribute_count", type=_count, default=0,
+                     help="drop attribute values found on fewer kept items; default 0")
+
+  parser = argparse.ArgumentParser(
+      prog=PROG, description="Turn a source dataset into NAME.txt, NAME_item2attributes.json, "
+                             "NAME_ids.json and NAME_stats.json for train.py.")
+  sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+
+  atomic = sources.add_parser("atomic", parents=[common], help="RecBole atomic files",
+                              description="RecBole .inter (and .item) files.")
+  atomic.add_argument("--inter", required=True, help="the .inter file")
+  atomic.add_argument("--item", help="the .item file (attributes)")
+  atomic.add_argument("--attribute_fields", type=_field_list,
+                      help="comma-separated .item fields (default: every token/token_seq field)")
+  atomic.add_argument("--user_field", default="user_id", help="default %(default)s")
+  atomic.add_argument("--item_field", default="item_id", help="default %(default)s")
+  atomic.add_argument("--time_field", help="default: timestamp if present, else file order")
+
+  table = sources.add_parser("csv", parents=[common], help="CSV, TSV or Parquet tables",
+                             description="CSV, TSV or Parquet tables, by extension.")
+  table.add_argument("--interactions", required=True, help="the interactions table")
+  table.add_argument("--user_col", required=True)
+  table.add_argument("--item_col", required=True)
+  table.add_argument("--time_col", help="default: rows are in time order")
+  table.add_argument("--items", help="the item table (attributes)")
+  table.add_argument("--item_key_col", help="its item id column (default: --item_col)")
+  table.add_argument("--attribute_cols", type=_field_list, default=[],
+                     help="comma-separated attribute columns of --items")
+  table.add_argument("--list_sep", help="splits attribute cells into several values, e.g. '|'")
+  table.add_argument("--delimiter", type=_delimiter,
+                     help="text delimiter (default: tab for .tsv/.tab, else comma)")
+
+  amazon = sources.add_parser("amazon", parents=[common], help="Amazon review dumps",
+                              description="Amazon reviews and metadata, as the S3-Rec authors "
+                                          "prepared them.")
+  amazon.add_argument("--reviews", required=True, help="e.g. reviews_Beauty_5.json.gz")
+  amazon.add_argument("--meta", help="e.g. meta_Beauty.json.gz")
+  amazon.add_argument("--rating_above", type=float, default=0.0,
+                      help="keep reviews rated above this; default %(default)s")
+  amazon.add_argument("--attribute_fields", type=_field_list,
+                      help="categories and/or brand, in id order (default: categories,brand)")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if args.source == "atomic" and args.item is None and args.attribute_fields is not None:
+    parser.error("--attribute_fields needs --item")
+  if args.source == "amazon" and args.meta is None and args.attribute_fields is not None:
+    parser.error("--attribute_fields needs --meta")
+  if args.source == "csv" and args.items is not None and not args.attribute_cols:
+    parser.error("--items needs --attribute_cols")
+  if args.source == "csv" and args.items is None and (args.attribute_cols or args.item_key_col):
+    parser.error("--attribute_cols and --item_key_col need --items")
+  with errors.exit_on_user_error(PROG):
+    options = Options(min_user_interactions=args.min_user_interactions,
+                      min_item_interactions=args.min_item_interactions, dedup=args.dedup,
+                      min_attribute_count=args.min_attribute_count)
+    common = {"name": args.name, "output": args.output, "options": options}
+    if args.source == "atomic":
+      prepare_atomic(args.inter, args.item, user_field=args.user_field,
+                     item_field=args.item_field, time_field=args.time_field,
+                     attribute_fields=args.attribute_fields, **common)
+    elif args.source == "csv":
+      prepare_table(args.interactions, user_col=args.user_col, item_col=args.item_col,
+                    time_col=args.time_col, items=args.items, item_key_col=args.item_key_col,
+                    attribute_cols=args.attribute_cols, list_sep=args.list_sep,
+                    delimiter=args.delimiter, **common)
+    else:
+      prepare_amazon(args.reviews, args.meta, rating_above=args.rating_above,
+                     attribute_fields=args.attribute_fields, **common)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

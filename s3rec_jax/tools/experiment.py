@@ -1,0 +1,593 @@
+"""Experiments over seeds: a grid of config overrides x seeds, resumable, summarised.
+
+  s3rec-experiment experiments/lastfm_ablation.py --workdir runs/lastfm_ablation
+  s3rec-experiment SPEC --workdir DIR --seeds 42,1,2 --cells S3-Rec,SASRec
+
+A spec is a Python file with `get_spec()` returning a dict:
+
+  {"config": "configs/lastfm.py",          # the base config file
+   "overrides": {"eval.protocol": "full"},  # for every cell (optional)
+   "cells": {"S3-Rec": {}, "SASRec": {"pretrain.epochs": 0}},   # name -> overrides
+   "seeds": [42, 1, 2],                     # optional (default 42, 1, 2)
+   "metrics": ["HR@20", "NDCG@20"],         # the table's columns (optional: all test metrics)
+   "select_on": "NDCG@20",                  # validation metric that picks the best cell
+                                            # (optional: the last of "metrics")
+   "published": {"S3-Rec": {"HR@20": 0.0994}}}   # figures to print beside (optional)
+
+Each (cell, seed) is one `s3rec-train` run in its own process, in
+DIR/<cell>/seed_<seed>; a run whose results.json exists is skipped, and one
+that was killed resumes from its own checkpoints, so the same command
+finishes an interrupted experiment. DIR/results.md (mean +- std of every
+metric per cell, with each seed's value and the cell's overrides),
+DIR/results.png (bars with the std as error bars) and DIR/results.json are
+written atomically after every run. Every seed run is reported, never a
+selection. The table also names the cell with the best mean validation value
+of `select_on` among the cells that finished every seed, and gives its test
+figures: the choice uses validation only.
+
+`--ledger FILE` keeps every finished run in a JSON-lines file as well (cell,
+seed, overrides, test and validation metrics, best epoch, wall time, the commit
+and CPU of the runner, which records each run as soon as it ends): a run found
+there with the same overrides is not run again, and the table is built from the
+ledger and DIR together. Commit the ledger beside the
+spec and an experiment can be finished over several machines or days, each
+adding seeds; run folders (checkpoints) need not travel. `--plan` prints the runs
+still to make and an estimate of their time (the median wall time of each
+cell's finished runs), to fit the next part into the time at hand. A ledger may
+hold records transcribed from an earlier table ("transcribed_from"; marked * in
+the table): they have test figures but no validation ones, so the choice on
+validation cannot weigh their cell. `--remeasure_transcribed` runs those
+(cell, seed)s anew; the run's own record is then preferred to the transcribed one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+from typing import Callable, Mapping, Sequence
+
+from s3rec_jax import configs as packaged_configs
+from s3rec_jax.core import errors
+from s3rec_jax.core import files
+from s3rec_jax.core import provenance
+
+PROG = "s3rec-experiment"
+DEFAULT_SEEDS = (42, 1, 2)
+
+
+class SpecError(errors.UserError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  path: str
+  config: str
+  overrides: Mapping[str, object]
+  cells: Mapping[str, Mapping[str, object]]
+  seeds: tuple[int, ...]
+  metrics: tuple[str, ...] | None
+  published: Mapping[str, Mapping[str, float]]
+  select_on: str | None = None
+  # IMPLEMENTATION_FIELDS set for every run (from --implementation), outside the cells.
+  implementation: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  def config_of(self, cell: str) -> str:
+    """The cell's config, as the spec names it: its own "config" entry, else the spec's."""
+    return self.cells[cell].get("config", self.config)
+
+  def config_file(self, cell: str) -> str:
+    """The file of the cell's config: a path relative to the current folder or to the
+    checkout that holds the spec (experiments/ beside configs/), else the packaged config
+    of that name (`configs/beauty.py` or `beauty` -> s3rec_jax/configs/beauty.py)."""
+    config = self.config_of(cell)
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(self.path)))
+    for candidate in (config, os.path.join(checkout, config)):
+      if os.path.isfile(candidate):
+        return os.path.abspath(candidate)
+    name = os.path.basename(config)
+    packaged = packaged_configs.path_of(name[:-3] if name.endswith(".py") else name)
+    if packaged is None:
+      raise SpecError(f"{self.path}: config {config!r} of cell {cell!r}: no such file, nor a "
+                      f"packaged config ({', '.join(packaged_configs.names())})")
+    return packaged
+
+  def overrides_of(self, cell: str) -> dict:
+    """The config overrides of a cell's runs (the spec's, then the cell's own)."""
+    return {k: v for k, v in dict(self.overrides, **self.cells[cell]).items() if k != "config"}
+
+
+def load_spec(path: str) -> Spec:
+  if not os.path.isfile(path):
+    raise SpecError(f"{path}: no such spec file")
+  module_spec = importlib.util.spec_from_file_location("experiment_spec", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+    raw = module.get_spec()
+  except Exception as e:  # pylint: disable=broad-except
+    raise SpecError(f"{path}: cannot load the spec ({type(e).__name__}: {e})") from None
+  if not isinstance(raw, Mapping):
+    raise SpecError(f"{path}: get_spec() returned {type(raw).__name__}; expected a dict")
+  unknown = set(raw) - {"config", "overrides", "cells", "seeds", "metrics", "published",
+                        "select_on"}
+  if unknown:
+    raise SpecError(f"{path}: unknown spec field(s) {', '.join(sorted(unknown))}; expected "
+                    "config, overrides, cells, seeds, metrics, published, select_on")
+  for field in ("config", "cells"):
+    if field not in raw:
+      raise SpecError(f"{path}: the spec needs a {field!r} field")
+  cells = raw["cells"]
+  if not isinstance(cells, Mapping) or not cells:
+    raise SpecError(f"{path}: 'cells' must be a non-empty dict of cell name -> overrides")
+  for name, overrides in cells.items():
+    if not isinstance(overrides, Mapping):
+      raise SpecError(f"{path}: cell {name!r} maps to {overrides!r}; expected a dict of overrides")
+    if "config" in overrides and not isinstance(overrides["config"], str):
+      raise SpecError(f"{path}: cell {name!r} has config {overrides['config']!r}; expected a "
+                      "config file path")
+  if "select_on" in raw and not isinstance(raw["select_on"], str):
+    raise SpecError(f"{path}: 'select_on' is {raw['select_on']!r}; expected a metric name "
+                    "such as 'NDCG@20'")
+  seeds = tuple(int(s) for s in raw.get("seeds", DEFAULT_SEEDS))
+
+  # A cell may name its own config (a grid over datasets); the spec's is the default.
+  return Spec(path=path, config=raw["config"], overrides=dict(raw.get("overrides", {})),
+              cells={str(k): dict(v) for k, v in cells.items()}, seeds=seeds,
+              metrics=tuple(raw["metrics"]) if raw.get("metrics") else None,
+              published=dict(raw.get("published", {})),
+              select_on=raw.get("select_on") or (raw["metrics"][-1] if raw.get("metrics")
+                                                 else None))
+
+
+def slug(name: str) -> str:
+  """A folder name for a cell (its name, with anything but letters, digits, - and _ as _)."""
+  return re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "cell"
+
+
+def _value(v) -> str:
+  return str(v).lower() if isinstance(v, bool) else str(v)
+
+
+# Config fields that choose how a run computes, not what: the same losses and
+# metrics up to float rounding (tests/test_kernels.py). `--implementation`
+# sets them for every run of a grid without making its cells new ones: runs
+# made either way match the same ledger records, and each record says how it
+# was made.
+IMPLEMENTATION_FIELDS = ("settings.next_item.ce_method", "eval.ranking")
+
+
+def parse_implementation(pairs: Sequence[str]) -> dict[str, str]:
+  """['FIELD=VALUE', ...] -> {field: value}, fields from IMPLEMENTATION_FIELDS only."""
+  chosen = {}
+  for pair in pairs:
+    field, sep, value = pair.partition("=")
+    if not sep or not value:
+      raise errors.UserError(f"--implementation {pair!r}: expected FIELD=VALUE")
+    if field not in IMPLEMENTATION_FIELDS:
+      raise errors.UserError(f"--implementation {pair!r}: {field!r} is not an implementation "
+                             f"choice; expected one of {', '.join(IMPLEMENTATION_FIELDS)}")
+    chosen[field] = value
+  return chosen
+
+
+def _implementation_of(results: dict) -> dict[str, str]:
+  """The implementation fields a finished run was made with (from its results' config)."""
+  made = {}
+  for field in IMPLEMENTATION_FIELDS:
+    node = results.get("config") or {}
+    for part in field.split("."):
+      node = node.get(part) if isinstance(node, dict) else None
+    made[field] = "scan" if node is None else _value(node)
+  return made
+
+
+def run_command(spec: Spec, cell: str, seed: int, workdir: str) -> list[str]:
+  overrides = {**spec.overrides_of(cell), **spec.implementation, "seed": seed}
+  return ([sys.executable, "-m", "s3rec_jax.tools.train", f"--config={spec.config_file(cell)}",
+           f"--workdir={workdir}"] + [f"--config.{k}={_value(v)}" for k, v in overrides.items()])
+
+
+def run_subprocess(command: list[str], log_path: str) -> int:
+  """Runs one s3rec-train, its output appended to log_path."""
+  with open(log_path, "a") as log:
+    return subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
+
+
+def read_results(workdir: str) -> dict | None:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _cell_overrides(spec: Spec, cell: str) -> dict[str, str]:
+  return {k: _value(v) for k, v in spec.overrides_of(cell).items()}
+
+
+def _config_name(spec: Spec, cell: str) -> str:
+  return spec.config_of(cell)
+
+
+def read_ledger(path: str | None) -> list[dict]:
+  """The records of a ledger file ([] when there is none yet)."""
+  if not path or not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise SpecError(f"{path}:{number}: not a JSON record ({e.msg}); expected one run "
+                        "per line, as --ledger writes them") from None
+      missing = {"cell", "seed", "config", "overrides", "test"} - set(
+          record if isinstance(record, dict) else ())
+      if missing:
+        raise SpecError(f"{path}:{number}: a ledger record needs cell, seed, config, "
+                        f"overrides and test; missing {', '.join(sorted(missing))}")
+      records.append(record)
+  return records
+
+
+def ledger_record(spec: Spec, cell: str, seed: int, records: Sequence[dict], *,
+                  measured_only: bool = False) -> dict | None:
+  """The ledger's run of (cell, seed), if one was made with the cell's current overrides
+  and config (a record of an edited cell is stale and ignored).
+
+  A record written by a run is preferred to one transcribed from an earlier table (which
+  lacks validation figures); measured_only ignores transcribed records altogether.
+  """
+  overrides, config = _cell_overrides(spec, cell), _config_name(spec, cell)
+  matches = [r for r in records
+             if (r["cell"] == cell and int(r["seed"]) == seed
+                 and r["config"] == config and r["overrides"] == overrides)]
+  measured = [r for r in matches if not r.get("transcribed_from")]
+  if measured:
+    return measured[0]
+  return None if measured_only or not matches else matches[0]
+
+
+def _wall_seconds(workdir: str) -> float | None:
+  path = os.path.join(workdir, "log.jsonl")
+  if not os.path.exists(path):
+    return None
+  wall = None
+  with open(path) as f:
+    for line in f:
+      if '"done"' in line:
+        wall = json.loads(line).get("wall_seconds", wall)
+  return wall
+
+
+def record_finished(spec: Spec, root: str, ledger: str) -> int:
+  """Appends every run finished under root that the ledger lacks; returns how many."""
+  records = read_ledger(ledger)
+  new, made_by = [], {"commit": provenance.commit(), "cpu": provenance.cpu()}
+  for cell in spec.cells:
+    for seed in spec.seeds:
+      workdir = os.path.join(root, slug(cell), f"seed_{seed}")
+      results = read_results(workdir)
+      # A run that re-measures a transcribed record joins the ledger beside it.
+      if results is None or ledger_record(spec, cell, seed, records + new,
+                                          measured_only=True) is not None:
+        continue
+      new.append({"cell": cell, "seed": seed, "config": _config_name(spec, cell),
+                  "overrides": _cell_overrides(spec, cell), "test": results["test"],
+                  "valid": results.get("valid") or {}, "best_epoch": results.get("best_epoch"),
+                  "implementation": _implementation_of(results),
+                  "wall_seconds": _wall_seconds(workdir), **made_by})
+  if new:
+    existing = ""
+    if os.path.exists(ledger):
+      with open(ledger) as f:
+        existing = f.read()
+    if existing and not existing.endswith("\n"):
+      existing += "\n"
+    files.write_text_atomic(ledger, existing + "".join(
+        json.dumps(r, sort_keys=True) + "\n" for r in new))
+  return len(new)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for one value)."""
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, 0.0
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def collect(spec: Spec, root: str, ledger: str | None = None) -> dict:
+  """{cell: {"seeds": {seed: test metrics}, "valid": {seed: validation metrics at the best
+  epoch}, "overrides", "best_epochs", "wall_seconds"}} of the finished runs (under root, else
+  in the ledger)."""
+  records = read_ledger(ledger)
+  out = {}
+  for cell in spec.cells:
+    seeds, valid, epochs, walls, transcribed = {}, {}, {}, {}, {}
+    for seed in spec.seeds:
+      workdir = os.path.join(root, slug(cell), f"seed_{seed}")
+      results, wall = read_results(workdir), _wall_seconds(workdir)
+      if results is None:
+        results = ledger_record(spec, cell, seed, records)
+        wall = results and results.get("wall_seconds")
+        if results and results.get("transcribed_from"):
+          transcribed[seed] = results["transcribed_from"]
+      if results is not None:
+        seeds[seed] = results["test"]
+        if results.get("valid"):
+          valid[seed] = results["valid"]
+        epochs[seed] = results.get("best_epoch")
+        if wall is not None:
+          walls[seed] = wall
+    out[cell] = {"seeds": seeds, "valid": valid, "best_epochs": epochs, "wall_seconds": walls,
+                 "transcribed": transcribed, "overrides": spec.overrides_of(cell),
+                 "config": _config_name(spec, cell)}
+  return out
+
+
+def markdown_table(spec: Spec, collected: dict) -> str:
+  metrics = spec.metrics or sorted({m for c in collected.values() for s in c["seeds"].values()
+                                    for m in s})
+  lines = [f"Test metrics, mean +- std over seeds (each seed's value in brackets, seeds "
+           f"{', '.join(map(str, spec.seeds))}). Spec: `{os.path.basename(spec.path)}`, "
+           f"config `{'`, `'.join(sorted({_config_name(spec, c) for c in spec.cells}))}`.", ""]
+  header = ["cell", "runs"] + list(metrics) + ["best epochs", "wall per run", "overrides"]
+  lines.append("| " + " | ".join(header) + " |")
+  lines.append("|" + " --- |" * len(header))
+  for cell, c in collected.items():
+    row = [cell, f"{len(c['seeds'])}/{len(spec.seeds)}" + ("*" if c.get("transcribed") else "")]
+    for metric in metrics:
+      values = [c["seeds"][s][metric] for s in spec.seeds if s in c["seeds"]]
+      if not values:
+        row.append("")
+        continue
+      mean, std = mean_std(values)
+      row.append(f"{mean:.4f} +- {std:.4f} [" + ", ".join(f"{v:.4f}" for v in values) + "]")
+    row.append(", ".join(str(c["best_epochs"][s]) for s in spec.seeds if s in c["best_epochs"]))
+    walls = c.get("wall_seconds", {})
+    row.append(", ".join(f"{walls[s] / 60:.1f} min" for s in spec.seeds if s in walls))
+    row.append(", ".join(f"`{k}={_value(v)}`" for k, v in c["overrides"].items()) or "")
+    lines.append("| " + " | ".join(row) + " |")
+  sources = sorted({t for c in collected.values() for t in c.get("transcribed", {}).values()})
+  if sources:
+    lines += ["", "\\* some runs of the cell are ledger records transcribed from an earlier "
+              "record, not written by a run: " + "; ".join(sources) + "."]
+  lines += ["", chosen_on_validation(spec, collected, metrics)]
+  if spec.published:
+    lines += ["", "Published figures, for comparison (not measured here):", ""]
+    lines.append("| cell | " + " | ".join(metrics) + " |")
+    lines.append("|" + " --- |" * (len(metrics) + 1))
+    for cell, figures in spec.published.items():
+      lines.append(f"| {cell} | " + " | ".join(
+          f"{figures[m]:.4f}" if m in figures else "" for m in metrics) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def chosen_on_validation(spec: Spec, collected: dict, metrics: Sequence[str]) -> str:
+  """A line per config naming the cell with the best mean validation `spec.select_on` among
+  that config's cells that finished every seed, with the cell's test figures (cells on
+  different datasets are never compared)."""
+  metric = spec.select_on
+  if metric is None:
+    return "No cell chosen on validation: the spec names no metric (select_on)."
+  configs = sorted({_config_name(spec, cell) for cell in collected})
+  return "\n\n".join(
+      (f"`{config}`: " if len(configs) > 1 else "") + _chosen_among(
+          spec, {c: v for c, v in collected.items() if _config_name(spec, c) == config},
+          metrics, metric)
+      for config in configs)
+
+
+def _chosen_among(spec: Spec, collected: dict, metrics: Sequence[str], metric: str) -> str:
+  means = {}
+  for cell, c in collected.items():
+    values = [c["valid"][s][metric] for s in spec.seeds if metric in c["valid"].get(s, {})]
+    if len(values) == len(spec.seeds):
+      means[cell] = mean_std(values)[0]
+  if not means:
+    return (f"No cell chosen on validation yet: none has validation {metric} for all "
+            f"{len(spec.seeds)} seeds.")
+  best = max(means, key=means.get)
+  # Cells with every seed's test figures but not every validation one (transcribed records)
+  # could not be compared: say so rather than let the choice read as over all of them.
+  unjudged = [c for c, v in collected.items()
+              if c not in means and len(v["seeds"]) == len(spec.seeds)]
+  test = ", ".join(
+      f"{m} {mean_std([collected[best]['seeds'][s][m] for s in spec.seeds])[0]:.4f}"
+      for m in metrics)
+  return (f"Chosen on validation {metric} (mean over {len(spec.seeds)} seeds, among the "
+          f"{len(means)} cell(s) with every seed): **{best}** (validation {means[best]:.4f}); "
+          f"its test: {test}." + (
+              f" Not compared, for want of validation figures: {', '.join(unjudged)}."
+              if unjudged else ""))
+
+
+def bar_chart(spec: Spec, collected: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  metrics = spec.metrics or sorted({m for c in collected.values() for s in c["seeds"].values()
+                                    for m in s})
+  cells = [c for c in collected if collected[c]["seeds"]]
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(cells) * len(metrics) ** 0.5 + 3), 4.2))
+  width = 0.8 / max(len(metrics), 1)
+  for k, metric in enumerate(metrics):
+    stats = [mean_std([collected[c]["seeds"][s][metric] for s in collected[c]["seeds"]])
+             for c in cells]
+    xs = [i + (k - (len(metrics) - 1) / 2) * width for i in range(len(cells))]
+    ax.bar(xs, [m for m, _ in stats], width, yerr=[s for _, s in stats], capsize=3, label=metric)
+  ax.set_xticks(range(len(cells)))
+  # The seed count beside each name: a bar without an error bar may be one seed, not zero spread.
+  ax.set_xticklabels([f"{c} ({len(collected[c]['seeds'])}/{len(spec.seeds)})" for c in cells],
+                     rotation=20, ha="right")
+  ax.set_ylabel("test metric (mean +- std over seeds)")
+  ax.legend(fontsize=8)
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  try:
+    files.save_figure_atomic(fig, path, dpi=120)
+  finally:
+    plt.close(fig)
+
+
+def summarize(spec: Spec, root: str, ledger: str | None = None) -> dict:
+  if ledger:
+    record_finished(spec, root, ledger)
+  collected = collect(spec, root, ledger)
+  files.write_text_atomic(os.path.join(root, "results.md"), markdown_table(spec, collected))
+  files.write_json_atomic(os.path.join(root, "results.json"), collected)
+  if any(c["seeds"] for c in collected.values()):
+    bar_chart(spec, collected, os.path.join(root, "results.png"))
+  return collected
+
+
+def select_cells(spec: Spec, text: str) -> list[str]:
+  """The cells a --cells value names: comma-separated cell names or their folder names
+  (a name that itself holds ", " is matched whole, longest first)."""
+  by_slug = {slug(c): c for c in spec.cells}
+  parts, chosen, i = text.split(","), [], 0
+  while i < len(parts):
+    for j in range(len(parts), i, -1):
+      name = ",".join(parts[i:j]).strip()
+      if name in spec.cells or name in by_slug:
+        chosen.append(name if name in spec.cells else by_slug[name])
+        i = j
+        break
+    else:
+      raise SpecError(f"{spec.path}: no cell {parts[i].strip()!r}; cells: "
+                      f"{'; '.join(spec.cells)}")
+  return chosen
+
+
+def plan(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
+         ledger: str | None = None,
+         remeasure_transcribed: bool = False) -> tuple[list[tuple[str, int, float | None]], str]:
+  """The (cell, seed) runs still to make, each with an estimate of its wall seconds (the median
+  of the cell's finished runs; None where it has none), and a text saying so.
+
+  Long grids are run in parts (one cell or seed at a time, between other work); this is what is
+  left and about how long it takes, read from the same workdir and ledger the runs use.
+  """
+  collected = collect(spec, root, ledger)
+  left = []
+  for cell in (list(cells) if cells else list(spec.cells)):
+    walls = sorted(collected[cell]["wall_seconds"].values())
+    estimate = statistics.median(walls) if walls else None
+    redo = collected[cell]["transcribed"] if remeasure_transcribed else {}
+    left += [(cell, seed, estimate) for seed in spec.seeds
+             if seed not in collected[cell]["seeds"] or seed in redo]
+  if not left:
+    return left, "nothing left to run: every (cell, seed) has finished"
+  lines = [f"{len(left)} run(s) left:"]
+  for cell, seed, estimate in left:
+    guess = (f"about {estimate / 60:.0f} min (median of the cell's finished runs)"
+             if estimate is not None else "no finished run of the cell to estimate from")
+    lines.append(f"  {cell}, seed {seed}: {guess}")
+  known = [e for _, _, e in left if e is not None]
+  unknown = len(left) - len(known)
+  lines.append(f"estimated {sum(known) / 3600:.1f} h for {len(known)} run(s)"
+               + (f", and {unknown} run(s) with no estimate" if unknown else "")
+               + " (wall times of earlier runs, on whatever machine made them)")
+  return left, "\n".join(lines)
+
+
+def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
+        ledger: str | None = None, remeasure_transcribed: bool = False,
+        runner: Callable[[list[str], str], int] = run_subprocess,
+        log: Callable[[str], None] = print) -> dict:
+  """Runs every missing (cell, seed) of the spec in order, summarising after each.
+
+  remeasure_transcribed also runs the (cell, seed)s whose only ledger record was transcribed
+  from an earlier table: the new record joins the ledger and is preferred to the old one.
+  """
+  os.makedirs(root, exist_ok=True)
+  chosen = list(cells) if cells else list(spec.cells)
+  for cell in chosen:
+    if cell not in spec.cells:
+      raise SpecError(f"{spec.path}: no cell {cell!r}; cells: {'; '.join(spec.cells)}")
+  if ledger:
+    record_finished(spec, root, ledger)
+  # Runs made from here on are found by their results.json first.
+  records = read_ledger(ledger)
+  for cell in chosen:
+    for seed in spec.seeds:
+      workdir = os.path.join(root, slug(cell), f"seed_{seed}")
+      if read_results(workdir) is not None:
+        log(f"{cell}, seed {seed}: done before, skipped")
+        continue
+      if ledger_record(spec, cell, seed, records,
+                       measured_only=remeasure_transcribed) is not None:
+        log(f"{cell}, seed {seed}: in the ledger {ledger}, skipped")
+        continue
+      os.makedirs(workdir, exist_ok=True)
+      command = run_command(spec, cell, seed, workdir)
+      log(f"{cell}, seed {seed}: running {' '.join(command[1:])}")
+      code = runner(command, os.path.join(workdir, "train.log"))
+      if code != 0 or read_results(workdir) is None:
+        raise errors.UserError(f"{cell}, seed {seed}: s3rec-train exited with status {code}; see "
+                               f"{os.path.join(workdir, 'train.log')} (rerun to resume)")
+      summarize(spec, root, ledger)
+  collected = summarize(spec, root, ledger)
+  log(markdown_table(spec, collected))
+  return collected
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+  parser.add_argument("spec", help="a spec file (experiments/*.py)")
+  parser.add_argument("--workdir", required=True, help="the experiment's folder")
+  parser.add_argument("--seeds", help="comma list overriding the spec's seeds")
+  parser.add_argument("--cells", help="comma list of cell names (or their folder names): run "
+                      "only these cells")
+  parser.add_argument("--ledger", help="a JSON-lines file of finished runs, read and appended "
+                      "to: its runs are not run again and join the table")
+  parser.add_argument("--summarize_only", action="store_true",
+                      help="write the table and chart of the runs finished so far")
+  parser.add_argument("--plan", action="store_true",
+                      help="print the runs still to make (of --cells, or every cell) and an "
+                           "estimate of their time from the finished ones; run nothing")
+  parser.add_argument("--implementation", action="append", default=[], metavar="FIELD=VALUE",
+                      help="how every run computes, not what (e.g. "
+                           "settings.next_item.ce_method=fused_cpu): the cells and their ledger "
+                           "records stay the same; one of " + ", ".join(IMPLEMENTATION_FIELDS))
+  parser.add_argument("--remeasure_transcribed", action="store_true",
+                      help="also run the (cell, seed)s whose ledger record was transcribed from "
+                           "an earlier table (no validation figures): the run's own record is "
+                           "added and preferred (with --plan: count them as left)")
+  args = parser.parse_args(argv)
+  with errors.exit_on_user_error(PROG):
+    spec = load_spec(args.spec)
+    spec = dataclasses.replace(spec, implementation=parse_implementation(args.implementation))
+    if args.seeds:
+      try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+      except ValueError:
+        raise errors.UserError(f"--seeds={args.seeds!r}: expected a comma list of integers") from None
+      spec = dataclasses.replace(spec, seeds=seeds)
+    root = os.path.abspath(args.workdir)
+    if args.plan:
+      print(plan(spec, root, cells=select_cells(spec, args.cells) if args.cells else None,
+                 ledger=args.ledger, remeasure_transcribed=args.remeasure_transcribed)[1])
+    elif args.summarize_only:
+      os.makedirs(root, exist_ok=True)
+      print(markdown_table(spec, summarize(spec, root, args.ledger)))
+    else:
+      run(spec, root, cells=select_cells(spec, args.cells) if args.cells else None,
+          ledger=args.ledger, remeasure_transcribed=args.remeasure_transcribed)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,127 @@
+"""Checks a config before any work, with errors that name the field and what was expected."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from s3rec_jax.core import errors
+from s3rec_jax.model import encoder as model_lib
+from s3rec_jax.model import item_table
+from s3rec_jax import objectives as objectives_lib
+from s3rec_jax.objectives import next_item
+
+PROTOCOLS = ("sampled", "full")
+
+
+class ConfigError(errors.UserError):
+  pass
+
+
+def _get(config, field: str):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+def _positive_int(config, field: str) -> None:
+  value = _get(config, field)
+  if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    raise ConfigError(f"config.{field} must be a positive integer, got {value!r}")
+
+
+def _probability(value, field: str) -> None:
+  if not 0.0 <= float(value) <= 1.0:
+    raise ConfigError(f"config.{field} must be a probability in [0, 1], got {value!r}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  for field in ("max_seq_length", "model.hidden_size", "model.num_layers", "model.num_heads",
+                "pretrain.batch_size", "finetune.batch_size", "eval.batch_size",
+                "eval.chunk_size", "eval.top_k", "pretrain.save_every_epochs",
+                "pretrain.log_every_steps", "finetune.patience", "settings.next_item.chunk_size",
+                "settings.next_item.num_negatives", "sample.num_negatives"):
+    _positive_int(config, field)
+  for field in ("pretrain.epochs", "finetune.epochs", "num_devices", "pretrain.mip_num_negatives",
+                "pretrain.micro_batches", "finetune.min_epochs"):
+    value = _get(config, field)
+    if not isinstance(value, int) or value < 0:
+      raise ConfigError(f"config.{field} must be a non-negative integer, got {value!r}")
+  if config.finetune.epochs == 0:
+    raise ConfigError("config.finetune.epochs must be at least 1 (the test uses the best epoch)")
+  if config.model.hidden_size % config.model.num_heads:
+    raise ConfigError(f"config.model.hidden_size={config.model.hidden_size} must be divisible by "
+                      f"config.model.num_heads={config.model.num_heads}")
+  for field in ("model.hidden_dropout", "model.attention_dropout", "pretrain.mask_p"):
+    _probability(_get(config, field), field)
+  if config.model.compute_dtype not in model_lib.COMPUTE_DTYPES:
+    raise ConfigError(f"config.model.compute_dtype={config.model.compute_dtype!r} is unknown; "
+                      "expected " + " or ".join(model_lib.COMPUTE_DTYPES))
+  if config.model.item_table not in item_table.LAYOUTS:
+    raise ConfigError(f"config.model.item_table={config.model.item_table!r} is unknown; "
+                      "expected " + ", ".join(item_table.LAYOUTS))
+  if not config.model.item_table_shard_above_mib > 0:
+    raise ConfigError("config.model.item_table_shard_above_mib must be > 0, got "
+                      f"{config.model.item_table_shard_above_mib}")
+  if config.eval.protocol not in PROTOCOLS:
+    raise ConfigError(f"config.eval.protocol={config.eval.protocol!r} is unknown; valid protocols: "
+                      + ", ".join(PROTOCOLS))
+  if config.finetune.loss not in next_item.FORMS:
+    raise ConfigError(f"config.finetune.loss={config.finetune.loss!r} is unknown; valid losses: "
+                      + ", ".join(next_item.FORMS))
+  for field in ("augment.crop", "augment.mask", "augment.reorder"):
+    _probability(_get(config.settings, field), f"settings.{field}")
+  for name in ("cl4srec", "duorec"):
+    if _get(config.settings, f"{name}.temperature") <= 0:
+      raise ConfigError(f"config.settings.{name}.temperature must be > 0")
+    if _get(config.settings, f"{name}.similarity") not in ("dot", "cosine"):
+      raise ConfigError(f"config.settings.{name}.similarity must be 'dot' or 'cosine'")
+  if config.dataset == "synthetic":
+    s = config.synthetic
+    if s.kind not in ("markov", "long_tail"):
+      raise ConfigError(f"config.synthetic.kind={s.kind!r} is unknown; expected 'markov' or "
+                        "'long_tail'")
+    if s.kind == "long_tail" and not 2 <= s.num_categories < s.num_attributes:
+      raise ConfigError(f"config.synthetic.num_categories={s.num_categories} must be at least 2 "
+                        f"and below config.synthetic.num_attributes={s.num_attributes}")
+    if s.num_items < 2 * (s.num_categories if s.kind == "long_tail" else 10):
+      raise ConfigError(f"config.synthetic.num_items={s.num_items} is too small for the "
+                        f"{s.kind} dataset")
+  if config.settings.infonce.sp_negatives not in ("same_layout", "in_batch"):
+    raise ConfigError("config.settings.infonce.sp_negatives must be 'same_layout' or 'in_batch', "
+                      f"got {config.settings.infonce.sp_negatives!r}")
+  _positive_int(config, "settings.infonce.sp_num_negatives")
+  if config.settings.infonce.attribute_reduction not in ("mean", "sum"):
+    raise ConfigError("config.settings.infonce.attribute_reduction must be 'mean' or 'sum', got "
+                      f"{config.settings.infonce.attribute_reduction!r}")
+  try:
+    objectives_lib.resolve(config.finetune.objectives.to_dict(), {"next_item": config.finetune.loss},
+                           phase="finetune")
+  except ValueError as e:
+    raise ConfigError(f"config.finetune.objectives: {e}") from None
+  if config.pretrain.form not in objectives_lib.FORMS:
+    raise ConfigError(f"config.pretrain.form={config.pretrain.form!r} is unknown; valid forms: "
+                      + ", ".join(objectives_lib.FORMS))
+  if config.pretrain.infonce_temperature <= 0:
+    raise ConfigError("config.pretrain.infonce_temperature must be > 0")
+  if config.pretrain.epochs > 0:
+    try:
+      chosen = objectives_lib.resolve(config.pretrain.objectives.to_dict(), config.pretrain.form,
+                                      phase="pretrain")
+    except ValueError as e:
+      raise ConfigError(f"config.pretrain.objectives: {e}") from None
+    if config.pretrain.micro_batches:   # 0 = automatic, which never splits such a batch
+      try:
+        objectives_lib.check_micro_batches(chosen, config.pretrain.micro_batches)
+      except ValueError as e:
+        raise ConfigError(f"config.pretrain.micro_batches={config.pretrain.micro_batches} "
+                          f"({config.pretrain.form} form): {e}") from None
+
+
+def validate_for_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Global batches are split evenly over the devices of the mesh."""
+  for field in ("pretrain.batch_size", "finetune.batch_size", "eval.batch_size"):
+    value = _get(config, field)
+    if value % num_devices:
+      raise ConfigError(f"config.{field}={value} is not divisible by the {num_devices} devices "
+                        f"of the mesh; use a multiple of {num_devices} or set config.num_devices")

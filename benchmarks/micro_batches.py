@@ -33,6 +33,7 @@ import speed  # noqa: E402  (forces --devices host devices before JAX starts)
 import jax  # noqa: E402
 
 from s3rec_jax.core import parallel  # noqa: E402
+from s3rec_jax.data import fetch  # noqa: E402
 from s3rec_jax.data import input_pipeline  # noqa: E402
 from s3rec_jax.model import encoder as model_lib  # noqa: E402
 from s3rec_jax import objectives as objectives_lib  # noqa: E402
@@ -43,7 +44,7 @@ from s3rec_jax.training import steps as train_steps  # noqa: E402
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--dataset", default="Beauty", help="NAME of NAME.txt in --data_dir, or synthetic")
-  p.add_argument("--data_dir", default="../shared/data")
+  p.add_argument("--data_dir", default=fetch.default_data_dir())
   p.add_argument("--devices", type=int, default=0, help="as in speed.py")
   p.add_argument("--micro_batches", default="1,2", help="comma list of counts to compare")
   p.add_argument("--steps", type=int, default=80, help="steps per timed window")

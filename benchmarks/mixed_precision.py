@@ -24,12 +24,13 @@ speed = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(speed)  # sets the host devices before JAX starts, as speed.py does
 
 from s3rec_jax.data import dataset as data_lib  # noqa: E402
+from s3rec_jax.data import fetch  # noqa: E402
 
 
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--dataset", default="Beauty")
-  p.add_argument("--data_dir", default="../shared/data")
+  p.add_argument("--data_dir", default=fetch.default_data_dir())
   p.add_argument("--devices", type=int, default=0)
   p.add_argument("--steps", type=int, default=30, help="timed pre-training steps per round")
   p.add_argument("--warmup", type=int, default=3)

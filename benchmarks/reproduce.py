@@ -35,6 +35,8 @@ import time
 import traceback
 from typing import Callable, Iterable, Sequence
 
+from s3rec_jax.data import fetch
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 ROW_KINDS = ("paper", "reference_rerun", "released", "scratch_reference", "scratch_infonce",
@@ -58,7 +60,7 @@ CONFIG_FILES = {
 }
 MISSING = "–"
 
-# Published figures, quoted from /work/shared/docs/s3rec-reference.md; in the
+# Published figures, quoted from the S3-Rec paper and its repository; in the
 # order of COLUMNS[protocol].
 PUBLISHED = {
     ("S3-Rec", "sampled"): {
@@ -109,7 +111,7 @@ class Settings:
   datasets: Sequence[str]
   protocols: Sequence[str] = PROTOCOLS
   rows: Sequence[str] = ROW_KINDS
-  data_dir: str = "../shared/data"
+  data_dir: str = dataclasses.field(default_factory=fetch.default_data_dir)
   workdir: str = "runs/reproduce"
   pretrain_epochs: int = 150
   infonce_pretrain_epochs: int | None = None   # None: pretrain_epochs
@@ -536,7 +538,7 @@ def _list(text: str) -> list[str]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--datasets", type=_list, default=_list("LastFM,Beauty,Toys_and_Games"))
-  parser.add_argument("--data_dir", default="../shared/data")
+  parser.add_argument("--data_dir", default=fetch.default_data_dir())
   parser.add_argument("--workdir", default="runs/reproduce")
   parser.add_argument("--protocols", type=_list, default=list(PROTOCOLS))
   parser.add_argument("--rows", type=_list, default=list(ROW_KINDS),

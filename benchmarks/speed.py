@@ -37,6 +37,7 @@ import sys
 
 
 from s3rec_jax.core import parallel as _parallel  # noqa: E402  (imports jax; no op runs yet)
+from s3rec_jax.data import fetch  # noqa: E402  (no JAX)
 
 _parallel.force_host_devices_from_argv(sys.argv[1:])  # --devices N, before JAX starts
 
@@ -71,7 +72,7 @@ LAYOUTS = ("packed", "padded")
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--dataset", default="Beauty", help="NAME of NAME.txt in --data_dir, or synthetic")
-  p.add_argument("--data_dir", default="../shared/data")
+  p.add_argument("--data_dir", default=fetch.default_data_dir())
   p.add_argument("--devices", type=int, default=0,
                  help="XLA CPU host devices (set before JAX starts); on GPU/TPU the first N "
                       "visible devices; 0 = all visible devices")

@@ -1,9 +1,9 @@
 """Beauty under full ranking: SASRec, CL4SRec, DuoRec and S3-Rec with bce and ce fine-tuning,
 and S3-Rec with ce plus each contrastive term.
 
-  python -m s3rec_jax.model.convert --input ../shared/data/reference_checkpoints/Beauty-epochs-150.pt \\
-      --output runs/ckpt/beauty_reference --dataset Beauty --data_dir ../shared/data
-  python -m s3rec_jax.tools.experiment experiments/beauty_full_ranking.py --workdir runs/beauty_full \\
+  s3rec-convert --input CHECKPOINTS/Beauty-epochs-150.pt \\
+      --output runs/ckpt/beauty_reference --dataset Beauty
+  s3rec-experiment experiments/beauty_full_ranking.py --workdir runs/beauty_full \\
       --ledger experiments/ledgers/beauty_full_ranking.jsonl
 
 The S3-Rec released cells fine-tune the released pre-training checkpoint

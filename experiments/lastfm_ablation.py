@@ -1,6 +1,6 @@
 """The paper's ablation on LastFM (sampled protocol): S3-Rec without each objective, and SASRec.
 
-  python -m s3rec_jax.tools.experiment experiments/lastfm_ablation.py --workdir runs/lastfm_ablation \\
+  s3rec-experiment experiments/lastfm_ablation.py --workdir runs/lastfm_ablation \\
       --ledger experiments/ledgers/lastfm_ablation.jsonl
 
 15 runs of the reference schedule (150 pre-training epochs each, about 50 min on

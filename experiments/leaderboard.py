@@ -1,10 +1,10 @@
 """The full-ranking leaderboard: the five S3-Rec datasets, test HR@20 / NDCG@20 with the user's
 history excluded, each cell chosen on validation NDCG@20 within its dataset.
 
-  python -m s3rec_jax.experiment experiments/leaderboard.py --workdir runs/leaderboard \\
+  s3rec-experiment experiments/leaderboard.py --workdir runs/leaderboard \\
       --ledger experiments/ledgers/leaderboard.jsonl \\
       --implementation settings.next_item.ce_method=fused_cpu --implementation eval.ranking=fused_cpu
-  python -m s3rec_jax.experiment experiments/leaderboard.py --workdir runs/leaderboard \\
+  s3rec-experiment experiments/leaderboard.py --workdir runs/leaderboard \\
       --ledger experiments/ledgers/leaderboard.jsonl --cells "LastFM: SASRec (ce)"
 
 The released-checkpoint cells need the reference's checkpoints converted first, e.g.

@@ -1,6 +1,6 @@
 """The README demo over seeds: S3-Rec against plain SASRec on the long_tail synthetic set.
 
-  python -m s3rec_jax.tools.experiment experiments/synthetic_demo.py --workdir runs/synthetic_demo
+  s3rec-experiment experiments/synthetic_demo.py --workdir runs/synthetic_demo
 
 Each cell trains once per seed (config.seed; the data stay those of
 synthetic.seed 0); compare_to_sasrec is off here because SASRec is a cell.

@@ -31,14 +31,20 @@ else:
 
 import pytest  # noqa: E402
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The public datasets, released checkpoints and reference logs: the folder S3REC_SHARED_DATA
+# names, else the team's shared/data folder beside the checkout (CI lays it there).
+SHARED_DATA = pathlib.Path(os.environ.get("S3REC_SHARED_DATA") or (
+    pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+if (SHARED_DATA / "LastFM.txt").exists():
+  os.environ.setdefault("S3REC_SHARED_DATA", str(SHARED_DATA))
 
 
 @pytest.fixture
 def shared_data_dir():
   """The public datasets; skips the test with a reason where they are absent."""
   if not (SHARED_DATA / "LastFM.txt").exists():
-    pytest.skip(f"real datasets not found at {SHARED_DATA} (CI and developers have them at ../shared/data)")
+    pytest.skip(f"real datasets not found at {SHARED_DATA}: set S3REC_SHARED_DATA to a folder "
+                "with the public datasets and released checkpoints")
   return SHARED_DATA
 
 

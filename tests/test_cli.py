@@ -117,3 +117,12 @@ def test_successful_run_prints_only_the_projects_lines(tiny_reference_run):
                    if re.match(r"[IWEF]\d{4} \d\d:\d\d:\d\d", line.strip("\r"))]
   assert not library_lines, library_lines[:5]
   assert "could not be restored" not in stderr
+
+
+def test_a_log_file_gets_whole_lines_without_progress_bars(tiny_reference_run):
+  # The run's output went to files, not a terminal: one line per epoch, no bar redraws.
+  stderr = pathlib.Path(tiny_reference_run + ".stderr").read_text()
+  stdout = pathlib.Path(tiny_reference_run + ".stdout").read_text()
+  assert "\r" not in stdout + stderr
+  assert "it/s" not in stderr
+  assert re.search(r"^finetune epoch 1: loss=", stdout, re.M)

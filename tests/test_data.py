@@ -479,7 +479,7 @@ def test_dense_ids_are_required_only_when_asked(tmp_path):
   assert ds.max_item == 5000
   before = _files(tmp_path)
   with pytest.raises(data.DataError, match=r"T\.txt:2: item id 5000 but only 4 distinct items.*"
-                     r"5,002 rows.*s3rec_jax\.prepare"):
+                     r"5,002 rows.*s3rec-prepare"):
     # Refused before any negatives are drawn or written.
     data.load_dataset(root, "T", need_samples=True, require_dense_ids=True, log=_no_log)
   assert _files(tmp_path) == before

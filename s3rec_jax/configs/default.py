@@ -6,6 +6,9 @@ Every field can be overridden on the command line, e.g.
 
 import ml_collections
 
+from s3rec_jax import objectives  # noqa: F401  (registers every plug-in and its settings)
+from s3rec_jax.core import settings as plugin_settings
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -112,23 +115,13 @@ def get_config() -> ml_collections.ConfigDict:
   # or one of its step folders. "" = this run's own pre-training, if any.
   c.finetune.init_checkpoint = ""
 
-  # Settings of plug-in objectives and views, by plug-in name.
-  c.settings = ml_collections.ConfigDict()
-  # next_item's ce_method: "scan" (XLA, chunks of chunk_size rows) or "fused_cpu"
-  # (a native CPU kernel whose tiles of logits never leave the registers; float32,
-  # CPU devices only; the same losses up to float rounding).
-  c.settings.next_item = ml_collections.ConfigDict(
-      {"chunk_size": 256, "num_negatives": 1024, "ce_method": "scan"})
-  c.settings.augment = ml_collections.ConfigDict({"crop": 0.6, "mask": 0.3, "reorder": 0.6})
-  c.settings.cl4srec = ml_collections.ConfigDict({"temperature": 1.0, "similarity": "dot"})
-  c.settings.duorec = ml_collections.ConfigDict({"temperature": 1.0, "similarity": "dot"})
-  # The infonce form of AAP/MAP over an item's attributes: "mean" (the paper's
-  # expectation over A_i) or "sum" (this project's form before the fix).
-  # SP's infonce negatives: "same_layout" (sp_num_negatives spans at the
-  # positive's own positions, the first being the reference's negative) or
-  # "in_batch" (the other sequences' spans: differ in layout; the earlier form).
-  c.settings.infonce = ml_collections.ConfigDict({
-      "attribute_reduction": "mean", "sp_negatives": "same_layout", "sp_num_negatives": 1})
+  # Settings of plug-ins (objectives, view builders), by plug-in name. Each plug-in declares
+  # its fields, their types, ranges and defaults in one record where it is defined (see
+  # s3rec_jax/core/settings.py): next_item (objectives/next_item.py: ce's chunk_size and
+  # ce_method, sampled_softmax's num_negatives), augment (objectives/views.py: CL4SRec's
+  # crop/mask/reorder ratios), cl4srec and duorec (temperature, similarity), infonce
+  # (objectives/s3rec.py: the infonce forms' attribute_reduction and SP negatives).
+  c.settings = ml_collections.ConfigDict(plugin_settings.defaults())
 
   c.eval = ml_collections.ConfigDict()
   c.eval.protocol = "sampled"       # "sampled" (answer + 99 negatives) or "full" (all items)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+from typing import TextIO
 
 # Orbax reports its own option handling (read-only managers, items a restore
 # did not ask for) as warnings on every successful restore; our code reports
@@ -32,3 +34,13 @@ def quiet_library_logging() -> None:
   for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
     if _FILTER not in handler.filters:
       handler.addFilter(_FILTER)
+
+
+def is_terminal(stream: TextIO | None = None) -> bool:
+  """Whether `stream` (default stderr) is a terminal: progress bars go there and nowhere else,
+  so a log file gets whole lines and no carriage returns."""
+  stream = sys.stderr if stream is None else stream
+  try:
+    return stream.isatty()
+  except (AttributeError, ValueError):   # a closed or stream-like object
+    return False

@@ -13,7 +13,7 @@ Usage:
   s3rec-convert --input LastFM-epochs-150.pt --output DIR \
       --item_size 3648 --attribute_size 389
   s3rec-convert --input LastFM-epochs-150.pt --output DIR \
-      --dataset LastFM --data_dir ../shared/data
+      --dataset LastFM --data_dir "$(s3rec-data path)"
 """
 
 from __future__ import annotations

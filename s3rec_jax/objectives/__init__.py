@@ -38,3 +38,4 @@ from s3rec_jax.objectives import s3rec  # noqa: F401  pylint: disable=g-bad-impo
 from s3rec_jax.objectives import next_item  # noqa: F401
 from s3rec_jax.objectives import cl4srec  # noqa: F401
 from s3rec_jax.objectives import duorec  # noqa: F401
+from s3rec_jax.objectives import views  # noqa: F401  (view builders and their settings)

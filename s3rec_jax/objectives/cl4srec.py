@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 
+from s3rec_jax.core import settings
 from s3rec_jax.objectives import contrastive
 from s3rec_jax.objectives.core import ObjectiveInputs
 from s3rec_jax.objectives.core import register
@@ -22,12 +23,20 @@ from s3rec_jax.objectives.core import sequence_weights
 VIEWS = ("augment:1", "augment:2")
 
 
+
+@settings.declare("cl4srec")
+class CL4SRecSettings:
+  # InfoNCE temperature, and the similarity of two views' representations.
+  temperature: float = settings.positive(1.0)
+  similarity: str = settings.one_of("dot", ("dot", "cosine"))
+
+
 @register("cl4srec", "infonce", last_token_views=VIEWS, whole_batch=True,
           phases=("pretrain", "finetune"), mean_over="sequences")
 def cl4srec(inputs: ObjectiveInputs) -> jax.Array:
   options = inputs.options
   return contrastive.info_nce(
       inputs.last_token(VIEWS[0]), inputs.last_token(VIEWS[1]), sequence_weights(inputs.batch),
-      temperature=float(options.setting("cl4srec", "temperature", 1.0)),
-      similarity=str(options.setting("cl4srec", "similarity", "dot")),
+      temperature=options.settings_of("cl4srec").temperature,
+      similarity=options.settings_of("cl4srec").similarity,
       axis_name=options.axis_name)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from s3rec_jax.core import settings as settings_lib
 from s3rec_jax.model import item_table as item_table_lib
 
 FORMS = ("reference", "infonce")          # the forms of the S3-Rec objectives
@@ -45,22 +46,19 @@ class ObjectiveOptions:
   # The model's compute dtype (model.compute_dtype): "bfloat16" runs the scoring
   # matmuls of `ce` and `sampled_softmax` in bfloat16 (float32 accumulation).
   compute_dtype: str = "float32"
-  # Plug-in settings: ((plug-in name, ((field, value), ...)), ...), from config.settings.
+  # Plug-in settings: ((plug-in name, its bound settings record), ...), from config.settings
+  # (core.settings.bind_all; see `settings_tuple`).
   settings: tuple = ()
 
-  def setting(self, plugin: str, field: str, default: Any = None) -> Any:
-    for name, fields in self.settings:
-      if name == plugin:
-        for key, value in fields:
-          if key == field:
-            return value
-    return default
+  def settings_of(self, plugin: str) -> Any:
+    """Plug-in `plugin`'s settings record (its defaults when the options hold none)."""
+    return settings_lib.find(self.settings, plugin)
 
 
-def settings_tuple(settings: Mapping[str, Mapping[str, Any]]) -> tuple:
-  """config.settings (name -> {field: value}) as the hashable ObjectiveOptions.settings."""
-  return tuple(sorted((name, tuple(sorted(dict(fields).items())))
-                      for name, fields in settings.items()))
+def settings_tuple(values: Mapping[str, Mapping[str, Any]]) -> tuple:
+  """config.settings (name -> {field: value}, fields left out at their defaults) as the
+  hashable ObjectiveOptions.settings, checked against the plug-ins' declared records."""
+  return settings_lib.bind_all(values)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from s3rec_jax.core import hashing
+from s3rec_jax.core import settings
 from s3rec_jax.objectives import contrastive
 from s3rec_jax.objectives.core import ObjectiveInputs
 from s3rec_jax.objectives.core import register
@@ -53,6 +54,14 @@ def same_target_partner(identity: jax.Array, targets: jax.Array, weights: jax.Ar
   return jnp.where(jnp.any(candidate, axis=1), pick, own)
 
 
+
+@settings.declare("duorec")
+class DuoRecSettings:
+  # InfoNCE temperature, and the similarity of two views' representations.
+  temperature: float = settings.positive(1.0)
+  similarity: str = settings.one_of("dot", ("dot", "cosine"))
+
+
 @register("duorec", "infonce", last_token_views=VIEWS, whole_batch=True,
           phases=("pretrain", "finetune"), mean_over="sequences")
 def duorec(inputs: ObjectiveInputs) -> jax.Array:
@@ -71,6 +80,6 @@ def duorec(inputs: ObjectiveInputs) -> jax.Array:
   positives = _gather(second, options.axis_name)[partner]
   return contrastive.info_nce(
       first, positives, weights, groups=groups,
-      temperature=float(options.setting("duorec", "temperature", 1.0)),
-      similarity=str(options.setting("duorec", "similarity", "dot")),
+      temperature=options.settings_of("duorec").temperature,
+      similarity=options.settings_of("duorec").similarity,
       axis_name=options.axis_name)

@@ -26,12 +26,25 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from s3rec_jax.core import settings
 from s3rec_jax.objectives.core import ObjectiveInputs
 from s3rec_jax.objectives.core import register
 from s3rec_jax.ops import catalogue_softmax
 
 FORMS = ("bce", "ce", "sampled_softmax")
 DEFAULT_NUM_NEGATIVES = 1024
+
+
+@settings.declare("next_item")
+class NextItemSettings:
+  # ce: catalogue rows scored at a time (memory does not grow with the catalogue).
+  chunk_size: int = settings.positive(catalogue_softmax.DEFAULT_CHUNK_SIZE)
+  # sampled_softmax: shared negatives per step, drawn by training frequency.
+  num_negatives: int = settings.positive(DEFAULT_NUM_NEGATIVES)
+  # ce: "scan" (XLA, chunks of chunk_size rows) or "fused_cpu" (a native CPU kernel whose
+  # tiles of logits never leave the registers; float32, CPU devices only; the same losses up
+  # to float rounding).
+  ce_method: str = settings.one_of("scan", ("scan", "fused_cpu"))
 
 
 def _register(form: str):
@@ -63,10 +76,9 @@ def next_item_ce(inputs: ObjectiveInputs) -> jax.Array:
   per_position = catalogue_softmax.cross_entropy(
       out.reshape(-1, out.shape[-1]), inputs.item_table,
       jnp.where(targets > 0, targets, 1).reshape(-1), num_items=inputs.options.num_items,
-      chunk_size=int(inputs.options.setting("next_item", "chunk_size",
-                                            catalogue_softmax.DEFAULT_CHUNK_SIZE)),
+      chunk_size=inputs.options.settings_of("next_item").chunk_size,
       axis_name=inputs.options.item_table_axis, matmul_dtype=inputs.options.compute_dtype,
-      method=str(inputs.options.setting("next_item", "ce_method", "scan")))
+      method=inputs.options.settings_of("next_item").ce_method)
   return jnp.sum(per_position.reshape(targets.shape) * is_target)
 
 
@@ -76,7 +88,7 @@ def next_item_sampled_softmax(inputs: ObjectiveInputs) -> jax.Array:
   out = inputs.outputs["sequence"]
   targets, is_target = _targets(inputs)
   log_q = inputs.tables["item_log_q"]
-  k = int(inputs.options.setting("next_item", "num_negatives", DEFAULT_NUM_NEGATIVES))
+  k = inputs.options.settings_of("next_item").num_negatives
   # Inverse-CDF draws, shared by the batch (jax.random.categorical's Gumbel
   # trick would draw K x catalogue random numbers every step).
   cdf = jnp.cumsum(jnp.exp(log_q))

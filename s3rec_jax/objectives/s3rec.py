@@ -17,10 +17,23 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from s3rec_jax.core import settings
 from s3rec_jax.model import encoder as model_lib
 from s3rec_jax.objectives.core import ObjectiveInputs
 from s3rec_jax.objectives.core import register as _register
 from s3rec_jax.ops import catalogue_softmax
+
+
+@settings.declare("infonce")
+class InfoNCESettings:
+  """The infonce form of the S3-Rec objectives (pretrain.form=infonce)."""
+  # AAP/MAP over an item's attributes: "mean" (the paper's expectation over A_i) or "sum"
+  # (this project's form before the fix).
+  attribute_reduction: str = settings.one_of("mean", ("mean", "sum"))
+  # SP's negatives: "same_layout" (sp_num_negatives spans at the positive's own positions,
+  # the first being the reference's negative) or "in_batch" (the other sequences' spans).
+  sp_negatives: str = settings.one_of("same_layout", ("same_layout", "in_batch"))
+  sp_num_negatives: int = settings.positive(1)
 
 
 def register(name, form, **kwargs):
@@ -97,7 +110,7 @@ def _attribute_loss(inputs: ObjectiveInputs, position_mask: jax.Array, form: str
     attr_ids = inputs.tables["attr_ids"][inputs.batch["items"]]                 # [B, L, K]
     if form == "reference":
       return _attribute_bce_sum(scores, attr_ids)
-    reduction = inputs.options.setting("infonce", "attribute_reduction", "mean")
+    reduction = inputs.options.settings_of("infonce").attribute_reduction
     return _attribute_infonce(scores.reshape(b * l, -1), attr_ids.reshape(b * l, -1),
                               inputs.options.temperature, reduction).reshape(b, l)
   return jnp.sum(inputs.shared(("attribute_loss", form), per_position) * position_mask)
@@ -206,9 +219,10 @@ def segment_negative_views(options) -> tuple[str, ...]:
   """The same-layout negatives SP's infonce form reads: the reference's own
   `segment_negative` and, for settings.infonce.sp_num_negatives = K > 1,
   `segment_negative_2` .. `segment_negative_K` (the input pipeline builds them)."""
-  if options.setting("infonce", "sp_negatives", "same_layout") != "same_layout":
+  chosen = options.settings_of("infonce")
+  if chosen.sp_negatives != "same_layout":
     return ()
-  count = int(options.setting("infonce", "sp_num_negatives", 1))
+  count = chosen.sp_num_negatives
   return ("segment_negative",) + tuple(f"segment_negative_{k}" for k in range(2, count + 1))
 
 

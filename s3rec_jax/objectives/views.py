@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from s3rec_jax.core import hashing
+from s3rec_jax.core import settings
 
 
 @chex.dataclass(frozen=True)
@@ -221,17 +222,25 @@ def reorder(batch, layout: Layout, seed, ratio: float) -> View:
 AUGMENTATIONS = ("crop", "mask", "reorder")
 
 
+@settings.declare("augment")
+class AugmentSettings:
+  """CL4SRec's augmentations: the share of a sequence each one crops, masks or reorders."""
+  crop: float = settings.probability(0.6)
+  mask: float = settings.probability(0.3)
+  reorder: float = settings.probability(0.6)
+
+
 @register("augment")
 def augment_view(batch, seed, options) -> View:
   """One of crop, mask and reorder per sequence, chosen uniformly (CL4SRec).
 
-  Ratios: options.setting("augment", "crop" / "mask" / "reorder").
+  Ratios: options.settings_of("augment").crop / .mask / .reorder.
   """
   layout = layout_of(batch)
-  ratio = lambda name, default: float(options.setting("augment", name, default))
-  candidates = [crop(batch, layout, seed, ratio("crop", 0.6)),
-                mask(batch, layout, seed, ratio("mask", 0.3), options.mask_id),
-                reorder(batch, layout, seed, ratio("reorder", 0.6))]
+  ratios = options.settings_of("augment")
+  candidates = [crop(batch, layout, seed, ratios.crop),
+                mask(batch, layout, seed, ratios.mask, options.mask_id),
+                reorder(batch, layout, seed, ratios.reorder)]
   choice = jnp.minimum(jnp.floor(sequence_uniform(layout, seed, 4) * 3).astype(jnp.int32), 2)
   token_choice = choice[jnp.maximum(layout.sequence, 0)].reshape(batch["segment_ids"].shape)
 
@@ -248,16 +257,15 @@ def augment_view(batch, seed, options) -> View:
 
 @register("crop")
 def crop_view(batch, seed, options) -> View:
-  return crop(batch, layout_of(batch), seed, float(options.setting("augment", "crop", 0.6)))
+  return crop(batch, layout_of(batch), seed, options.settings_of("augment").crop)
 
 
 @register("mask")
 def mask_view(batch, seed, options) -> View:
-  return mask(batch, layout_of(batch), seed, float(options.setting("augment", "mask", 0.3)),
+  return mask(batch, layout_of(batch), seed, options.settings_of("augment").mask,
               options.mask_id)
 
 
 @register("reorder")
 def reorder_view(batch, seed, options) -> View:
-  return reorder(batch, layout_of(batch), seed,
-                 float(options.setting("augment", "reorder", 0.6)))
+  return reorder(batch, layout_of(batch), seed, options.settings_of("augment").reorder)

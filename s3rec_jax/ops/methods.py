@@ -26,14 +26,16 @@ class MethodError(errors.UserError):
   pass
 
 
-def check(field: str, method: str, op: str) -> None:
-  """`method` is one of METHODS; fused_cpu needs CPU devices and its kernel (built here, once).
+def check(field: str, method: str, op: str, *, backend: bool = True) -> None:
+  """`method` is one of METHODS; with `backend`, fused_cpu also needs CPU devices and its
+  kernel (built here, once).
 
-  Asks JAX for its backend: call it after the host devices and the distributed runtime are set.
+  `backend` asks JAX for its backend: do it after the host devices and the distributed
+  runtime are set (the names alone are checked before).
   """
   if method not in METHODS:
     raise MethodError(f"{field}={method!r} is unknown; expected " + " or ".join(METHODS))
-  if method != FUSED_CPU:
+  if method != FUSED_CPU or not backend:
     return
   if jax.default_backend() != "cpu":
     raise MethodError(f"{field}='{FUSED_CPU}' runs on CPU devices only, and these are "
@@ -44,11 +46,12 @@ def check(field: str, method: str, op: str) -> None:
     raise MethodError(f"{field}='{FUSED_CPU}': {e}") from None
 
 
-def check_config(config) -> None:
-  """The config's method choices (eval.ranking, settings.next_item.ce_method) can run here."""
-  check("config.eval.ranking", config.eval.get("ranking", SCAN), "ranking")
+def check_config(config, *, backend: bool = True) -> None:
+  """The config's method choices (eval.ranking, settings.next_item.ce_method) are known and
+  fit the model; with `backend`, they can run here (see `check`)."""
+  check("config.eval.ranking", config.eval.get("ranking", SCAN), "ranking", backend=backend)
   ce_method = config.settings.next_item.get("ce_method", SCAN)
-  check("config.settings.next_item.ce_method", ce_method, "catalogue_softmax")
+  check("config.settings.next_item.ce_method", ce_method, "catalogue_softmax", backend=backend)
   if ce_method == FUSED_CPU:
     if config.model.compute_dtype != "float32":
       raise MethodError(f"config.settings.next_item.ce_method='{FUSED_CPU}' computes in float32; "

@@ -7,6 +7,7 @@ import ml_collections
 from s3rec_jax.core import errors
 from s3rec_jax.model import encoder as model_lib
 from s3rec_jax.model import item_table
+from s3rec_jax.ops import methods
 from s3rec_jax import objectives as objectives_lib
 from s3rec_jax.objectives import next_item
 
@@ -39,8 +40,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("max_seq_length", "model.hidden_size", "model.num_layers", "model.num_heads",
                 "pretrain.batch_size", "finetune.batch_size", "eval.batch_size",
                 "eval.chunk_size", "eval.top_k", "pretrain.save_every_epochs",
-                "pretrain.log_every_steps", "finetune.patience", "settings.next_item.chunk_size",
-                "settings.next_item.num_negatives", "sample.num_negatives"):
+                "pretrain.log_every_steps", "finetune.patience", "sample.num_negatives"):
     _positive_int(config, field)
   for field in ("pretrain.epochs", "finetune.epochs", "num_devices", "pretrain.mip_num_negatives",
                 "pretrain.micro_batches", "finetune.min_epochs"):
@@ -69,13 +69,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.finetune.loss not in next_item.FORMS:
     raise ConfigError(f"config.finetune.loss={config.finetune.loss!r} is unknown; valid losses: "
                       + ", ".join(next_item.FORMS))
-  for field in ("augment.crop", "augment.mask", "augment.reorder"):
-    _probability(_get(config.settings, field), f"settings.{field}")
-  for name in ("cl4srec", "duorec"):
-    if _get(config.settings, f"{name}.temperature") <= 0:
-      raise ConfigError(f"config.settings.{name}.temperature must be > 0")
-    if _get(config.settings, f"{name}.similarity") not in ("dot", "cosine"):
-      raise ConfigError(f"config.settings.{name}.similarity must be 'dot' or 'cosine'")
+  # Every plug-in's settings, against the record it declares (names, types, ranges).
+  objectives_lib.settings_tuple(config.settings.to_dict())
+  # The method names and what they need of the model; whether they run here is checked
+  # after start-up has set the devices (ops.methods.check_config).
+  try:
+    methods.check_config(config, backend=False)
+  except methods.MethodError as e:
+    raise ConfigError(str(e)) from None
   if config.dataset == "synthetic":
     s = config.synthetic
     if s.kind not in ("markov", "long_tail"):
@@ -87,13 +88,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if s.num_items < 2 * (s.num_categories if s.kind == "long_tail" else 10):
       raise ConfigError(f"config.synthetic.num_items={s.num_items} is too small for the "
                         f"{s.kind} dataset")
-  if config.settings.infonce.sp_negatives not in ("same_layout", "in_batch"):
-    raise ConfigError("config.settings.infonce.sp_negatives must be 'same_layout' or 'in_batch', "
-                      f"got {config.settings.infonce.sp_negatives!r}")
-  _positive_int(config, "settings.infonce.sp_num_negatives")
-  if config.settings.infonce.attribute_reduction not in ("mean", "sum"):
-    raise ConfigError("config.settings.infonce.attribute_reduction must be 'mean' or 'sum', got "
-                      f"{config.settings.infonce.attribute_reduction!r}")
   try:
     objectives_lib.resolve(config.finetune.objectives.to_dict(), {"next_item": config.finetune.loss},
                            phase="finetune")

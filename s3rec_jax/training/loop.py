@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from s3rec_jax.core import console
 from s3rec_jax.core import parallel
 from s3rec_jax.data import input_pipeline
 from s3rec_jax.model import checkpointing
@@ -118,8 +119,10 @@ def save_once(mngr, step: int, params, meta: dict, opt_state=None) -> None:
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
-  return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled,
-              file=sys.stderr, mininterval=1.0)
+  # On a terminal only: a log file gets the epoch lines, without carriage-return redraws.
+  return tqdm(iterable, total=total, desc=desc, leave=False,
+              disable=not (enabled and console.is_terminal(sys.stderr)), file=sys.stderr,
+              mininterval=1.0)
 
 
 def train(phase: Phase, state, actions: Sequence[Action], resume_mngr, mesh,

@@ -268,3 +268,36 @@ def test_micro_batches_split_each_shard_and_pad_with_empty_sequences(ds):
   np.testing.assert_array_equal(np.sort(ids), np.sort(whole["token_ids"][whole["segment_ids"] > 0]))
   with pytest.raises(ValueError, match="micro_batches"):
     ip.Shards(2, 0, 2, micro_batches=0)
+
+
+def _first_fit_one_by_one(lengths, max_len):
+  """The definition: longest first (ties in index order), each in the lowest row with room."""
+  n = len(lengths)
+  row, first, slot = np.full(n, -1), np.zeros(n, np.int64), np.zeros(n, np.int64)
+  free, count = [], []
+  for i in np.argsort(-lengths, kind="stable"):
+    size = int(lengths[i])
+    if size <= 0:
+      break
+    r = next((r for r, room in enumerate(free) if room >= size), len(free))
+    if r == len(free):
+      free.append(max_len)
+      count.append(0)
+    row[i], first[i], slot[i] = r, max_len - free[r], count[r]
+    free[r] -= size
+    count[r] += 1
+  return row, first, slot, len(free)
+
+
+@pytest.mark.parametrize("max_len", [1, 7, 50])
+def test_the_linear_packer_lays_out_as_first_fit_one_by_one(max_len):
+  rng = np.random.default_rng(max_len)
+  cases = [rng.integers(0, max_len + 1, size) for size in (0, 1, 5, 64, 300)]
+  cases += [np.full(40, max_len), np.full(33, max(1, max_len // 3)),
+            np.minimum(rng.geometric(0.2, 500), max_len)]
+  for lengths in cases:
+    got = ip.Packer(max_len).layout(np.asarray(lengths, np.int64))
+    want = _first_fit_one_by_one(np.asarray(lengths, np.int64), max_len)
+    for a, b in zip(got[:3], want[:3]):
+      np.testing.assert_array_equal(a, b)
+    assert got[3] == want[3]

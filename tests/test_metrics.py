@@ -446,3 +446,30 @@ def test_grouped_top_k_equals_lax_top_k(width, k):
   np.testing.assert_array_equal(got_columns, want_columns)
   np.testing.assert_array_equal(got_scores, want_scores)
   np.testing.assert_array_equal(got_picked, np.take_along_axis(candidate, want_columns, axis=1))
+
+
+def test_scores_are_float32_products_whatever_the_default_matmul_precision():
+  # Ranking and metric matmuls ask for HIGHEST precision, so a backend whose default is
+  # bfloat16 passes (TPU) or TF32 (GPU) reports the CPU's metrics.
+  rng = np.random.default_rng(0)
+  users, items, hidden = 6, 40, 16
+  user = jnp.asarray(rng.normal(size=(users, hidden)), jnp.float32)
+  table = jnp.asarray(rng.normal(size=(items + 2, hidden)), jnp.float32)
+  answers = jnp.asarray(rng.integers(1, items + 1, users), jnp.int32)
+  history = jnp.asarray(rng.integers(0, items + 1, (users, 5)), jnp.int32)
+  candidates = jnp.concatenate([answers[:, None], history], axis=1)
+
+  def rank_both(user, table, answers, history, candidates):
+    full, _, _ = metrics.full_ranking(user, table, answers, history, num_items=items,
+                                      chunk_size=16, top_k=5)
+    sampled = metrics.rank_of_first(metrics.sampled_scores(user, table, candidates))
+    return full, sampled
+
+  args = (user, table, answers, history, candidates)
+  text = jax.jit(rank_both).lower(*args).as_text()
+  assert text.count("HIGHEST") >= 2, "the scoring products do not ask for float32 precision"
+  expected = jax.jit(rank_both)(*args)
+  with jax.default_matmul_precision("bfloat16"):
+    got = jax.jit(rank_both)(*args)
+  for a, b in zip(expected, got):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -82,6 +82,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.pretrain.save_every_epochs = 10   # hand-off checkpoints WORKDIR/pretrain/EPOCH
   c.pretrain.checkpoint_every_steps = 500  # resume checkpoints within an epoch (0 = epoch ends only)
   c.pretrain.log_every_steps = 50
+  # End pre-training after this many steps in all (0 = no limit): pod runs are planned in
+  # steps. The epoch it falls in ends there (hand-off checkpoint, log line).
+  c.pretrain.max_steps = 0
   # Micro-batches per device step: each device runs its share of a batch in
   # this many pieces, one after another, summing the gradients (the same
   # update up to float summation order). 0 = automatic: on a CPU host, pieces
@@ -97,6 +100,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.finetune.adam_b2 = 0.999
   c.finetune.weight_decay = 0.0
   c.finetune.patience = 10          # early stopping on MRR (sampled) / NDCG@20 (full)
+  # End fine-tuning after this many steps in all (0 = no limit); validation and the test
+  # still run, and the log says the phase was cut.
+  c.finetune.max_steps = 0
+  # Host syncs every this many steps: losses are checked for NaN/Inf and only this many
+  # steps' batches are kept for a diagnosis (0 = at epoch ends only).
+  c.finetune.log_every_steps = 50
   # Epochs before early stopping may stop a run (0 = the reference: from the
   # first epoch). For datasets whose validation metric plateaus early.
   c.finetune.min_epochs = 0

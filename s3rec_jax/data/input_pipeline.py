@@ -12,6 +12,8 @@ its step for a handful of shapes only.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import queue
 import threading
 from typing import Iterator
@@ -27,6 +29,10 @@ STREAM_FINETUNE_ORDER = 3
 STREAM_FINETUNE_BATCH = 4
 
 Batch = dict[str, np.ndarray]
+
+# Training batches are packed on epoch 0's most rows plus this share (at least a row): other
+# epochs' batches, drawn in another order, rarely need more (see Packer.fixed_rows).
+TRAIN_ROWS_MARGIN = 0.05
 
 
 def rng_for(seed: int, stream: int, *counters: int) -> np.random.Generator:
@@ -63,6 +69,51 @@ def sample_excluding(rng: np.random.Generator, low: int, high: int, shape, need:
 
 
 # --- packing -----------------------------------------------------------------
+
+
+def _first_fit_decreasing(lengths: np.ndarray, max_len: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+  """First-fit decreasing, one length at a time: (row, first column, slot) of each sequence
+  (row -1 for empty ones) and the rows used.
+
+  The same layout as placing the sequences one by one, longest first (ties in index order),
+  each in the lowest row with room for it: sequences of one length s fill the rows in order,
+  row r taking floor(room_r / s) of them, then new rows. Each of the at most max_len
+  distinct lengths costs a few vector operations over the rows, so a batch costs time
+  linear in its sequences, not quadratic.
+  """
+  n = len(lengths)
+  row = np.full(n, -1, np.int64)
+  first = np.zeros(n, np.int64)
+  slot = np.zeros(n, np.int64)
+  room = np.zeros(0, np.int64)     # room left in each row
+  count = np.zeros(0, np.int64)    # sequences in each row
+  order = np.argsort(-lengths, kind="stable")
+  sizes = lengths[order]
+  real = int(np.count_nonzero(sizes > 0))
+  bounds = np.flatnonzero(np.diff(sizes[:real])) + 1
+  for group in np.split(order[:real], bounds) if real else ():
+    size = int(lengths[group[0]])
+    takes = np.where(room >= size, room // size, 0)              # per existing row
+    placed_before = np.cumsum(takes) - takes
+    fits = int(takes.sum())
+    if fits < len(group):                                         # new rows, each full of s
+      per_row = max_len // size
+      extra = -(-(len(group) - fits) // per_row)
+      room = np.concatenate([room, np.full(extra, max_len, np.int64)])
+      count = np.concatenate([count, np.zeros(extra, np.int64)])
+      takes = np.concatenate([takes, np.full(extra, per_row, np.int64)])
+      placed_before = np.cumsum(takes) - takes
+    k = np.arange(len(group))                                     # k-th of the group
+    r = np.searchsorted(placed_before + takes, k, side="right")    # its row
+    within = k - placed_before[r]                                 # its place among the row's new
+    row[group] = r
+    slot[group] = count[r] + within
+    first[group] = max_len - room[r] + within * size
+    used = np.bincount(r, minlength=len(room))
+    room = room - used * size
+    count = count + used
+  return row, first, slot, len(room)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,24 +191,7 @@ class Packer:
     if not self.pack:
       return (np.where(lengths > 0, np.arange(n), -1), self.max_len - lengths,
               np.zeros(n, np.int64), n)
-    row = np.full(n, -1, np.int64)
-    first = np.zeros(n, np.int64)
-    slot = np.zeros(n, np.int64)
-    free: list[int] = []      # room left in each row
-    count: list[int] = []     # sequences in each row
-    lengths_list = lengths.tolist()
-    for i in np.argsort(-lengths, kind="stable").tolist():
-      size = lengths_list[i]
-      if size <= 0:
-        break                 # sorted: only empty sequences are left
-      r = next((r for r, room in enumerate(free) if room >= size), len(free))
-      if r == len(free):
-        free.append(self.max_len)
-        count.append(0)
-      row[i], first[i], slot[i] = r, self.max_len - free[r], count[r]
-      free[r] -= size
-      count[r] += 1
-    return row, first, slot, len(free)
+    return _first_fit_decreasing(np.asarray(lengths, np.int64), self.max_len)
 
   def pack_shards(self, lengths: np.ndarray, token_arrays: dict[str, np.ndarray],
                   sequence_arrays: dict[str, np.ndarray], shards: "Shards",
@@ -189,12 +223,10 @@ class Packer:
                       for k, v in token_arrays.items()}
       sequence_arrays = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
                          for k, v in sequence_arrays.items()}
-    order = (self.shard_assignment(lengths, pieces) if self.pack and pieces > 1
-             else np.arange(len(lengths)))
-    members = [order[s * per:(s + 1) * per] for s in range(pieces)]
-    layouts = [self.layout(lengths[m]) for m in members]
+    members, layouts = self._pieces(lengths, pieces)
     needed = max(used for *_, used in layouts)
-    if num_rows is None:
+    if num_rows is None or needed > num_rows:
+      # A fixed row count too small for this batch (rare): the next rung of the ladder.
       num_rows = row_bucket(needed) if self.pack else per
     parts = []
     first = shards.first_local * shards.micro_batches
@@ -205,6 +237,34 @@ class Packer:
       part.update({k: v[m] for k, v in sequence_arrays.items()})
       parts.append(part)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def _pieces(self, lengths: np.ndarray, pieces: int) -> tuple[list, list]:
+    """Each piece's sequence indices and packed layout."""
+    per = len(lengths) // pieces
+    order = (self.shard_assignment(lengths, pieces) if self.pack and pieces > 1
+             else np.arange(len(lengths)))
+    members = [order[s * per:(s + 1) * per] for s in range(pieces)]
+    return members, [self.layout(lengths[m]) for m in members]
+
+  def rows_needed(self, lengths: np.ndarray, shards: "Shards") -> int:
+    """The rows per piece that `pack_shards` needs for a global batch of these lengths."""
+    pieces = shards.count * shards.micro_batches
+    per = -(-len(lengths) // pieces)
+    lengths = np.concatenate([lengths, np.zeros(per * pieces - len(lengths), np.int64)])
+    if not self.pack:
+      return per
+    return max(used for *_, used in self._pieces(lengths, pieces)[1])
+
+  def fixed_rows(self, batches_lengths: Iterator[np.ndarray], shards: "Shards",
+                 margin: float = 0.0) -> int:
+    """One row count for every batch: the ladder rung of the most any of these batches
+    (e.g. a whole epoch's) needs, plus `margin` (a share, at least one row when > 0) for
+    batches not among them. A step compiled for it serves them all, the last partial batch
+    included; a batch that needs more (rare) takes the next rung, compiling once more."""
+    most = max((self.rows_needed(l, shards) for l in batches_lengths), default=1)
+    if not self.pack:
+      return most
+    return row_bucket(most + (max(1, math.ceil(margin * most)) if margin > 0 else 0))
 
   def apply(self, lengths: np.ndarray, arrays: dict[str, np.ndarray], num_rows: int,
             sequence_ids: np.ndarray | None = None, layout=None) -> Batch:
@@ -242,6 +302,14 @@ class Packer:
     out["last_index"] = np.where(lengths > 0, row * L + first + lengths - 1, 0).astype(np.int32)
     out["lengths"] = np.asarray(lengths, np.int32)   # tokens per sequence (0: none, e.g. padding)
     return out
+
+
+def _batch_lengths(lengths: np.ndarray, order: np.ndarray, batch_size: int
+                   ) -> Iterator[np.ndarray]:
+  """The sequence lengths of each batch of an epoch in `order` (the last one padded)."""
+  for start in range(0, len(order), batch_size):
+    part = lengths[order[start:start + batch_size]]
+    yield np.concatenate([part, np.zeros(batch_size - len(part), part.dtype)])
 
 
 # --- pre-training ------------------------------------------------------------
@@ -288,12 +356,20 @@ class PretrainBatches:
   def order(self, epoch: int) -> np.ndarray:
     return rng_for(self.seed, STREAM_PRETRAIN_ORDER, epoch).permutation(self.num_sequences)
 
+  @functools.cached_property
+  def num_rows(self) -> int:
+    """The packed rows of every batch (one compiled step): what epoch 0 needs at most, and
+    a margin for the other epochs' batches (their layouts differ a little)."""
+    return self.packer.fixed_rows(
+        _batch_lengths(self.lengths, self.order(0), self.settings.batch_size), self.shards,
+        margin=TRAIN_ROWS_MARGIN)
+
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     order = self.order(epoch)
     bs = self.settings.batch_size
     for step in range(start_step, self.steps_per_epoch):
       yield self.batch(order[step * bs:(step + 1) * bs],
-                       rng_for(self.seed, STREAM_PRETRAIN_BATCH, epoch, step))
+                       rng_for(self.seed, STREAM_PRETRAIN_BATCH, epoch, step), self.num_rows)
 
   def batch(self, prefix_ids: np.ndarray, rng: np.random.Generator,
             num_rows: int | None = None) -> Batch:
@@ -385,12 +461,19 @@ class FinetuneBatches:
   def order(self, epoch: int) -> np.ndarray:
     return rng_for(self.seed, STREAM_FINETUNE_ORDER, epoch).permutation(len(self.inputs))
 
+  @functools.cached_property
+  def num_rows(self) -> int:
+    """The packed rows of every batch (one compiled step): what epoch 0 needs at most, and
+    a margin for the other epochs' batches (their layouts differ a little)."""
+    return self.packer.fixed_rows(_batch_lengths(self.lengths, self.order(0), self.batch_size),
+                                  self.shards, margin=TRAIN_ROWS_MARGIN)
+
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     order = self.order(epoch)
     bs = self.batch_size
     for step in range(start_step, self.steps_per_epoch):
       yield self.batch(order[step * bs:(step + 1) * bs],
-                       rng_for(self.seed, STREAM_FINETUNE_BATCH, epoch, step))
+                       rng_for(self.seed, STREAM_FINETUNE_BATCH, epoch, step), self.num_rows)
 
   def batch(self, users: np.ndarray, rng: np.random.Generator,
             num_rows: int | None = None) -> Batch:
@@ -412,12 +495,36 @@ class FinetuneBatches:
 # --- evaluation --------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalShape:
+  """The shape every evaluation batch takes, whatever the split: one compiled step serves
+  validation and test. `num_rows`: packed rows per piece; `history_width`: columns of the
+  full-ranking history (the longer split's)."""
+  num_rows: int
+  history_width: int
+
+
+def eval_shape(splits: dict, names: tuple[str, ...], batch_size: int, pack: bool = True,
+               shards: Shards = Shards()) -> EvalShape:
+  """The EvalShape that fits every batch of the named splits."""
+  packer = Packer(splits[f"{names[0]}_inputs"].shape[1], pack)
+  return EvalShape(
+      num_rows=max(packer.fixed_rows(_batch_lengths(_input_lengths(splits[f"{n}_inputs"]),
+                                                    np.arange(len(splits[f"{n}_inputs"])),
+                                                    batch_size), shards) for n in names),
+      history_width=max(splits[f"{n}_history"].shape[1] for n in names))
+
+
 def eval_batches(dataset: data_lib.Dataset, splits: dict, split: str, protocol: str,
-                 batch_size: int, pack: bool = True, shards: Shards = Shards()) -> Iterator[Batch]:
+                 batch_size: int, pack: bool = True, shards: Shards = Shards(),
+                 shape: EvalShape | None = None) -> Iterator[Batch]:
   """Users in file order, packed inputs with each user's last_index; `candidates`
-  (answer first) for the sampled protocol, `history` for full ranking."""
+  (answer first) for the sampled protocol, `history` for full ranking. With `shape`,
+  every batch has its rows and history columns (see `eval_shape`)."""
   inputs, answers = splits[f"{split}_inputs"], splits[f"{split}_answers"]
   history = splits[f"{split}_history"]
+  if shape is not None and history.shape[1] < shape.history_width:
+    history = np.pad(history, ((0, 0), (0, shape.history_width - history.shape[1])))
   if protocol == "sampled" and dataset.sample_negatives is None:
     raise ValueError("the sampled protocol needs sample negatives, but the dataset has none")
   packer = Packer(inputs.shape[1], pack)
@@ -436,7 +543,7 @@ def eval_batches(dataset: data_lib.Dataset, splits: dict, split: str, protocol: 
     yield packer.pack_shards(
         np.where(real_row, lengths[safe], 0),
         {"inputs": np.where(real_row[:, None], inputs[safe], 0).astype(np.int32)},
-        per_user, shards)
+        per_user, shards, shape.num_rows if shape is not None else None)
 
 
 def prefetch(iterator: Iterator, size: int = 2) -> Iterator:

@@ -31,6 +31,10 @@ class Evaluator:
         mesh, ec.chunk_size, mcfg.item_table_axis,
         needed=not (protocol == "full" and ranking == methods.FUSED_CPU))
     self.cache_bytes, self.cached = cache_bytes, {}
+    self.shards = input_pipeline.Shards(*parallel.local_shards(mesh))
+    # One batch shape for validation and test: the step compiles once.
+    self.shape = input_pipeline.eval_shape(splits, ("valid", "test"), ec.batch_size,
+                                           config.pack_sequences, self.shards)
 
   def batches(self, split: str):
     """The split's batches, placed on the mesh (kept after the first pass if small enough)."""
@@ -40,8 +44,7 @@ class Evaluator:
     kept, size = [], 0
     for batch in input_pipeline.prefetch(input_pipeline.eval_batches(
         self.ds, self.splits, split, self.protocol, self.config.eval.batch_size,
-        self.config.pack_sequences,
-        input_pipeline.Shards(*parallel.local_shards(self.mesh)))):
+        self.config.pack_sequences, self.shards, self.shape)):
       size += sum(v.nbytes for v in batch.values())
       placed = parallel.shard_batch(batch, self.mesh)
       if kept is not None and size <= self.cache_bytes:

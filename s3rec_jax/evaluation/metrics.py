@@ -32,6 +32,10 @@ SAMPLED_METRICS = ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR")
 RANKING_METHODS = methods.METHODS
 FULL_METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
+# Scores are float32 products on every backend: TPUs (bfloat16 passes by default) and GPUs
+# (TF32) would otherwise rank, and report metrics, differently from the CPU.
+SCORE_PRECISION = lax.Precision.HIGHEST
+
 _METRIC_RE = re.compile(r"^(HR|NDCG)@([1-9][0-9]*)$")
 _VALID_FORMS = "'HR@k', 'NDCG@k' (k a positive integer) or 'MRR'"
 
@@ -196,7 +200,7 @@ def sampled_scores(
   rows = jnp.take(item_table, candidates, axis=0, mode="clip")  # [B, C, H]
   # A batched matrix-vector product; XLA:CPU runs it faster as a dot than as
   # a fused multiply-sum.
-  scores = jnp.einsum("bh,bch->bc", user_repr, rows)
+  scores = jnp.einsum("bh,bch->bc", user_repr, rows, precision=SCORE_PRECISION)
   fps = (row_fingerprints(rows) if fingerprints is None
          else jnp.take(fingerprints, candidates, axis=0, mode="clip"))
   same_as_answer = _same_row(fps, fps[:, :1])
@@ -310,7 +314,8 @@ def full_ranking(
   def step_fn(carry, step):
     count, top_scores, top_items = carry
     start, offset, rows = _chunk_rows(item_table, first_row, step, chunk)
-    scores = lax.dot_general(user_repr, rows, (((1,), (1,)), ((), ())))  # [B, chunk]
+    scores = lax.dot_general(user_repr, rows, (((1,), (1,)), ((), ())),
+                             precision=SCORE_PRECISION)  # [B, chunk]
     # Without precomputed fingerprints, each chunk is fingerprinted here
     # (hashing the whole table at once needs scratch the size of the table).
     fps = (row_fingerprints(rows) if fingerprints is None
@@ -444,7 +449,8 @@ def top_k_items(
   def step_fn(carry, step):
     top_scores, top_items = carry
     start, offset, rows = _chunk_rows(item_table, 1, step, chunk)
-    scores = lax.dot_general(user_repr, rows, (((1,), (1,)), ((), ())))  # [B, chunk]
+    scores = lax.dot_general(user_repr, rows, (((1,), (1,)), ((), ())),
+                             precision=SCORE_PRECISION)  # [B, chunk]
     ids = offset + jnp.arange(chunk, dtype=jnp.int32)
     in_range = (ids >= start) & (ids <= num_items)
     candidate = _chunk_candidates(in_range, exclude, excluded, offset)

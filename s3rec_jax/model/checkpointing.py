@@ -31,11 +31,14 @@ def _abs(path: str) -> str:
   return os.path.abspath(os.path.expanduser(path))
 
 
-def manager(directory: str, *, max_to_keep: int | None = None,
-            read_only: bool = False) -> ocp.CheckpointManager:
+def manager(directory: str, *, max_to_keep: int | None = None, read_only: bool = False,
+            asynchronous: bool = False) -> ocp.CheckpointManager:
+  """An orbax manager of `directory`. `asynchronous`: `save` returns once the arrays are
+  copied to host memory and writes them in the background (training goes on meanwhile);
+  the manager's restores, `wait` and `close` wait for it."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, read_only=read_only, create=not read_only,
-      enable_async_checkpointing=False)
+      enable_async_checkpointing=asynchronous)
   return ocp.CheckpointManager(_abs(directory), options=options, item_handlers={
       "params": ocp.StandardCheckpointHandler(),
       "opt_state": ocp.StandardCheckpointHandler(),
@@ -43,12 +46,14 @@ def manager(directory: str, *, max_to_keep: int | None = None,
 
 
 def save(mngr: ocp.CheckpointManager, step: int, params: Any, meta: dict,
-         opt_state: Any = None, metrics: dict | None = None) -> None:
+         opt_state: Any = None, metrics: dict | None = None, wait: bool = True) -> None:
+  """Saves a step; `wait=False` returns as soon as an asynchronous manager has the arrays."""
   items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta)}
   if opt_state is not None:
     items["opt_state"] = ocp.args.StandardSave(opt_state)
   mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
-  mngr.wait_until_finished()
+  if wait:
+    mngr.wait_until_finished()
 
 
 def save_pretrained(directory: str, step: int, params: Any, metadata: dict) -> str:
@@ -205,6 +210,7 @@ def restore_full(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state:
   sharding. A checkpoint of another model or dataset is a CheckpointError
   naming the tensor.
   """
+  mngr.wait_until_finished()   # a pending asynchronous save of this manager
   where = f"checkpoint {mngr.directory}/{step}"
   saved = mngr.item_metadata(step)
   params_target, params_refit = _restore_targets(saved["params"], params, where, sharding,
@@ -249,6 +255,7 @@ def restore_params(mngr: ocp.CheckpointManager, step: int, params: Any, sharding
                    item_size: int | None = None) -> Any:
   """The parameters of `step`, shaped and placed like `params` (with `sharding` if given);
   with `item_size`, an item table saved with other padding rows is refitted."""
+  mngr.wait_until_finished()   # a pending asynchronous save of this manager
   where = f"checkpoint {mngr.directory}/{step}"
   target, refit = _restore_targets(mngr.item_metadata(step)["params"], params, where, sharding,
                                    item_size=item_size)

@@ -43,7 +43,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 "pretrain.log_every_steps", "finetune.patience", "sample.num_negatives"):
     _positive_int(config, field)
   for field in ("pretrain.epochs", "finetune.epochs", "num_devices", "pretrain.mip_num_negatives",
-                "pretrain.micro_batches", "finetune.min_epochs"):
+                "pretrain.micro_batches", "finetune.min_epochs", "pretrain.max_steps",
+                "finetune.max_steps", "finetune.log_every_steps"):
+    if field in ("pretrain.max_steps", "finetune.max_steps", "finetune.log_every_steps") and (
+        field.split(".")[1] not in config[field.split(".")[0]]):
+      continue   # a config saved before the field existed
     value = _get(config, field)
     if not isinstance(value, int) or value < 0:
       raise ConfigError(f"config.{field} must be a non-negative integer, got {value!r}")

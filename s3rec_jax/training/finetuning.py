@@ -114,12 +114,16 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
       tables=tables, key=setup.base_key(config, setup.STREAM_FINETUNE_KEY),
       objective_names=tuple(o.name for o, _ in objectives),
       diagnose=setup.diagnosis(mcfg, objectives, options, mesh, tables, phase="finetune"),
-      item_size=ds.item_size)
+      item_size=ds.item_size, sync_every_steps=fc.get("log_every_steps", 50),
+      max_steps=fc.get("max_steps", 0))
   setup.log("fine-tuning: objectives " + ", ".join(f"{o.name}[{o.form}] x{w:g}" for o, w in objectives)
       + (f"; early stopping from epoch {fc.min_epochs} on" if fc.min_epochs else ""))
   evaluate = evaluator.Evaluator(config, ds, splits, mcfg, mesh, protocol)
-  best_mngr = checkpointing.manager(os.path.join(workdir, workdir_files.FINETUNE_BEST_DIR), max_to_keep=1)
-  resume = checkpointing.manager(os.path.join(workdir, workdir_files.FINETUNE_RESUME_DIR), max_to_keep=2)
+  # Saves are asynchronous: training goes on while a checkpoint is written.
+  best_mngr = checkpointing.manager(os.path.join(workdir, workdir_files.FINETUNE_BEST_DIR),
+                                    max_to_keep=1, asynchronous=True)
+  resume = checkpointing.manager(os.path.join(workdir, workdir_files.FINETUNE_RESUME_DIR),
+                                 max_to_keep=2, asynchronous=True)
   validation = Validation(evaluate, evaluator.early_stopping_metric(protocol), best_mngr, writer,
                           patience=fc.patience, min_epochs=fc.min_epochs, meta={
                               "init_checkpoint": loaded, "dataset": config.dataset,

@@ -57,6 +57,9 @@ class Phase:
       finite on that batch alone; called only after a non-finite step.
     item_size: the item table's real rows: a resume may then refit a sharded
       table saved with other padding rows (another device count).
+    max_steps: end the phase after this many steps in all (0: no limit), at the
+      step it is reached: the epoch-end actions run on the cut epoch (validation,
+      checkpoints) and the log says the phase was cut. Pod runs plan in steps.
   """
   label: str
   tag: str
@@ -72,6 +75,7 @@ class Phase:
   checkpoint_every_steps: int = 0
   diagnose: Callable[[Any, dict, jax.Array], list[str]] | None = None
   item_size: int | None = None
+  max_steps: int = 0
 
 
 @dataclasses.dataclass
@@ -113,9 +117,14 @@ bound_in_flight = parallel.bound_in_flight
 
 def save_once(mngr, step: int, params, meta: dict, opt_state=None) -> None:
   # A resumed run may redo a step whose checkpoint was already written; the
-  # content would be identical, so the existing one is kept.
+  # content would be identical, so the existing one is kept. The previous (asynchronous)
+  # save is finished first, so every process sees the same steps and makes the same choice
+  # (a save some processes skip would wait forever for the others).
+  mngr.wait_until_finished()
   if step not in mngr.all_steps():
-    checkpointing.save(mngr, step, params, meta, opt_state=opt_state)
+    # Not waited for: an asynchronous manager writes while training goes on (its restores
+    # and close wait).
+    checkpointing.save(mngr, step, params, meta, opt_state=opt_state, wait=False)
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool):
@@ -194,6 +203,7 @@ def train(phase: Phase, state, actions: Sequence[Action], resume_mngr, mesh,
     bar = _progress(input_pipeline.prefetch(phase.batches(epoch, first_step)),
                     phase.steps_per_epoch - first_step, f"{phase.tag} {epoch + 1}/{phase.epochs}",
                     main_process)
+    cut = False
     for step, batch in enumerate(bar, start=first_step):
       state, metrics = phase.step_fn(state, parallel.shard_batch(batch, mesh), phase.tables,
                                      train_steps.step_key(phase.key, epoch, step))
@@ -204,13 +214,21 @@ def train(phase: Phase, state, actions: Sequence[Action], resume_mngr, mesh,
       periodic = bool(phase.checkpoint_every_steps) and (
           global_step % phase.checkpoint_every_steps == 0)
       sync_due = bool(phase.sync_every_steps) and len(pending) >= phase.sync_every_steps
-      if sync_due or last or periodic:
+      cut = bool(phase.max_steps) and global_step >= phase.max_steps and not last
+      if sync_due or last or periodic or cut:
         sync()
         bar.set_postfix(loss=f"{sums['loss'] / max(seen, 1):.4f}")
+      if cut:
+        break
       if periodic and not last:
         save_resume(global_step, epoch, step + 1, {"sums": sums, "seen": seen}, False)
     epoch += 1
-    end = EpochEnd(epoch=epoch, global_step=epoch * phase.steps_per_epoch, state=state,
+    reached = epoch * phase.steps_per_epoch if not cut else global_step
+    if phase.max_steps and phase.max_steps <= reached < phase.epochs * phase.steps_per_epoch:
+      log(f"{phase.label}: cut at step {reached} of {phase.epochs * phase.steps_per_epoch} "
+          f"(max_steps={phase.max_steps}), in epoch {epoch}")
+      stopped = True
+    end = EpochEnd(epoch=epoch, global_step=reached, state=state,
                    averages={name: value / max(seen, 1) for name, value in sums.items()},
                    seconds=time.time() - t0, sequences=sequences)
     for action in actions:

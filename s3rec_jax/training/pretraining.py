@@ -91,7 +91,7 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
       step_fn=train_steps.make_pretrain_step(mcfg, objectives, options, tx, mesh, micro_batches),
       tables=tables, key=setup.base_key(config, setup.STREAM_PRETRAIN_KEY), objective_names=names,
       per_sequence=True, sync_every_steps=pc.log_every_steps,
-      checkpoint_every_steps=pc.checkpoint_every_steps,
+      checkpoint_every_steps=pc.checkpoint_every_steps, max_steps=pc.get("max_steps", 0),
       diagnose=setup.diagnosis(mcfg, objectives, options, mesh, tables, micro_batches),
       item_size=ds.item_size)
   setup.log(f"pre-training: {layout.describe()}")
@@ -100,8 +100,10 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
       f"micro-batch(es) per device step, {why}); objectives "
       + ", ".join(f"{o.name}[{o.form}] x{w:g}" for o, w in objectives))
   ckpt_dir = os.path.join(workdir, workdir_files.PRETRAIN_DIR)
-  handoff = checkpointing.manager(ckpt_dir)
-  resume = checkpointing.manager(os.path.join(workdir, workdir_files.PRETRAIN_RESUME_DIR), max_to_keep=2)
+  # Saves are asynchronous: training goes on while a checkpoint is written.
+  handoff = checkpointing.manager(ckpt_dir, asynchronous=True)
+  resume = checkpointing.manager(os.path.join(workdir, workdir_files.PRETRAIN_RESUME_DIR),
+                                 max_to_keep=2, asynchronous=True)
   actions = [PretrainLog(writer), HandoffCheckpoints(handoff, pc.save_every_epochs, meta={
       "dataset": config.dataset, "item_size": ds.item_size, "attribute_size": ds.attribute_size,
       "objectives": list(names), "form": pc.form})]

@@ -31,6 +31,7 @@ import speed  # noqa: E402  (forces --devices host devices before JAX starts)
 
 # pylint: disable=wrong-import-position
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 from s3rec_jax.core import parallel  # noqa: E402
 from s3rec_jax.data import fetch  # noqa: E402
@@ -75,11 +76,11 @@ def row_sweep(args, ds, config, mesh, state, tables, key, step_fn) -> None:
   for rows in args.rows:
     fitting = []
     for s in range(batches.steps_per_epoch):
-      rng = input_pipeline.rng_for(batches.seed, input_pipeline.STREAM_PRETRAIN_BATCH, 0, s)
-      try:
-        fitting.append(batches.batch(order[s * size:(s + 1) * size], rng, num_rows=rows))
-      except ValueError:        # this batch needs more rows
-        continue
+      ids = order[s * size:(s + 1) * size]
+      lengths = np.concatenate([batches.lengths[ids], np.zeros(size - len(ids), np.int64)])
+      if batches.packer.rows_needed(lengths, batches.shards) > rows:
+        continue                # this batch needs more rows
+      fitting.append(batches.batch(ids, 0, num_rows=rows))
       if len(fitting) == 10:
         break
     if not fitting:

@@ -198,8 +198,7 @@ def pretrain_stream(batches: input_pipeline.PretrainBatches, steps):
   bs = batches.settings.batch_size
   for i in steps:
     s = i % batches.steps_per_epoch
-    rng = input_pipeline.rng_for(batches.seed, input_pipeline.STREAM_PRETRAIN_BATCH, 0, s)
-    yield batches.batch(order[s * bs:(s + 1) * bs], rng)
+    yield batches.batch(order[s * bs:(s + 1) * bs], 0)
 
 
 def shape_key(batch: dict) -> tuple:

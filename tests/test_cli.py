@@ -126,3 +126,18 @@ def test_a_log_file_gets_whole_lines_without_progress_bars(tiny_reference_run):
   assert "\r" not in stdout + stderr
   assert "it/s" not in stderr
   assert re.search(r"^finetune epoch 1: loss=", stdout, re.M)
+
+
+def test_a_packaged_config_is_found_by_name_even_beside_a_folder_of_that_name(tmp_path,
+                                                                           monkeypatch):
+  from s3rec_jax import configs  # pylint: disable=import-outside-toplevel
+  from s3rec_jax.tools import cli  # pylint: disable=import-outside-toplevel
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "lastfm").mkdir()                    # e.g. a workdir called lastfm
+  (tmp_path / "mine").write_text("def get_config(): ...\n")
+  argv = ["s3rec-train", "--config=lastfm", "--config=mine", "--config=nope", "--workdir=w"]
+  resolved = cli.resolve_config_names(argv)
+  assert resolved[1] == "--config=" + configs.path_of("lastfm")
+  assert resolved[2:] == ["--config=mine", "--config=nope", "--workdir=w"]
+  assert set(configs.names()) >= {"default", "synthetic", "lastfm", "beauty", "yelp",
+                                  "toys_and_games", "sports_and_outdoors"}

@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from s3rec_jax.data import dataset as data_lib
+from s3rec_jax.data import keyed_random
 
 # Distinct stream ids keep the draws of different consumers independent.
 STREAM_PRETRAIN_ORDER = 1
@@ -52,18 +53,20 @@ def _pad_rows(indices: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndar
   return padded, weights
 
 
-def sample_excluding(rng: np.random.Generator, low: int, high: int, shape, need: np.ndarray,
-                     is_excluded) -> np.ndarray:
-  """Uniform ints in [low, high] where `need`, redrawn until `is_excluded(draws)` is False there.
+def keyed_excluding(base: np.uint64, low: int, high: int, sequence: np.ndarray, column: np.ndarray,
+                    need: np.ndarray, is_excluded) -> np.ndarray:
+  """Keyed uniform ints in [low, high] where `need` (by the broadcast sequence and column
+  counters), drawn again with the next draw number where `is_excluded(draws)`; 0 elsewhere.
 
-  Rejection keeps the draw uniform over the allowed set; 0 where not needed.
+  Rejection keeps the draw uniform over the allowed set; a draw depends only on its key.
   """
-  draws = rng.integers(low, high + 1, size=shape)
+  sequence, column = np.broadcast_arrays(sequence, column)
+  draws = keyed_random.integers(base, low, high, sequence, column, 1)
   todo = need & is_excluded(draws)
-  for _ in range(1000):
+  for attempt in range(2, 1002):
     if not todo.any():
       return np.where(need, draws, 0)
-    draws[todo] = rng.integers(low, high + 1, size=int(todo.sum()))
+    draws[todo] = keyed_random.integers(base, low, high, sequence[todo], column[todo], attempt)
     todo = need & is_excluded(draws)
   raise RuntimeError("negative sampling did not converge: is every item excluded for some row?")
 
@@ -150,6 +153,16 @@ def row_bucket(rows: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class PackPlan:
+  """A global batch's layout (Packer.plan): the lengths (completed with empty sequences to a
+  multiple of the pieces), each piece's sequence indices and packed layout, the row count."""
+  lengths: np.ndarray
+  members: list
+  layouts: list
+  num_rows: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Packer:
   """Lays sequences out in rows of max_len tokens, several short ones per row.
 
@@ -193,6 +206,45 @@ class Packer:
               np.zeros(n, np.int64), n)
     return _first_fit_decreasing(np.asarray(lengths, np.int64), self.max_len)
 
+  def plan(self, lengths: np.ndarray, shards: "Shards", num_rows: int | None = None
+           ) -> "PackPlan":
+    """Where each sequence of a global batch goes: its piece (device, micro-batch) and its
+    place in the piece's rows. Needs only the lengths, so every process plans the whole
+    batch alike (and agrees on the row count) and then builds only its own pieces.
+
+    The B sequences are split into `shards.count * shards.micro_batches` equal pieces
+    (balanced by token count when packing; completed with empty sequences when they do not
+    divide B); each is packed into the same number of rows: `num_rows` if given and enough,
+    else the most any piece needs, rounded up by `row_bucket`.
+    """
+    pieces = shards.count * shards.micro_batches
+    per = -(-len(lengths) // pieces)
+    lengths = np.concatenate([lengths, np.zeros(per * pieces - len(lengths), lengths.dtype)])
+    members, layouts = self._pieces(lengths, pieces)
+    needed = max(used for *_, used in layouts)
+    if num_rows is None or needed > num_rows:
+      # A fixed row count too small for this batch (rare): the next rung of the ladder.
+      num_rows = row_bucket(needed) if self.pack else per
+    return PackPlan(lengths, members, layouts, num_rows)
+
+  def pack_local(self, plan: "PackPlan", shards: "Shards", build) -> Batch:
+    """This process's pieces of a planned batch, one after another.
+
+    `build(indices)` returns the arrays of those sequences of the global batch (indices
+    past the batch are empty padding sequences): ({name: [S, max_len] left-padded tokens},
+    {name: [S, ...] per-sequence values}). Only the local pieces' sequences are built.
+    """
+    parts = []
+    first = shards.first_local * shards.micro_batches
+    for piece in range(first, first + shards.num_local * shards.micro_batches):
+      m = plan.members[piece]
+      token_arrays, sequence_arrays = build(m)
+      part = self.apply(plan.lengths[m], token_arrays, plan.num_rows, sequence_ids=m,
+                        layout=plan.layouts[piece])
+      part.update(sequence_arrays)
+      parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
   def pack_shards(self, lengths: np.ndarray, token_arrays: dict[str, np.ndarray],
                   sequence_arrays: dict[str, np.ndarray], shards: "Shards",
                   num_rows: int | None = None) -> Batch:
@@ -214,29 +266,16 @@ class Packer:
     the batch is completed with empty sequences (no tokens, weight 0), which
     change no loss.
     """
-    pieces = shards.count * shards.micro_batches
-    per = -(-len(lengths) // pieces)
-    missing = per * pieces - len(lengths)
-    if missing:
-      lengths = np.concatenate([lengths, np.zeros(missing, lengths.dtype)])
-      token_arrays = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
-                      for k, v in token_arrays.items()}
-      sequence_arrays = {k: np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)])
-                         for k, v in sequence_arrays.items()}
-    members, layouts = self._pieces(lengths, pieces)
-    needed = max(used for *_, used in layouts)
-    if num_rows is None or needed > num_rows:
-      # A fixed row count too small for this batch (rare): the next rung of the ladder.
-      num_rows = row_bucket(needed) if self.pack else per
-    parts = []
-    first = shards.first_local * shards.micro_batches
-    for shard in range(first, first + shards.num_local * shards.micro_batches):
-      m = members[shard]
-      part = self.apply(lengths[m], {k: v[m] for k, v in token_arrays.items()}, num_rows,
-                        sequence_ids=m, layout=layouts[shard])
-      part.update({k: v[m] for k, v in sequence_arrays.items()})
-      parts.append(part)
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    plan = self.plan(lengths, shards, num_rows)
+    missing = len(plan.lengths) - len(lengths)
+
+    def padded(v):
+      return np.concatenate([v, np.zeros((missing,) + v.shape[1:], v.dtype)]) if missing else v
+
+    token_arrays = {k: padded(v) for k, v in token_arrays.items()}
+    sequence_arrays = {k: padded(v) for k, v in sequence_arrays.items()}
+    return self.pack_local(plan, shards, lambda m: ({k: v[m] for k, v in token_arrays.items()},
+                                                    {k: v[m] for k, v in sequence_arrays.items()}))
 
   def _pieces(self, lengths: np.ndarray, pieces: int) -> tuple[list, list]:
     """Each piece's sequence indices and packed layout."""
@@ -368,37 +407,55 @@ class PretrainBatches:
     order = self.order(epoch)
     bs = self.settings.batch_size
     for step in range(start_step, self.steps_per_epoch):
-      yield self.batch(order[step * bs:(step + 1) * bs],
-                       rng_for(self.seed, STREAM_PRETRAIN_BATCH, epoch, step), self.num_rows)
+      yield self.batch(order[step * bs:(step + 1) * bs], epoch, self.num_rows)
 
-  def batch(self, prefix_ids: np.ndarray, rng: np.random.Generator,
-            num_rows: int | None = None) -> Batch:
-    s, ds = self.settings, self.dataset
+  def batch(self, prefix_ids: np.ndarray, epoch: int, num_rows: int | None = None) -> Batch:
+    """The batch of these prefixes (dataset indices) in `epoch`: this process's pieces only.
+
+    Every draw of a sequence is keyed by (seed, epoch, its prefix index), so the batch does
+    not depend on the devices, processes or workers that build it.
+    """
+    s = self.settings
     rows, weights = _pad_rows(prefix_ids, s.batch_size)
+    lengths = np.where(rows >= 0, self.lengths[np.maximum(rows, 0)], 0)
+    plan = self.packer.plan(lengths, self.shards, num_rows)
+    pad = len(plan.lengths) - len(rows)
+    rows = np.concatenate([rows, np.full(pad, -1, rows.dtype)])
+    weights = np.concatenate([weights, np.zeros(pad, weights.dtype)])
+    base = keyed_random.key(self.seed, STREAM_PRETRAIN_BATCH, epoch)
+    return self.packer.pack_local(
+        plan, self.shards, lambda m: (self.views(rows[m], base), {"weights": weights[m]}))
+
+  def views(self, rows: np.ndarray, base: np.uint64) -> dict[str, np.ndarray]:
+    """The views of these prefixes (-1: an empty padding sequence), left-padded [S, L]."""
+    s, ds = self.settings, self.dataset
     real_row = rows >= 0
     starts = np.where(real_row, self.starts[np.maximum(rows, 0)], 0)
     ends = np.where(real_row, self.ends[np.maximum(rows, 0)], 0)
-    lengths = ends - starts                                           # [B]
-    items = data_lib.left_pad(ds.offsets, ds.items, starts, ends, s.max_len)  # [B, L]
+    lengths = ends - starts                                           # [S]
+    items = data_lib.left_pad(ds.offsets, ds.items, starts, ends, s.max_len)  # [S, L]
     col = np.arange(s.max_len)[None, :]
+    seq = rows[:, None]                                               # the draws' sequence key
     first = s.max_len - lengths[:, None]                              # column of t[0]
     real = col >= first
     mask_id = ds.mask_id
 
     # Masked item prediction: each item but the last masked with p; the last always.
     is_last = real & (col == s.max_len - 1)
-    masked = (real & (rng.random(items.shape) < s.mask_p)) | is_last
+    masked = (real & (keyed_random.uniform(base, seq, col, 0) < s.mask_p)) | is_last
     masked_items = np.where(masked, mask_id, items)
-    negative_items = sample_excluding(
-        rng, 1, s.negative_high, items.shape, masked,
+    negative_items = keyed_excluding(
+        base, 1, s.negative_high, seq, col, masked,
         lambda draws: (draws[:, :, None] == items[:, None, :]).any(-1))
 
     # Segment prediction: span length k ~ U{1..n//2}, start ~ U{0..n-k}, and a
     # negative span of the same length from the concatenation of all sequences.
+    # Per-sequence draws take the columns past the window as their counters.
+    per_seq = lambda j: (rows, s.max_len + j)   # noqa: E731
     has_span = lengths >= 2
-    span = rng.integers(1, np.maximum(lengths // 2, 1) + 1)
-    span_start = rng.integers(0, np.maximum(lengths - span, 0) + 1)
-    neg_start = rng.integers(0, len(ds.items) - span + 1)
+    span = keyed_random.integers(base, 1, np.maximum(lengths // 2, 1), *per_seq(0))
+    span_start = keyed_random.integers(base, 0, np.maximum(lengths - span, 0), *per_seq(1))
+    neg_start = keyed_random.integers(base, 0, len(ds.items) - span, *per_seq(2))
     pos_in_t = col - first
     in_span = real & (pos_in_t >= span_start[:, None]) & (pos_in_t < (span_start + span)[:, None])
     neg_index = np.clip(neg_start[:, None] + pos_in_t - span_start[:, None], 0, len(ds.items) - 1)
@@ -415,12 +472,11 @@ class PretrainBatches:
         "segment_context": context, "segment_positive": positive, "segment_negative": negative,
     }
     for k in range(2, s.segment_negatives + 1):   # more spans like `negative`, elsewhere
-      start_k = rng.integers(0, len(ds.items) - span + 1)
+      start_k = keyed_random.integers(base, 0, len(ds.items) - span, *per_seq(1 + k))
       index_k = np.clip(start_k[:, None] + pos_in_t - span_start[:, None], 0, len(ds.items) - 1)
       views[f"segment_negative_{k}"] = np.where(keep, items,
                                                 np.where(in_span, ds.items[index_k], outside))
-    return self.packer.pack_shards(lengths, {k: v.astype(np.int32) for k, v in views.items()},
-                                   {"weights": weights}, self.shards, num_rows)
+    return {k: v.astype(np.int32) for k, v in views.items()}
 
 
 # --- fine-tuning -------------------------------------------------------------
@@ -472,24 +528,30 @@ class FinetuneBatches:
     order = self.order(epoch)
     bs = self.batch_size
     for step in range(start_step, self.steps_per_epoch):
-      yield self.batch(order[step * bs:(step + 1) * bs],
-                       rng_for(self.seed, STREAM_FINETUNE_BATCH, epoch, step), self.num_rows)
+      yield self.batch(order[step * bs:(step + 1) * bs], epoch, self.num_rows)
 
-  def batch(self, users: np.ndarray, rng: np.random.Generator,
-            num_rows: int | None = None) -> Batch:
+  def batch(self, users: np.ndarray, epoch: int, num_rows: int | None = None) -> Batch:
+    """The batch of these users in `epoch`: this process's pieces only. A user's negatives
+    are keyed by (seed, epoch, user), so the batch does not depend on who builds it."""
     rows, weights = _pad_rows(users, self.batch_size)
-    real_row = rows >= 0
-    safe = np.maximum(rows, 0)
-    inputs = np.where(real_row[:, None], self.inputs[safe], 0)
-    targets = np.where(real_row[:, None], self.targets[safe], 0)
-    negatives = sample_excluding(
-        rng, 1, self.negative_high, targets.shape, targets > 0,
-        lambda draws: self.in_sequence(safe[:, None], draws))
-    lengths = np.where(real_row, self.lengths[safe], 0)
-    return self.packer.pack_shards(
-        lengths, {"inputs": inputs.astype(np.int32), "targets": targets.astype(np.int32),
-                  "negatives": negatives.astype(np.int32)}, {"weights": weights}, self.shards,
-        num_rows)
+    lengths = np.where(rows >= 0, self.lengths[np.maximum(rows, 0)], 0)
+    plan = self.packer.plan(lengths, self.shards, num_rows)
+    pad = len(plan.lengths) - len(rows)
+    rows = np.concatenate([rows, np.full(pad, -1, rows.dtype)])
+    weights = np.concatenate([weights, np.zeros(pad, weights.dtype)])
+    base = keyed_random.key(self.seed, STREAM_FINETUNE_BATCH, epoch)
+
+    def build(m):
+      safe, real_row = np.maximum(rows[m], 0), rows[m] >= 0
+      inputs = np.where(real_row[:, None], self.inputs[safe], 0)
+      targets = np.where(real_row[:, None], self.targets[safe], 0)
+      col = np.arange(targets.shape[1])[None, :]
+      negatives = keyed_excluding(base, 1, self.negative_high, rows[m][:, None], col, targets > 0,
+                                  lambda draws: self.in_sequence(safe[:, None], draws))
+      return ({"inputs": inputs.astype(np.int32), "targets": targets.astype(np.int32),
+               "negatives": negatives.astype(np.int32)}, {"weights": weights[m]})
+
+    return self.packer.pack_local(plan, self.shards, build)
 
 
 # --- evaluation --------------------------------------------------------------

@@ -158,7 +158,7 @@ def resolve_config_names(argv: Sequence[str]) -> list[str]:
   out = list(argv)
   for i, arg in enumerate(out):
     match = re.match(r"(--?config=)([^/:]+)(:.*)?$", arg)
-    if match and not match.group(2).endswith(".py") and not os.path.exists(match.group(2)):
+    if match and not match.group(2).endswith(".py") and not os.path.isfile(match.group(2)):
       path = packaged_configs.path_of(match.group(2))
       if path is not None:
         out[i] = match.group(1) + path + (match.group(3) or "")

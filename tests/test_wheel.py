@@ -7,7 +7,6 @@ kernel (compiled from the wheel's sources), and s3rec-recommend on the result.
 """
 
 import json
-
 import pathlib
 import shutil
 import subprocess

@@ -745,6 +745,40 @@ def _right_pad(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: i
   return np.where(valid, items[index], 0).astype(np.int32)
 
 
+class HistoryRows:
+  """[U, width] right-padded histories, built from the CSR arrays for the rows asked for.
+
+  Full ranking excludes each user's whole history, which can be thousands of items long:
+  materialised for every user it would take users x longest sequence x 4 bytes. Indexing
+  (`h[users]`, `h[users, columns]`) builds just those rows; np.asarray(h) builds them all.
+  """
+
+  def __init__(self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int):
+    self.items, self.starts, self.ends, self.width = items, starts, ends, width
+
+  dtype = np.dtype(np.int32)
+  ndim = 2
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    return (len(self.starts), self.width)
+
+  def __len__(self) -> int:
+    return len(self.starts)
+
+  def __getitem__(self, key):
+    rows, columns = key if isinstance(key, tuple) else (key, slice(None))
+    index = np.arange(len(self.starts))[rows]
+    block = _right_pad(self.items, np.atleast_1d(self.starts[index]),
+                       np.atleast_1d(self.ends[index]), self.width)
+    return (block if np.ndim(index) else block[0])[..., columns]
+
+  def __array__(self, dtype=None, copy=None):
+    del copy
+    full = self[:]
+    return full if dtype is None else full.astype(dtype)
+
+
 def finetune_splits(ds: Dataset, max_len: int) -> dict[str, np.ndarray]:
   """Leave-one-out splits (all int32).
 
@@ -754,7 +788,8 @@ def finetune_splits(ds: Dataset, max_len: int) -> dict[str, np.ndarray]:
     valid_inputs [U, L], valid_answers [U]: s[:-2] and s[-2].
     test_inputs [U, L], test_answers [U]: s[:-1] and s[-1].
     valid_history/test_history [U, H]: the whole s[:-2] / s[:-1], right-padded
-      with 0; H = longest test history = max length - 1, shared by both.
+      with 0; H = longest test history = max length - 1, shared by both
+      (HistoryRows: built per batch of users, never for all of them at once).
   """
   starts, ends = ds.offsets[:-1], ds.offsets[1:]
   width = int((ends - starts).max()) - 1 if ds.num_users else 0
@@ -769,8 +804,8 @@ def finetune_splits(ds: Dataset, max_len: int) -> dict[str, np.ndarray]:
       "valid_answers": ds.items[ends - 2].astype(np.int32),
       "test_inputs": pad(starts, ends - 1),
       "test_answers": ds.items[ends - 1].astype(np.int32),
-      "valid_history": _right_pad(ds.items, starts, ends - 2, width),
-      "test_history": _right_pad(ds.items, starts, ends - 1, width),
+      "valid_history": HistoryRows(ds.items, starts, ends - 2, width),
+      "test_history": HistoryRows(ds.items, starts, ends - 1, width),
   }
 
 

@@ -585,8 +585,9 @@ def eval_batches(dataset: data_lib.Dataset, splits: dict, split: str, protocol: 
   every batch has its rows and history columns (see `eval_shape`)."""
   inputs, answers = splits[f"{split}_inputs"], splits[f"{split}_answers"]
   history = splits[f"{split}_history"]
-  if shape is not None and history.shape[1] < shape.history_width:
-    history = np.pad(history, ((0, 0), (0, shape.history_width - history.shape[1])))
+  if shape is not None and history.shape[1] != shape.history_width:
+    raise ValueError(f"{split} history has {history.shape[1]} columns, the shape "
+                     f"{shape.history_width}: the splits share one width")
   if protocol == "sampled" and dataset.sample_negatives is None:
     raise ValueError("the sampled protocol needs sample negatives, but the dataset has none")
   packer = Packer(inputs.shape[1], pack)

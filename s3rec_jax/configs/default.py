@@ -8,6 +8,9 @@ import ml_collections
 
 from s3rec_jax import objectives  # noqa: F401  (registers every plug-in and its settings)
 from s3rec_jax.core import settings as plugin_settings
+from s3rec_jax.model import encoder_registry
+
+encoder_registry.load_built_ins()   # every encoder and its settings record
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -55,6 +58,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.hidden_dropout = 0.5
   c.model.attention_dropout = 0.5
   c.model.initializer_range = 0.02
+  # The layer the encoder stacks (model/encoder_registry.py): "sasrec" (the reference's
+  # transformer) or "bsarec" (attention blended with a Fourier filter; settings.bsarec).
+  # An encoder that mixes every position of a row (bsarec) trains on prefixes
+  # (finetune.targets=last_of_prefixes) on one left-padded sequence per row.
+  c.model.encoder = "sasrec"
   # "bfloat16": matmuls and attention in bfloat16; parameters, optimiser state,
   # LayerNorm statistics, softmaxes and losses stay float32 (for accelerators).
   c.model.compute_dtype = "float32"
@@ -115,6 +123,11 @@ def get_config() -> ml_collections.ConfigDict:
   # catalogue) or "sampled_softmax" (settings.next_item.num_negatives shared
   # negatives drawn by training frequency, log-Q corrected).
   c.finetune.loss = "bce"
+  # Which positions are trained: "all_positions" (the reference's: every position of the
+  # causal encoding predicts its next item) or "last_of_prefixes" (every prefix of a
+  # training sequence is a sample and only its last position predicts: the way filter
+  # encoders such as bsarec train, since their positions see later items).
+  c.finetune.targets = "all_positions"
   # Objective name -> weight of fine-tuning's loss: next_item, plus any
   # self-supervised objective as an auxiliary term (CL4SRec, DuoRec). Each is
   # a mean (over target positions or sequences) before weighting.

@@ -331,6 +331,8 @@ class Packer:
     segment = np.zeros(num_rows * L, np.int32)
     segment[dst] = slot[seq] + 1
     positions = np.zeros(num_rows * L, np.int32)
+    if not self.pack:   # one sequence per row: padding keeps its column too (filters see it)
+      positions = np.tile(np.arange(L, dtype=np.int32), num_rows)
     positions[dst] = src_col
     token_ids = np.zeros(num_rows * L, np.int32)
     ids = np.arange(len(lengths)) if sequence_ids is None else np.asarray(sequence_ids)
@@ -552,6 +554,97 @@ class FinetuneBatches:
                "negatives": negatives.astype(np.int32)}, {"weights": weights[m]})
 
     return self.packer.pack_local(plan, self.shards, build)
+
+
+class PrefixBatches:
+  """Fine-tuning on prefixes (finetune.targets=last_of_prefixes): every prefix of a user's
+  training part is a sample whose newest position alone predicts the next item.
+
+  The training part is t = s[-(max_len + 2):-2] (the items before validation and test);
+  sample i of a user is t[:i] -> t[i], i = 0 .. len(t) - 1 (the first has no items: it
+  learns the popular first items), as the BSARec/TV-Rec code builds its training set.
+  Samples are numbered user by user and located from the offsets; a batch lays each out on
+  its own row, left-padded to max_len (filter encoders see the whole row), and only this
+  process's pieces are built. Negatives (for bce) are keyed by (seed, epoch, sample).
+  """
+
+  def __init__(self, dataset: data_lib.Dataset, batch_size: int, max_len: int,
+               negative_high: int, seed: int, shards: Shards = Shards()):
+    self.dataset, self.batch_size, self.max_len = dataset, batch_size, max_len
+    self.negative_high, self.seed, self.shards = negative_high, seed, shards
+    ends = dataset.offsets[1:] - 2
+    self.starts = np.maximum(dataset.offsets[:-1], ends - max_len)
+    per_user = ends - self.starts
+    self.first = np.cumsum(per_user) - per_user                      # each user's first sample
+    self.num_samples = int(per_user.sum())
+    users = np.repeat(np.arange(dataset.num_users), np.diff(dataset.offsets))
+    self._stride = dataset.item_size + 1
+    self._keys = np.unique(users * self._stride + dataset.items.astype(np.int64))
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return num_batches(self.num_samples, self.batch_size)
+
+  @property
+  def num_rows(self) -> int:
+    return -(-self.batch_size // (self.shards.count * self.shards.micro_batches))
+
+  def order(self, epoch: int) -> np.ndarray:
+    return rng_for(self.seed, STREAM_FINETUNE_ORDER, epoch).permutation(self.num_samples)
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+    order = self.order(epoch)
+    bs = self.batch_size
+    for step in range(start_step, self.steps_per_epoch):
+      yield self.batch(order[step * bs:(step + 1) * bs], epoch)
+
+  def batch(self, samples: np.ndarray, epoch: int) -> Batch:
+    """These samples' rows, this process's pieces only (one sample per row)."""
+    pieces = self.shards.count * self.shards.micro_batches
+    rows, weights = _pad_rows(samples, self.num_rows * pieces)
+    first = self.shards.first_local * self.shards.micro_batches
+    local = slice(first * self.num_rows,
+                  (first + self.shards.num_local * self.shards.micro_batches) * self.num_rows)
+    return self.rows(rows[local], weights[local], epoch, np.arange(len(rows))[local])
+
+  def rows(self, samples: np.ndarray, weights: np.ndarray, epoch: int,
+           slots: np.ndarray) -> Batch:
+    """Rows of these samples (-1: padding), at these places of the global batch (dropout
+    keys on the place: token id = slot * max_len + column)."""
+    L = self.max_len
+    real = samples >= 0
+    safe = np.maximum(samples, 0)
+    user = np.searchsorted(self.first, safe, side="right") - 1
+    start = self.starts[user]
+    end = start + (safe - self.first[user])                          # t[:i] is [start, end)
+    end = np.where(real, end, start)
+    inputs = data_lib.left_pad(self.dataset.offsets, self.dataset.items, start, end, L)
+    answers = np.where(real, self.dataset.items[np.minimum(end, len(self.dataset.items) - 1)], 0)
+    targets = np.zeros_like(inputs)
+    targets[:, -1] = answers
+    col = np.arange(L)[None, :]
+    base = keyed_random.key(self.seed, STREAM_FINETUNE_BATCH, epoch)
+    negatives = keyed_excluding(
+        base, 1, self.negative_high, samples[:, None], col, targets > 0,
+        lambda draws: self._in_sequence(user[:, None], draws))
+    lengths = (end - start).astype(np.int32)
+    n = len(samples)
+    return {
+        "inputs": inputs.astype(np.int32), "targets": targets.astype(np.int32),
+        "negatives": negatives.astype(np.int32),
+        "segment_ids": (inputs > 0).astype(np.int32),
+        # Every column keeps its position, padding included: a filter sees the whole row.
+        "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (n, L)).copy(),
+        "token_ids": (slots[:, None] * L + col).astype(np.int32),
+        # The newest position reads the prediction, even for the sample with no items.
+        "last_index": (np.arange(n) * L + L - 1).astype(np.int32),
+        "lengths": lengths, "weights": weights.astype(np.float32),
+    }
+
+  def _in_sequence(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    query = users * self._stride + items
+    pos = np.minimum(np.searchsorted(self._keys, query), len(self._keys) - 1)
+    return self._keys[pos] == query
 
 
 # --- evaluation --------------------------------------------------------------

@@ -9,6 +9,7 @@ from s3rec_jax.core import parallel
 from s3rec_jax.data import input_pipeline
 from s3rec_jax.evaluation import metrics as metrics_lib
 from s3rec_jax.evaluation import steps as eval_steps
+from s3rec_jax.model import encoder_registry
 from s3rec_jax.ops import methods
 
 
@@ -34,7 +35,7 @@ class Evaluator:
     self.shards = input_pipeline.Shards(*parallel.local_shards(mesh))
     # One batch shape for validation and test: the step compiles once.
     self.shape = input_pipeline.eval_shape(splits, ("valid", "test"), ec.batch_size,
-                                           config.pack_sequences, self.shards)
+                                           encoder_registry.packs(config), self.shards)
 
   def batches(self, split: str):
     """The split's batches, placed on the mesh (kept after the first pass if small enough)."""
@@ -44,7 +45,7 @@ class Evaluator:
     kept, size = [], 0
     for batch in input_pipeline.prefetch(input_pipeline.eval_batches(
         self.ds, self.splits, split, self.protocol, self.config.eval.batch_size,
-        self.config.pack_sequences, self.shards, self.shape)):
+        encoder_registry.packs(self.config), self.shards, self.shape)):
       size += sum(v.nbytes for v in batch.values())
       placed = parallel.shard_batch(batch, self.mesh)
       if kept is not None and size <= self.cache_bytes:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import chex
 import flax.linen as nn
@@ -33,6 +34,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from s3rec_jax.core import hashing
+from s3rec_jax.core import settings as settings_lib
+from s3rec_jax.model import encoder_registry
 from s3rec_jax.model import item_table as item_table_lib
 
 # Additive attention biases used by the reference.
@@ -72,6 +75,9 @@ class ModelConfig:
   # its physical rows (0: item_size); see s3rec_jax.model.item_table.
   item_table_axis: str | None = None
   item_table_rows: int = 0
+  # The layer the stack is made of (model/encoder_registry.py) and its bound settings record.
+  encoder: str = "sasrec"
+  encoder_settings: Any = None
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -94,7 +100,7 @@ class ModelConfig:
     return jnp.dtype(self.compute_dtype)
 
 
-def _layer_norm(name: str) -> nn.LayerNorm:
+def layer_norm(name: str) -> nn.LayerNorm:
   # use_fast_variance=False: compute E[(x - mean)^2] as the reference does.
   # float32 in and out whatever the compute dtype: the residual stream stays float32.
   return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_fast_variance=False, dtype=jnp.float32,
@@ -148,13 +154,13 @@ def token_dropout(x: jax.Array, seed: jax.Array | None, rate: float, first: jax.
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
 
-def _feature_dropout(x, seed, rate, token_ids):
+def feature_dropout(x, seed, rate, token_ids):
   """Hidden dropout of [..., H] activations of the tokens `token_ids` [...]."""
   features = jnp.arange(x.shape[-1], dtype=jnp.uint32)
   return token_dropout(x, seed, rate, token_ids[..., None], features)
 
 
-def _dropout_seeds(module: nn.Module, count: int, deterministic: bool):
+def dropout_seeds(module: nn.Module, count: int, deterministic: bool):
   """`count` 2-word dropout seeds from the module's 'dropout' stream (None when off)."""
   if deterministic:
     return (None,) * count
@@ -181,7 +187,7 @@ def _lookup(embed: nn.Embed, ids: jax.Array) -> jax.Array:
   return item_table_lib.lookup(embed.embedding, ids)
 
 
-def _gather_tokens(x: jax.Array, queries: Queries) -> jax.Array:
+def gather_tokens(x: jax.Array, queries: Queries) -> jax.Array:
   """[rows, L, ...] -> [T, ...]: the dense rows' tokens, then the indexed ones."""
   dense = x[:queries.dense_rows] if queries.dense_rows >= 0 else x
   flat = dense.reshape((-1,) + x.shape[2:])
@@ -222,7 +228,7 @@ class SelfAttention(nn.Module):
       contexts.append(jnp.einsum("bqk,bkd->bqd", probs, value[..., part]))
     context = jnp.concatenate(contexts, axis=-1)                             # [b, L, H]
     return _dense(hidden, cfg.initializer_range, "output", cfg.dtype)(
-        _gather_tokens(context, queries)).astype(jnp.float32)
+        gather_tokens(context, queries)).astype(jnp.float32)
 
 
 class FeedForward(nn.Module):
@@ -252,15 +258,15 @@ class TransformerLayer(nn.Module):
   def __call__(self, x: jax.Array, bias: jax.Array, token_ids: jax.Array, positions: jax.Array,
                deterministic: bool, queries: Queries = Queries()) -> jax.Array:
     cfg = self.config
-    attention_seed, attended_seed, transformed_seed = _dropout_seeds(self, 3, deterministic)
+    attention_seed, attended_seed, transformed_seed = dropout_seeds(self, 3, deterministic)
     attended = SelfAttention(cfg, name="attention")(x, bias, token_ids, positions, queries,
                                                     attention_seed)
-    out_ids = _gather_tokens(token_ids, queries)
-    attended = _feature_dropout(attended, attended_seed, cfg.hidden_dropout, out_ids)
-    y = _layer_norm("attention_norm")(_gather_tokens(x, queries) + attended)
+    out_ids = gather_tokens(token_ids, queries)
+    attended = feature_dropout(attended, attended_seed, cfg.hidden_dropout, out_ids)
+    y = layer_norm("attention_norm")(gather_tokens(x, queries) + attended)
     transformed = FeedForward(cfg, name="feed_forward")(y)
-    transformed = _feature_dropout(transformed, transformed_seed, cfg.hidden_dropout, out_ids)
-    return _layer_norm("feed_forward_norm")(y + transformed)
+    transformed = feature_dropout(transformed, transformed_seed, cfg.hidden_dropout, out_ids)
+    return layer_norm("feed_forward_norm")(y + transformed)
 
 
 class Encoder(nn.Module):
@@ -270,12 +276,16 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, bias: jax.Array, token_ids: jax.Array, positions: jax.Array,
                deterministic: bool, queries: Queries = Queries()) -> jax.Array:
+    layer = encoder_registry.get(self.config.encoder).layer
     for i in range(self.config.num_layers):
       last = i == self.config.num_layers - 1
-      out = TransformerLayer(self.config, name=f"layer_{i}")(
+      out = layer(self.config, name=f"layer_{i}")(
           x, bias, token_ids, positions, deterministic, queries if last else Queries())
       x = out if last else out.reshape(x.shape)
     return x
+
+
+encoder_registry.register(encoder_registry.EncoderSpec("sasrec", TransformerLayer))
 
 
 class Heads(nn.Module):
@@ -303,7 +313,7 @@ class S3RecModel(nn.Module):
     self.attribute_embeddings = nn.Embed(cfg.attribute_size, cfg.hidden_size,
                                          embedding_init=embed_init)
     self.position_embeddings = nn.Embed(cfg.max_len, cfg.hidden_size, embedding_init=embed_init)
-    self.input_norm = _layer_norm("input_norm")
+    self.input_norm = layer_norm("input_norm")
     self.encoder = Encoder(cfg)
     self.heads = Heads(cfg)
 
@@ -336,11 +346,14 @@ class S3RecModel(nn.Module):
     chex.assert_equal_shape([ids, positions, segment_ids])
     if token_ids is None:
       token_ids = jnp.arange(batch)[:, None] * cfg.max_len + positions
-    x = (item_table_lib.lookup(self.item_embeddings.embedding, ids, cfg.item_table_axis)
-         + _lookup(self.position_embeddings, positions))
+    items = item_table_lib.lookup(self.item_embeddings.embedding, ids, cfg.item_table_axis)
+    # The padding row is not trained (the references' padding_idx=0): attention never reads
+    # a padding token, but a filter over the whole row does.
+    items = jnp.where((ids == 0)[..., None], jax.lax.stop_gradient(items), items)
+    x = items + _lookup(self.position_embeddings, positions)
     x = self.input_norm(x)
-    (input_seed,) = _dropout_seeds(self, 1, deterministic)
-    x = _feature_dropout(x, input_seed, cfg.hidden_dropout, token_ids)
+    (input_seed,) = dropout_seeds(self, 1, deterministic)
+    x = feature_dropout(x, input_seed, cfg.hidden_dropout, token_ids)
     out = self.encoder(x, attention_bias(segment_ids, causal), token_ids, positions,
                        deterministic, queries or Queries())
     return out.reshape(batch, length, -1) if queries is None else out
@@ -411,7 +424,11 @@ def model_config(config: ml_collections.ConfigDict, sizes,
   """The encoder's static config from a run config and the data's sizes (item_size,
   attribute_size); `layout` (default: replicated) places the item table."""
   m = config.model
-  return ModelConfig(
+  name = m.get("encoder", "sasrec")
+  spec = encoder_registry.get(name)
+  bound = (settings_lib.bind(spec.settings, config.settings.to_dict().get(spec.settings, {}))
+           if spec.settings else None)
+  return ModelConfig(encoder=name, encoder_settings=bound,
       item_size=sizes.item_size, attribute_size=sizes.attribute_size, hidden_size=m.hidden_size,
       num_layers=m.num_layers, num_heads=m.num_heads, max_len=config.max_seq_length,
       hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,

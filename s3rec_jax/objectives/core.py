@@ -46,6 +46,10 @@ class ObjectiveOptions:
   # The model's compute dtype (model.compute_dtype): "bfloat16" runs the scoring
   # matmuls of `ce` and `sampled_softmax` in bfloat16 (float32 accumulation).
   compute_dtype: str = "float32"
+  # Fine-tuning's trained positions (finetune.targets): "all_positions", or
+  # "last_of_prefixes" (each sequence of the batch is a prefix; only its newest token has a
+  # target).
+  targets: str = "all_positions"
   # Plug-in settings: ((plug-in name, its bound settings record), ...), from config.settings
   # (core.settings.bind_all; see `settings_tuple`).
   settings: tuple = ()

@@ -52,41 +52,48 @@ def _register(form: str):
                   mean_over="targets")
 
 
-def _targets(inputs: ObjectiveInputs):
-  targets = inputs.batch["targets"]
-  return targets, (targets > 0).astype(jnp.float32)
+def _scored(inputs: ObjectiveInputs):
+  """(outputs [T, H], targets [T], is_target [T], flat index [T]) of the scored tokens: every
+  token (packed rows are mostly targets; the others get weight 0), or with
+  options.targets == "last_of_prefixes" each sequence's newest token only."""
+  out, targets = inputs.outputs["sequence"], inputs.batch["targets"]
+  if inputs.options.targets == "last_of_prefixes":
+    index = inputs.batch["last_index"]
+    out = inputs.last_token("sequence")
+  else:
+    index = jnp.arange(targets.size)
+    out = out.reshape(-1, out.shape[-1])
+  targets = targets.reshape(-1)[index]
+  return out, targets, (targets > 0).astype(jnp.float32), index
 
 
 @_register("bce")
 def next_item_bce(inputs: ObjectiveInputs) -> jax.Array:
-  out = inputs.outputs["sequence"]
-  targets, is_target = _targets(inputs)
+  out, targets, is_target, index = _scored(inputs)
+  negatives = inputs.batch["negatives"].reshape(-1)[index]
   pos = jnp.sum(out * inputs.item_rows(targets), -1)
-  neg = jnp.sum(out * inputs.item_rows(inputs.batch["negatives"]), -1)
+  neg = jnp.sum(out * inputs.item_rows(negatives), -1)
   per_position = jax.nn.softplus(-pos) + jax.nn.softplus(neg)  # -log s(pos) - log(1 - s(neg))
   return jnp.sum(per_position * is_target)
 
 
 @_register("ce")
 def next_item_ce(inputs: ObjectiveInputs) -> jax.Array:
-  out = inputs.outputs["sequence"]
-  targets, is_target = _targets(inputs)
-  # Packed rows are mostly target positions, so every token is scored and the
-  # others get weight 0 (their target id is any valid one).
+  out, targets, is_target, _ = _scored(inputs)
+  # Non-target tokens score any valid id; their weight is 0.
   per_position = catalogue_softmax.cross_entropy(
-      out.reshape(-1, out.shape[-1]), inputs.item_table,
-      jnp.where(targets > 0, targets, 1).reshape(-1), num_items=inputs.options.num_items,
+      out, inputs.item_table, jnp.where(targets > 0, targets, 1),
+      num_items=inputs.options.num_items,
       chunk_size=inputs.options.settings_of("next_item").chunk_size,
       axis_name=inputs.options.item_table_axis, matmul_dtype=inputs.options.compute_dtype,
       method=inputs.options.settings_of("next_item").ce_method)
-  return jnp.sum(per_position.reshape(targets.shape) * is_target)
+  return jnp.sum(per_position * is_target)
 
 
 @_register("sampled_softmax")
 def next_item_sampled_softmax(inputs: ObjectiveInputs) -> jax.Array:
   """Needs tables['item_log_q'] [item_size]: log of each item's sampling probability."""
-  out = inputs.outputs["sequence"]
-  targets, is_target = _targets(inputs)
+  flat, flat_targets, is_target, _ = _scored(inputs)
   log_q = inputs.tables["item_log_q"]
   k = inputs.options.settings_of("next_item").num_negatives
   # Inverse-CDF draws, shared by the batch (jax.random.categorical's Gumbel
@@ -95,16 +102,15 @@ def next_item_sampled_softmax(inputs: ObjectiveInputs) -> jax.Array:
   u = jax.random.uniform(inputs.key, (k,)) * cdf[-1]
   negatives = jnp.clip(jnp.searchsorted(cdf, u, side="right"), 1, log_q.shape[0] - 2)
   correction = jnp.log(float(k)) + log_q
-  flat = out.reshape(-1, out.shape[-1])
   # Non-target positions score item 1 (Q(0) = 0 would make them inf - inf).
-  flat_targets = jnp.where(targets > 0, targets, 1).reshape(-1)
+  flat_targets = jnp.where(flat_targets > 0, flat_targets, 1)
   pos = jnp.sum(flat * inputs.item_rows(flat_targets), -1) - correction[flat_targets]
   neg = (catalogue_softmax.matmul(flat, inputs.shared_item_rows(negatives).T,
                                   inputs.options.compute_dtype)
          - correction[negatives][None, :])                                            # [T, K]
   neg = jnp.where(negatives[None, :] == flat_targets[:, None], -jnp.inf, neg)
   per_position = jax.nn.logsumexp(jnp.concatenate([pos[:, None], neg], axis=1), axis=1) - pos
-  return jnp.sum(jnp.where(is_target > 0, per_position.reshape(targets.shape), 0.0))
+  return jnp.sum(jnp.where(is_target > 0, per_position, 0.0))
 
 
 def item_log_q(train_targets, item_size: int, smoothing: float = 1.0):

@@ -6,12 +6,14 @@ import ml_collections
 
 from s3rec_jax.core import errors
 from s3rec_jax.model import encoder as model_lib
+from s3rec_jax.model import encoder_registry
 from s3rec_jax.model import item_table
 from s3rec_jax.ops import methods
 from s3rec_jax import objectives as objectives_lib
 from s3rec_jax.objectives import next_item
 
 PROTOCOLS = ("sampled", "full")
+TARGETS = ("all_positions", "last_of_prefixes")
 
 
 class ConfigError(errors.UserError):
@@ -73,6 +75,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.finetune.loss not in next_item.FORMS:
     raise ConfigError(f"config.finetune.loss={config.finetune.loss!r} is unknown; valid losses: "
                       + ", ".join(next_item.FORMS))
+  encoder = config.model.get("encoder", "sasrec")
+  try:
+    spec = encoder_registry.get(encoder)
+  except ValueError as e:
+    raise ConfigError(f"config.model.encoder: {e}") from None
+  targets = config.finetune.get("targets", "all_positions")
+  if targets not in TARGETS:
+    raise ConfigError(f"config.finetune.targets={targets!r} is unknown; expected "
+                      + " or ".join(TARGETS))
+  if spec.mixes_positions and targets == "all_positions":
+    raise ConfigError(f"config.model.encoder={encoder!r} mixes every position of a row, so "
+                      "training all positions at once would show each one its answer: set "
+                      "config.finetune.targets=last_of_prefixes")
   # Every plug-in's settings, against the record it declares (names, types, ranges).
   objectives_lib.settings_tuple(config.settings.to_dict())
   # The method names and what they need of the model; whether they run here is checked

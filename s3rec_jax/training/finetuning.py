@@ -14,6 +14,7 @@ from s3rec_jax.data import input_pipeline
 from s3rec_jax.evaluation import evaluator
 from s3rec_jax.model import checkpointing
 from s3rec_jax.model import encoder as model_lib
+from s3rec_jax.model import encoder_registry
 from s3rec_jax.training import loop
 from s3rec_jax.training import metric_writers
 from s3rec_jax.training import setup
@@ -102,8 +103,16 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
     setup.log("fine-tuning: no pre-training checkpoint: random initialisation (plain SASRec)")
   tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2, fc.weight_decay)
   state = train_steps.create_state(params, tx, mesh, mcfg.item_table_axis)
-  batches = input_pipeline.FinetuneBatches(ds, splits, fc.batch_size, setup.negative_high(config, ds),
-                                           config.seed, config.pack_sequences, setup.shards(mesh))
+  if fc.get("targets", "all_positions") == "last_of_prefixes":
+    batches = input_pipeline.PrefixBatches(ds, fc.batch_size, config.max_seq_length,
+                                           setup.negative_high(config, ds), config.seed,
+                                           setup.shards(mesh))
+    setup.log(f"fine-tuning: every prefix is a sample ({batches.num_samples} a epoch, one "
+              "per row, the loss at its newest position)")
+  else:
+    batches = input_pipeline.FinetuneBatches(
+        ds, splits, fc.batch_size, setup.negative_high(config, ds), config.seed,
+        encoder_registry.packs(config), setup.shards(mesh))
   objectives = setup.finetune_objectives(config)
   options = setup.objective_options(config, ds)
   tables = parallel.replicate(setup.finetune_tables(objectives, ds, splits), mesh)

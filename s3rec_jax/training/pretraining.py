@@ -12,6 +12,7 @@ from s3rec_jax.data import dataset as data_lib
 from s3rec_jax.data import input_pipeline
 from s3rec_jax.model import checkpointing
 from s3rec_jax.model import encoder as model_lib
+from s3rec_jax.model import encoder_registry
 from s3rec_jax import objectives as objectives_lib
 from s3rec_jax.training import loop
 from s3rec_jax.training import metric_writers
@@ -77,7 +78,7 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
   options = setup.objective_options(config, ds)
   batches = input_pipeline.PretrainBatches(
       ds, input_pipeline.PretrainSettings(pc.batch_size, config.max_seq_length, pc.mask_p,
-                                          setup.negative_high(config, ds), config.pack_sequences,
+                                          setup.negative_high(config, ds), encoder_registry.packs(config),
                                           segment_negatives=setup.segment_negatives(objectives, options)),
       config.seed, setup.shards(mesh, micro_batches))
   tx = train_steps.make_optimizer(pc.learning_rate, pc.adam_b1, pc.adam_b2, pc.weight_decay)

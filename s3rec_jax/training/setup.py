@@ -14,6 +14,7 @@ from s3rec_jax.core import parallel
 from s3rec_jax.data import dataset as data_lib
 from s3rec_jax.data import fetch
 from s3rec_jax.data import input_pipeline
+from s3rec_jax.model import encoder_registry
 from s3rec_jax.model import item_table as item_table_lib
 from s3rec_jax import objectives as objectives_lib
 from s3rec_jax.training import config_validation
@@ -112,7 +113,7 @@ def pretrain_micro_batches(config: ml_collections.ConfigDict, ds: data_lib.Datas
   if any(o.whole_batch for o, _ in objectives):
     return 1, "automatic: an objective compares sequences across the whole batch"
   per_device = pc.batch_size / mesh.size
-  if config.pack_sequences:
+  if encoder_registry.packs(config):
     starts, ends = data_lib.pretrain_prefixes(ds, config.max_seq_length)
     # Packing fills about 90% of a row's slots.
     rows = per_device * float(np.mean(ends - starts)) / (0.9 * config.max_seq_length)
@@ -140,7 +141,8 @@ def objective_options(config: ml_collections.ConfigDict,
   return objectives_lib.ObjectiveOptions(
       mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
       mip_num_negatives=pc.mip_num_negatives,
-      settings=objectives_lib.settings_tuple(config.settings.to_dict()))
+      settings=objectives_lib.settings_tuple(config.settings.to_dict()),
+      targets=config.finetune.get("targets", "all_positions"))
 
 
 def finetune_tables(objectives, ds: data_lib.Dataset, splits: dict) -> dict:

@@ -30,6 +30,17 @@ _DATASETS = {
 
 _CE = {"finetune.loss": "ce", "finetune.epochs": 300}
 
+# BSARec as its authors run it (yehjin-shin/BSARec: 200 epochs, patience 10, batch 256,
+# every prefix a sample, full-softmax ce), with their per-dataset settings where published.
+_BSAREC = {"pretrain.epochs": 0, "model.encoder": "bsarec", "finetune.targets": "last_of_prefixes",
+           "finetune.loss": "ce", "finetune.epochs": 200, "model.num_heads": 1}
+_BSAREC_SETTINGS = {
+    "Beauty": {"finetune.learning_rate": 5e-4, "settings.bsarec.alpha": 0.7,
+               "settings.bsarec.c": 5},
+    "LastFM": {"finetune.learning_rate": 1e-3, "settings.bsarec.alpha": 0.9,
+               "settings.bsarec.c": 3},
+}
+
 
 def _cells(dataset: str) -> dict:
   config, released = _DATASETS[dataset]
@@ -38,6 +49,8 @@ def _cells(dataset: str) -> dict:
       # This project's own pre-training (the reference's schedule for the dataset), then ce.
       "S3-Rec pre-trained here (ce)": dict(_CE),
   }
+  if dataset in _BSAREC_SETTINGS:
+    cells["BSARec (ce)"] = dict(_BSAREC, **_BSAREC_SETTINGS[dataset])
   if released:
     cells["S3-Rec released (ce)"] = {"pretrain.epochs": 0, "finetune.init_checkpoint": released,
                                      **_CE}

@@ -8,9 +8,19 @@ import os
 import tempfile
 from typing import Any
 
+from etils import epath
+
+from s3rec_jax.core import paths
+
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
-  """Writes through a temp file in the same folder, fsync and a rename."""
+  """Writes through a temp file in the same folder, fsync and a rename. An object-store URL
+  (gs://...) is written as one object, which the store replaces whole."""
+  if paths.is_url(path):
+    target = epath.Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)

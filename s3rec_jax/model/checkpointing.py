@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
 from s3rec_jax.core import errors
+from s3rec_jax.core import paths
 from s3rec_jax.model import encoder as model_lib
 from s3rec_jax.model import item_table
 
@@ -28,7 +29,7 @@ class CheckpointError(errors.UserError):
 
 
 def _abs(path: str) -> str:
-  return os.path.abspath(os.path.expanduser(path))
+  return paths.absolute(path)
 
 
 def manager(directory: str, *, max_to_keep: int | None = None, read_only: bool = False,

@@ -8,6 +8,7 @@ import os
 import ml_collections
 
 from s3rec_jax.core import parallel
+from s3rec_jax.core import paths
 from s3rec_jax.core import workdir_files
 from s3rec_jax.data import dataset as data_lib
 from s3rec_jax.data import input_pipeline
@@ -129,9 +130,9 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
       + (f"; early stopping from epoch {fc.min_epochs} on" if fc.min_epochs else ""))
   evaluate = evaluator.Evaluator(config, ds, splits, mcfg, mesh, protocol)
   # Saves are asynchronous: training goes on while a checkpoint is written.
-  best_mngr = checkpointing.manager(os.path.join(workdir, workdir_files.FINETUNE_BEST_DIR),
+  best_mngr = checkpointing.manager(paths.join(workdir, workdir_files.FINETUNE_BEST_DIR),
                                     max_to_keep=1, asynchronous=True)
-  resume = checkpointing.manager(os.path.join(workdir, workdir_files.FINETUNE_RESUME_DIR),
+  resume = checkpointing.manager(paths.join(workdir, workdir_files.FINETUNE_RESUME_DIR),
                                  max_to_keep=2, asynchronous=True)
   validation = Validation(evaluate, evaluator.early_stopping_metric(protocol), best_mngr, writer,
                           patience=fc.patience, min_epochs=fc.min_epochs, meta={

@@ -33,6 +33,10 @@ import os
 import uuid
 from typing import Any, Iterable, Mapping
 
+from etils import epath
+
+from s3rec_jax.core import paths
+
 LOG_FILE = "log.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 SCALARS_PHASE = "scalars"   # the `phase` of log.jsonl lines that hold write_scalars calls
@@ -92,6 +96,10 @@ class JsonlWriter(MetricWriter):
 
   def write_record(self, record: Mapping[str, Any]) -> None:
     line = json.dumps(dict(record)) + "\n"
+    if paths.is_url(self.path):   # object stores do not append: the object is written anew
+      target = epath.Path(self.path)
+      target.write_text((target.read_text() if target.exists() else "") + line)
+      return
     with open(self.path, "a") as f:
       f.write(line)
 
@@ -183,5 +191,7 @@ def create_default_writer(workdir: str, *, enabled: bool) -> MetricWriter:
   """
   if not enabled:
     return MultiWriter([])
+  if paths.is_url(workdir):   # TensorBoard event files are written to local workdirs only
+    return MultiWriter([JsonlWriter(paths.join(workdir, LOG_FILE))])
   return MultiWriter([JsonlWriter(os.path.join(workdir, LOG_FILE)),
                       TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR))])

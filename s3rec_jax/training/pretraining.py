@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
 import ml_collections
 
 from s3rec_jax.core import parallel
+from s3rec_jax.core import paths
 from s3rec_jax.core import workdir_files
 from s3rec_jax.data import dataset as data_lib
 from s3rec_jax.data import input_pipeline
@@ -100,10 +100,10 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
       f"({batches.num_sequences} sequences, batch {pc.batch_size}, {micro_batches} "
       f"micro-batch(es) per device step, {why}); objectives "
       + ", ".join(f"{o.name}[{o.form}] x{w:g}" for o, w in objectives))
-  ckpt_dir = os.path.join(workdir, workdir_files.PRETRAIN_DIR)
+  ckpt_dir = paths.join(workdir, workdir_files.PRETRAIN_DIR)
   # Saves are asynchronous: training goes on while a checkpoint is written.
   handoff = checkpointing.manager(ckpt_dir, asynchronous=True)
-  resume = checkpointing.manager(os.path.join(workdir, workdir_files.PRETRAIN_RESUME_DIR),
+  resume = checkpointing.manager(paths.join(workdir, workdir_files.PRETRAIN_RESUME_DIR),
                                  max_to_keep=2, asynchronous=True)
   actions = [PretrainLog(writer), HandoffCheckpoints(handoff, pc.save_every_epochs, meta={
       "dataset": config.dataset, "item_size": ds.item_size, "attribute_size": ds.attribute_size,

@@ -7,13 +7,13 @@ and results; every process takes part in checkpointing.
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 import ml_collections
 
 from s3rec_jax.core import files
+from s3rec_jax.core import paths
 from s3rec_jax.core import provenance
 from s3rec_jax.core import workdir_files
 from s3rec_jax.data import dataset as data_lib
@@ -32,7 +32,7 @@ def named_init_checkpoint(config: ml_collections.ConfigDict) -> str | None:
   """config.finetune.init_checkpoint as an absolute path; fails loudly when it does not exist."""
   if not config.finetune.init_checkpoint:
     return None
-  path = os.path.abspath(config.finetune.init_checkpoint)
+  path = paths.absolute(config.finetune.init_checkpoint)
   checkpointing.resolve(path)
   return path
 
@@ -52,14 +52,13 @@ def write_run_record(config: ml_collections.ConfigDict, ds: data_lib.Dataset, wo
     return
   ids_path = None
   if config.dataset != "synthetic":
-    source = os.path.join(os.path.abspath(config.data_dir), f"{config.dataset}_ids.json")
-    if os.path.exists(source):
-      with open(source) as f:
-        files.write_text_atomic(os.path.join(workdir, workdir_files.IDS_FILE), f.read())
+    source = paths.join(paths.absolute(config.data_dir), f"{config.dataset}_ids.json")
+    if paths.exists(source):
+      files.write_text_atomic(paths.join(workdir, workdir_files.IDS_FILE), paths.read_text(source))
       ids_path = source
-  files.write_json_atomic(os.path.join(workdir, workdir_files.RUN_FILE), {
+  files.write_json_atomic(paths.join(workdir, workdir_files.RUN_FILE), {
       "config": config.to_dict(), "dataset": config.dataset,
-      "data_dir": os.path.abspath(config.data_dir), "item_size": ds.item_size,
+      "data_dir": paths.absolute(config.data_dir), "item_size": ds.item_size,
       "attribute_size": ds.attribute_size, "max_item": ds.max_item, "ids_file": ids_path,
       # Where and with what this run (or its latest resume) ran.
       "made_by": {"commit": provenance.commit(), "cpu": provenance.cpu(),
@@ -79,27 +78,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not (config.compare_to_sasrec and pretrained):
     return payload
   baseline = comparison.sasrec_baseline(config)
-  setup.log(f"compare_to_sasrec: training plain SASRec in {os.path.join(workdir, workdir_files.SASREC_DIR)}")
-  baseline_payload = run_one(baseline, os.path.join(workdir, workdir_files.SASREC_DIR))
+  setup.log(f"compare_to_sasrec: training plain SASRec in {paths.join(workdir, workdir_files.SASREC_DIR)}")
+  baseline_payload = run_one(baseline, paths.join(workdir, workdir_files.SASREC_DIR))
   table = comparison.comparison_table({"S3-Rec": payload["test"], "SASRec": baseline_payload["test"]},
                            decide_by=evaluator.early_stopping_metric(config.eval.protocol))
   setup.log(table)
   if setup.is_main_process():
-    files.write_text_atomic(os.path.join(os.path.abspath(workdir), workdir_files.COMPARISON_FILE), table + "\n")
+    files.write_text_atomic(paths.join(paths.absolute(workdir), workdir_files.COMPARISON_FILE), table + "\n")
   return payload
 
 
 def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """One run: pre-train (if asked), fine-tune, test; writes workdir/results.json atomically."""
   config_validation.validate(config)
-  workdir = os.path.abspath(workdir)
+  workdir = paths.absolute(workdir)
   t0 = time.time()
   mesh = setup.make_mesh(config)
   config_validation.validate_for_devices(config, mesh.size)
   init_checkpoint = named_init_checkpoint(config)
   # The workdir is made only once the data has loaded: bad input leaves nothing behind.
   ds = setup.load_data(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
+  paths.makedirs(workdir)
   write_run_record(config, ds, workdir)
   pretrained = None
   # One writer per phase, closed when the phase ends or fails: its last points reach the disk.
@@ -112,7 +111,7 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
     outcome = finetuning.finetune_and_test(config, ds, workdir, mesh, init_checkpoint or pretrained, writer)
   payload = results_payload(config, outcome)
   if setup.is_main_process():
-    files.write_json_atomic(os.path.join(workdir, workdir_files.RESULTS_FILE), payload)
+    files.write_json_atomic(paths.join(workdir, workdir_files.RESULTS_FILE), payload)
   # Timing stays out of results.json, which a resumed run must reproduce exactly.
   with setup.open_metric_writer(workdir) as writer:
     writer.write_record({"phase": "done", "wall_seconds": time.time() - t0})
@@ -123,8 +122,8 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def evaluate_best(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict[str, float]]:
   """Re-evaluates the best fine-tuning checkpoint of workdir under config.eval.protocol."""
   config_validation.validate(config)
-  workdir = os.path.abspath(workdir)
-  best_dir = os.path.join(workdir, workdir_files.FINETUNE_BEST_DIR)
+  workdir = paths.absolute(workdir)
+  best_dir = paths.join(workdir, workdir_files.FINETUNE_BEST_DIR)
   root, step = checkpointing.resolve(best_dir)
   mesh = setup.make_mesh(config)
   config_validation.validate_for_devices(config, mesh.size)

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from s3rec_jax.core import provenance  # noqa: E402
 from s3rec_jax.data import dataset as data_lib  # noqa: E402
 from s3rec_jax.data import input_pipeline as ip  # noqa: E402
+from s3rec_jax.data import workers  # noqa: E402
 
 
 def generated_dataset(num_users: int, num_items: int, max_length: int, seed: int
@@ -52,6 +53,8 @@ def time_batches(build, steps: int) -> float:
 
 
 def main(argv=None) -> int:
+  from absl import flags  # grain reads its absl flags   # pylint: disable=g-import-not-at-top
+  flags.FLAGS.mark_as_parsed()
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--per_device", default="1024,4096,16384",
                  help="comma list: sequences per device in a global batch")
@@ -61,6 +64,10 @@ def main(argv=None) -> int:
   p.add_argument("--max_user_length", type=int, default=10_000)
   p.add_argument("--max_len", type=int, default=50)
   p.add_argument("--steps", type=int, default=3, help="timed batches per measurement")
+  p.add_argument("--workers", default="", help="comma list of worker-process counts (e.g. "
+                 "0,1,2): time fine-tuning batches built through data/workers.py, at the first "
+                 "--per_device size")
+  p.add_argument("--worker_steps", type=int, default=20, help="batches per worker measurement")
   args = p.parse_args(argv)
   sizes = [int(x) for x in args.per_device.split(",")]
   ds = generated_dataset(args.users, args.items, args.max_user_length, seed=0)
@@ -94,6 +101,25 @@ def main(argv=None) -> int:
       print(f"| {name} | {per_device} | {timed['all'] * 1e3:.1f} | "
             f"{timed['all'] / batch * 1e6:.2f} | {timed['half'] * 1e3:.1f} | "
             f"{timed['half'] / timed['all']:.2f} |")
+  if args.workers:
+    per_device = sizes[0]
+    batch = per_device * args.devices
+    builder = ip.FinetuneBatches(ds, splits, batch, ds.max_item, 0, True,
+                                 ip.Shards(args.devices, 0, args.devices))
+    steps = min(builder.steps_per_epoch, args.worker_steps + 1)
+    print(f"\n| worker processes | fine-tuning batches of {batch} | sequences/s "
+          "(after the first batch) | first batch, s |")
+    print("| --- | --- | --- | --- |")
+    for count in (int(w) for w in args.workers.split(",")):
+      builder.workers = count
+      t0 = time.perf_counter()
+      first = None
+      for i, _ in enumerate(workers.epoch_batches(builder, 0, builder.steps_per_epoch - steps,
+                                                  count)):
+        if i == 0:
+          first = time.perf_counter()
+      rate = (steps - 1) * batch / (time.perf_counter() - first)
+      print(f"| {count} | {steps - 1} | {rate:,.0f} | {first - t0:.2f} |")
   print("\ncommand: python benchmarks/batch_builder.py "
         + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])))
   return 0

@@ -22,6 +22,7 @@ import numpy as np
 
 from s3rec_jax.data import dataset as data_lib
 from s3rec_jax.data import keyed_random
+from s3rec_jax.data import workers as workers_lib
 
 # Distinct stream ids keep the draws of different consumers independent.
 STREAM_PRETRAIN_ORDER = 1
@@ -376,6 +377,9 @@ class PretrainBatches:
   plus the original items and one negative per masked position.
   """
 
+  # Worker processes that build the batches ahead (0: this process; see data/workers.py).
+  workers = 0
+
   def __init__(self, dataset: data_lib.Dataset, settings: PretrainSettings, seed: int,
                shards: Shards = Shards()):
     self.dataset = dataset
@@ -397,6 +401,8 @@ class PretrainBatches:
   def order(self, epoch: int) -> np.ndarray:
     return rng_for(self.seed, STREAM_PRETRAIN_ORDER, epoch).permutation(self.num_sequences)
 
+  _order = functools.lru_cache(maxsize=2)(order)   # an epoch's order, drawn once per process
+
   @functools.cached_property
   def num_rows(self) -> int:
     """The packed rows of every batch (one compiled step): what epoch 0 needs at most, and
@@ -405,11 +411,13 @@ class PretrainBatches:
         _batch_lengths(self.lengths, self.order(0), self.settings.batch_size), self.shards,
         margin=TRAIN_ROWS_MARGIN)
 
-  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-    order = self.order(epoch)
+  def batch_at(self, epoch: int, step: int) -> Batch:
+    """Step `step` of `epoch` (a pure function of the two: any process or worker builds it)."""
     bs = self.settings.batch_size
-    for step in range(start_step, self.steps_per_epoch):
-      yield self.batch(order[step * bs:(step + 1) * bs], epoch, self.num_rows)
+    return self.batch(self._order(epoch)[step * bs:(step + 1) * bs], epoch, self.num_rows)
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+    return workers_lib.epoch_batches(self, epoch, start_step, self.workers)
 
   def batch(self, prefix_ids: np.ndarray, epoch: int, num_rows: int | None = None) -> Batch:
     """The batch of these prefixes (dataset indices) in `epoch`: this process's pieces only.
@@ -491,6 +499,9 @@ def _input_lengths(inputs: np.ndarray) -> np.ndarray:
 class FinetuneBatches:
   """Next-item training batches: one negative per target position, outside the user's sequence."""
 
+  # Worker processes that build the batches ahead (0: this process; see data/workers.py).
+  workers = 0
+
   def __init__(self, dataset: data_lib.Dataset, splits: dict, batch_size: int,
                negative_high: int, seed: int, pack: bool = True, shards: Shards = Shards()):
     self.dataset = dataset
@@ -519,6 +530,8 @@ class FinetuneBatches:
   def order(self, epoch: int) -> np.ndarray:
     return rng_for(self.seed, STREAM_FINETUNE_ORDER, epoch).permutation(len(self.inputs))
 
+  _order = functools.lru_cache(maxsize=2)(order)   # an epoch's order, drawn once per process
+
   @functools.cached_property
   def num_rows(self) -> int:
     """The packed rows of every batch (one compiled step): what epoch 0 needs at most, and
@@ -526,11 +539,13 @@ class FinetuneBatches:
     return self.packer.fixed_rows(_batch_lengths(self.lengths, self.order(0), self.batch_size),
                                   self.shards, margin=TRAIN_ROWS_MARGIN)
 
-  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-    order = self.order(epoch)
+  def batch_at(self, epoch: int, step: int) -> Batch:
+    """Step `step` of `epoch` (a pure function of the two: any process or worker builds it)."""
     bs = self.batch_size
-    for step in range(start_step, self.steps_per_epoch):
-      yield self.batch(order[step * bs:(step + 1) * bs], epoch, self.num_rows)
+    return self.batch(self._order(epoch)[step * bs:(step + 1) * bs], epoch, self.num_rows)
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+    return workers_lib.epoch_batches(self, epoch, start_step, self.workers)
 
   def batch(self, users: np.ndarray, epoch: int, num_rows: int | None = None) -> Batch:
     """The batch of these users in `epoch`: this process's pieces only. A user's negatives
@@ -568,6 +583,9 @@ class PrefixBatches:
   process's pieces are built. Negatives (for bce) are keyed by (seed, epoch, sample).
   """
 
+  # Worker processes that build the batches ahead (0: this process; see data/workers.py).
+  workers = 0
+
   def __init__(self, dataset: data_lib.Dataset, batch_size: int, max_len: int,
                negative_high: int, seed: int, shards: Shards = Shards()):
     self.dataset, self.batch_size, self.max_len = dataset, batch_size, max_len
@@ -592,11 +610,15 @@ class PrefixBatches:
   def order(self, epoch: int) -> np.ndarray:
     return rng_for(self.seed, STREAM_FINETUNE_ORDER, epoch).permutation(self.num_samples)
 
-  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-    order = self.order(epoch)
+  _order = functools.lru_cache(maxsize=2)(order)   # an epoch's order, drawn once per process
+
+  def batch_at(self, epoch: int, step: int) -> Batch:
+    """Step `step` of `epoch` (a pure function of the two: any process or worker builds it)."""
     bs = self.batch_size
-    for step in range(start_step, self.steps_per_epoch):
-      yield self.batch(order[step * bs:(step + 1) * bs], epoch)
+    return self.batch(self._order(epoch)[step * bs:(step + 1) * bs], epoch)
+
+  def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+    return workers_lib.epoch_batches(self, epoch, start_step, self.workers)
 
   def batch(self, samples: np.ndarray, epoch: int) -> Batch:
     """These samples' rows, this process's pieces only (one sample per row)."""

@@ -53,6 +53,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = _get(config, field)
     if not isinstance(value, int) or value < 0:
       raise ConfigError(f"config.{field} must be a non-negative integer, got {value!r}")
+  if not isinstance(config.get("data_workers", -1), int) or config.get("data_workers", -1) < -1:
+    raise ConfigError(f"config.data_workers={config.get('data_workers')!r}: expected -1 "
+                      "(automatic) or a count >= 0")
   if config.finetune.epochs == 0:
     raise ConfigError("config.finetune.epochs must be at least 1 (the test uses the best epoch)")
   if config.model.hidden_size % config.model.num_heads:

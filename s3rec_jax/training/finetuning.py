@@ -114,6 +114,9 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
     batches = input_pipeline.FinetuneBatches(
         ds, splits, fc.batch_size, setup.negative_high(config, ds), config.seed,
         encoder_registry.packs(config), setup.shards(mesh))
+  batches.workers = setup.data_workers(config, mesh)
+  if batches.workers:
+    setup.log(f"fine-tuning: batches built by {batches.workers} worker process(es)")
   objectives = setup.finetune_objectives(config)
   options = setup.objective_options(config, ds)
   tables = parallel.replicate(setup.finetune_tables(objectives, ds, splits), mesh)

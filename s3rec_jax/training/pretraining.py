@@ -81,6 +81,7 @@ def pretrain(config: ml_collections.ConfigDict, ds: data_lib.Dataset, workdir: s
                                           setup.negative_high(config, ds), encoder_registry.packs(config),
                                           segment_negatives=setup.segment_negatives(objectives, options)),
       config.seed, setup.shards(mesh, micro_batches))
+  batches.workers = setup.data_workers(config, mesh)
   tx = train_steps.make_optimizer(pc.learning_rate, pc.adam_b1, pc.adam_b2, pc.weight_decay)
   state = train_steps.create_state(
       model_lib.init_params(mcfg, setup.base_key(config, setup.STREAM_PRETRAIN_INIT)), tx, mesh,

@@ -14,6 +14,7 @@ from s3rec_jax.core import parallel
 from s3rec_jax.data import dataset as data_lib
 from s3rec_jax.data import fetch
 from s3rec_jax.data import input_pipeline
+from s3rec_jax.data import workers as workers_lib
 from s3rec_jax.model import encoder_registry
 from s3rec_jax.model import item_table as item_table_lib
 from s3rec_jax import objectives as objectives_lib
@@ -98,6 +99,12 @@ def item_table_layout(config: ml_collections.ConfigDict, ds: data_lib.Dataset,
         shard_above_mib=config.model.item_table_shard_above_mib)
   except ValueError as e:
     raise config_validation.ConfigError(str(e)) from None
+
+
+def data_workers(config: ml_collections.ConfigDict, mesh) -> int:
+  """config.data_workers, with -1 resolved to the cores the process can spare."""
+  count = config.get("data_workers", -1)
+  return workers_lib.auto_workers(mesh.devices.flat[0].platform) if count < 0 else count
 
 
 def shards(mesh, micro_batches: int = 1) -> input_pipeline.Shards:

@@ -346,6 +346,18 @@ class Packer:
     return out
 
 
+def _planned(packer: Packer, shards: Shards, ids: np.ndarray, lengths: np.ndarray,
+             batch_size: int, num_rows: int | None
+             ) -> tuple[PackPlan, np.ndarray, np.ndarray]:
+  """The plan of a batch of these sequences (dataset indices), and their indices and weights
+  completed with empty sequences (-1, weight 0) to the plan's pieces."""
+  rows, weights = _pad_rows(ids, batch_size)
+  plan = packer.plan(np.where(rows >= 0, lengths[np.maximum(rows, 0)], 0), shards, num_rows)
+  pad = len(plan.lengths) - len(rows)
+  return (plan, np.concatenate([rows, np.full(pad, -1, rows.dtype)]),
+          np.concatenate([weights, np.zeros(pad, weights.dtype)]))
+
+
 def _batch_lengths(lengths: np.ndarray, order: np.ndarray, batch_size: int
                    ) -> Iterator[np.ndarray]:
   """The sequence lengths of each batch of an epoch in `order` (the last one padded)."""
@@ -425,13 +437,8 @@ class PretrainBatches:
     Every draw of a sequence is keyed by (seed, epoch, its prefix index), so the batch does
     not depend on the devices, processes or workers that build it.
     """
-    s = self.settings
-    rows, weights = _pad_rows(prefix_ids, s.batch_size)
-    lengths = np.where(rows >= 0, self.lengths[np.maximum(rows, 0)], 0)
-    plan = self.packer.plan(lengths, self.shards, num_rows)
-    pad = len(plan.lengths) - len(rows)
-    rows = np.concatenate([rows, np.full(pad, -1, rows.dtype)])
-    weights = np.concatenate([weights, np.zeros(pad, weights.dtype)])
+    plan, rows, weights = _planned(self.packer, self.shards, prefix_ids, self.lengths,
+                                   self.settings.batch_size, num_rows)
     base = keyed_random.key(self.seed, STREAM_PRETRAIN_BATCH, epoch)
     return self.packer.pack_local(
         plan, self.shards, lambda m: (self.views(rows[m], base), {"weights": weights[m]}))
@@ -550,12 +557,8 @@ class FinetuneBatches:
   def batch(self, users: np.ndarray, epoch: int, num_rows: int | None = None) -> Batch:
     """The batch of these users in `epoch`: this process's pieces only. A user's negatives
     are keyed by (seed, epoch, user), so the batch does not depend on who builds it."""
-    rows, weights = _pad_rows(users, self.batch_size)
-    lengths = np.where(rows >= 0, self.lengths[np.maximum(rows, 0)], 0)
-    plan = self.packer.plan(lengths, self.shards, num_rows)
-    pad = len(plan.lengths) - len(rows)
-    rows = np.concatenate([rows, np.full(pad, -1, rows.dtype)])
-    weights = np.concatenate([weights, np.zeros(pad, weights.dtype)])
+    plan, rows, weights = _planned(self.packer, self.shards, users, self.lengths,
+                                   self.batch_size, num_rows)
     base = keyed_random.key(self.seed, STREAM_FINETUNE_BATCH, epoch)
 
     def build(m):

@@ -263,3 +263,54 @@ def test_remeasuring_transcribed_records_runs_them_and_prefers_the_runs_own(tmp_
   experiment.run(spec, str(tmp_path / "c"), cells=["S3-Rec"], ledger=str(ledger), runner=fake,
                  log=lambda _: None, remeasure_transcribed=True)
   assert len(fake.calls) == 2
+
+
+class FakePretrainingTrain(FakeTrain):
+  """FakeTrain that also leaves pre-training checkpoints when it pre-trains."""
+
+  def __call__(self, command, log_path):
+    workdir = next(a.split("=", 1)[1] for a in command if a.startswith("--workdir="))
+    if "--config.pretrain.epochs=0" not in command:
+      os.makedirs(os.path.join(workdir, "pretrain", "150"))
+    return super().__call__(command, log_path)
+
+
+SHARED_SPEC = '''
+def get_spec():
+  return {"config": "configs/synthetic.py",
+          "cells": {"S3-Rec": {}, "SASRec": {"pretrain.epochs": 0},
+                    "S3-Rec + contrastive": {"pretrained_by": "S3-Rec",
+                                             "finetune.objectives.cl4srec": 0.1}},
+          "seeds": [1, 2], "metrics": ["MRR"]}
+'''
+
+
+def test_a_cell_fine_tunes_from_another_cells_pre_training_without_pre_training_again(tmp_path):
+  spec = experiment.load_spec(_spec(tmp_path, SHARED_SPEC))
+  fake, root = FakePretrainingTrain(), str(tmp_path / "exp")
+  ledger = str(tmp_path / "ledger.jsonl")
+  experiment.run(spec, root, cells=["S3-Rec + contrastive"], runner=fake, ledger=ledger,
+                 log=lambda _: None)
+  # Seed by seed: the source cell pre-trains (and fine-tunes) first, then the cell fine-tunes
+  # from its checkpoints.
+  cells = [os.path.basename(os.path.dirname(
+      next(a.split("=", 1)[1] for a in c if a.startswith("--workdir=")))) for c in fake.calls]
+  assert cells == ["S3-Rec", "S3-Rec_contrastive", "S3-Rec", "S3-Rec_contrastive"]
+  dependent = fake.calls[1]
+  assert "--config.pretrain.epochs=0" in dependent
+  assert f"--config.finetune.init_checkpoint={root}/S3-Rec/seed_1/pretrain" in dependent
+  records = experiment.read_ledger(ledger)
+  shared = [r for r in records if r["cell"] == "S3-Rec + contrastive"]
+  assert len(shared) == 2 and shared[0]["overrides"]["pretrained_by"] == "S3-Rec"
+  # Run again, every cell: nothing pre-trains twice.
+  fake.calls.clear()
+  experiment.run(spec, root, runner=fake, ledger=ledger, log=lambda _: None)
+  assert len(fake.calls) == 2 and all("--config.pretrain.epochs=0" in c for c in fake.calls)
+
+
+def test_pretrained_by_must_name_a_cell_that_pre_trains(tmp_path):
+  for source in ("SASRec", "nope", "S3-Rec + contrastive"):
+    body = SHARED_SPEC.replace('"pretrained_by": "S3-Rec"', f'"pretrained_by": "{source}"')
+    with pytest.raises(experiment.SpecError, match="expected another cell of the spec that "
+                                                   "pre-trains itself"):
+      experiment.load_spec(_spec(tmp_path, body))

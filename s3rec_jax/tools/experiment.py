@@ -14,6 +14,11 @@ A spec is a Python file with `get_spec()` returning a dict:
                                             # (optional: the last of "metrics")
    "published": {"S3-Rec": {"HR@20": 0.0994}}}   # figures to print beside (optional)
 
+A cell may also name its own "config" (a grid over datasets; the choice on validation is then
+made per config) and "pretrained_by": another cell that pre-trains, whose checkpoints of the
+same seed it fine-tunes from (pretrain.epochs=0, finetune.init_checkpoint set) instead of
+pre-training again; the source cell's run is made first where it is missing.
+
 Each (cell, seed) is one `s3rec-train` run in its own process, in
 DIR/<cell>/seed_<seed>; a run whose results.json exists is skipped, and one
 that was killed resumes from its own checkpoints, so the same command
@@ -60,6 +65,9 @@ from s3rec_jax.core import files
 from s3rec_jax.core import provenance
 
 PROG = "s3rec-experiment"
+# Cell entries that are not config overrides: the cell's own config file, and the cell whose
+# pre-training checkpoints (of the same seed) it fine-tunes from instead of pre-training.
+CELL_KEYS = ("config", "pretrained_by")
 DEFAULT_SEEDS = (42, 1, 2)
 
 
@@ -102,7 +110,12 @@ class Spec:
 
   def overrides_of(self, cell: str) -> dict:
     """The config overrides of a cell's runs (the spec's, then the cell's own)."""
-    return {k: v for k, v in dict(self.overrides, **self.cells[cell]).items() if k != "config"}
+    return {k: v for k, v in dict(self.overrides, **self.cells[cell]).items()
+            if k not in CELL_KEYS}
+
+  def pretrained_by(self, cell: str) -> str | None:
+    """The cell whose pre-training this cell fine-tunes from (seed by seed), if any."""
+    return self.cells[cell].get("pretrained_by")
 
 
 def load_spec(path: str) -> Spec:
@@ -134,6 +147,12 @@ def load_spec(path: str) -> Spec:
     if "config" in overrides and not isinstance(overrides["config"], str):
       raise SpecError(f"{path}: cell {name!r} has config {overrides['config']!r}; expected a "
                       "config file path")
+    source = overrides.get("pretrained_by")
+    if source is not None and (source not in cells or source == name
+                               or cells[source].get("pretrained_by")
+                               or str(cells[source].get("pretrain.epochs", "")) == "0"):
+      raise SpecError(f"{path}: cell {name!r} is pretrained_by {source!r}; expected another "
+                      "cell of the spec that pre-trains itself")
   if "select_on" in raw and not isinstance(raw["select_on"], str):
     raise SpecError(f"{path}: 'select_on' is {raw['select_on']!r}; expected a metric name "
                     "such as 'NDCG@20'")
@@ -192,6 +211,10 @@ def _implementation_of(results: dict) -> dict[str, str]:
 
 def run_command(spec: Spec, cell: str, seed: int, workdir: str) -> list[str]:
   overrides = {**spec.overrides_of(cell), **spec.implementation, "seed": seed}
+  source = spec.pretrained_by(cell)
+  if source is not None:   # fine-tune from the source cell's pre-training of this seed
+    overrides.update({"pretrain.epochs": 0, "finetune.init_checkpoint": pretrain_dir(
+        os.path.dirname(os.path.dirname(workdir)), source, seed)})
   return ([sys.executable, "-m", "s3rec_jax.tools.train", f"--config={spec.config_file(cell)}",
            f"--workdir={workdir}"] + [f"--config.{k}={_value(v)}" for k, v in overrides.items()])
 
@@ -211,7 +234,16 @@ def read_results(workdir: str) -> dict | None:
 
 
 def _cell_overrides(spec: Spec, cell: str) -> dict[str, str]:
-  return {k: _value(v) for k, v in spec.overrides_of(cell).items()}
+  """What identifies a cell's runs in a ledger: its overrides, and the cell it fine-tunes from."""
+  identity = {k: _value(v) for k, v in spec.overrides_of(cell).items()}
+  if spec.pretrained_by(cell) is not None:
+    identity["pretrained_by"] = spec.pretrained_by(cell)
+  return identity
+
+
+def pretrain_dir(root: str, cell: str, seed: int) -> str:
+  """The pre-training checkpoints of (cell, seed) under an experiment's folder."""
+  return os.path.join(root, slug(cell), f"seed_{seed}", "pretrain")
 
 
 def _config_name(spec: Spec, cell: str) -> str:
@@ -521,6 +553,17 @@ def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
     record_finished(spec, root, ledger)
   # Runs made from here on are found by their results.json first.
   records = read_ledger(ledger)
+  def run_one(cell: str, seed: int) -> None:
+    workdir = os.path.join(root, slug(cell), f"seed_{seed}")
+    os.makedirs(workdir, exist_ok=True)
+    command = run_command(spec, cell, seed, workdir)
+    log(f"{cell}, seed {seed}: running {' '.join(command[1:])}")
+    code = runner(command, os.path.join(workdir, "train.log"))
+    if code != 0 or read_results(workdir) is None:
+      raise errors.UserError(f"{cell}, seed {seed}: s3rec-train exited with status {code}; see "
+                             f"{os.path.join(workdir, 'train.log')} (rerun to resume)")
+    summarize(spec, root, ledger)
+
   for cell in chosen:
     for seed in spec.seeds:
       workdir = os.path.join(root, slug(cell), f"seed_{seed}")
@@ -531,14 +574,12 @@ def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
                        measured_only=remeasure_transcribed) is not None:
         log(f"{cell}, seed {seed}: in the ledger {ledger}, skipped")
         continue
-      os.makedirs(workdir, exist_ok=True)
-      command = run_command(spec, cell, seed, workdir)
-      log(f"{cell}, seed {seed}: running {' '.join(command[1:])}")
-      code = runner(command, os.path.join(workdir, "train.log"))
-      if code != 0 or read_results(workdir) is None:
-        raise errors.UserError(f"{cell}, seed {seed}: s3rec-train exited with status {code}; see "
-                               f"{os.path.join(workdir, 'train.log')} (rerun to resume)")
-      summarize(spec, root, ledger)
+      source = spec.pretrained_by(cell)
+      if source is not None and not os.path.isdir(pretrain_dir(root, source, seed)):
+        # Its pre-training comes from the source cell's run of this seed (here, not a ledger).
+        log(f"{cell}, seed {seed}: pre-training first, as {source}")
+        run_one(source, seed)
+      run_one(cell, seed)
   collected = summarize(spec, root, ledger)
   log(markdown_table(spec, collected))
   return collected

@@ -246,10 +246,24 @@ def test_user_errors(capsys, tmp_path, mirror, argv, expected):
   assert len(err.splitlines()) == 1
 
 
-def test_bad_usage_returns_2(capsys):
-  assert fetch.main(["download"]) == 2
-  assert fetch.main([]) == 2
-  assert "usage: s3rec-data" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, expected", [
+    (["download"], "unknown command 'download'"),
+    ([], "name a command"),
+    (["path", "--mirror", "x"], "--mirror: not used with `s3rec-data path`"),
+    (["list", "--data_dri", "x"], "did you mean --data_dir?"),
+    (["path", "extra"], "unexpected argument 'extra'"),
+])
+def test_bad_usage_is_one_line_and_returns_2(capsys, argv, expected):
+  assert fetch.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("s3rec-data: error: ")
+  assert expected in err and err.endswith("(see s3rec-data --help)\n") and len(err.splitlines()) == 1
+
+
+def test_help_lists_commands_and_flags(capsys):
+  assert fetch.main(["--help"]) == 0
+  out = capsys.readouterr().out
+  assert all(name in out for name in fetch.COMMANDS) and "--mirror" in out and "--data_dir" in out
 
 
 def test_verify_and_list_report_missing_and_bad(capsys, tmp_path, mirror):

@@ -20,6 +20,10 @@ class UserError(ValueError):
   """Bad input, config or checkpoint; the message says what and where."""
 
 
+class UsageError(UserError):
+  """A command used wrongly (flags that do not go together, a missing argument)."""
+
+
 def one_line(message: str) -> str:
   """A message on one line (multi-line details joined with '; ')."""
   return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())

@@ -17,7 +17,6 @@ The data folder is --data_dir, else $S3REC_DATA, else $XDG_CACHE_HOME/s3rec_jax/
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import hashlib
 import http.client
@@ -31,6 +30,9 @@ import urllib.parse
 import urllib.request
 from typing import Callable, Iterable, NamedTuple, Sequence
 
+from absl import flags
+
+from s3rec_jax.core import command
 from s3rec_jax.core import errors
 
 PROG = "s3rec-data"
@@ -273,46 +275,43 @@ def _status_lines(names: Sequence[str], data_dir: str) -> tuple[list[str], bool]
   return lines, all_ok
 
 
-def _parser() -> argparse.ArgumentParser:
-  common = argparse.ArgumentParser(add_help=False)
-  common.add_argument("--data_dir", default=None,
-                      help=f"Data folder (default: ${DATA_ENV}, else {default_data_dir()}).")
-  parser = argparse.ArgumentParser(
-      prog=PROG, description="Fetches and verifies the public S3-Rec datasets: "
-      + ", ".join(PINNED) + ".")
-  commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+COMMANDS = {
+    "fetch": "download datasets: NAME ... or --all",
+    "list": "each dataset, its files, and whether they are present and verified",
+    "path": "print the data folder",
+    "verify": "re-hash the files of datasets: NAME ..., --all, or by default those with any "
+              "file in the data folder",
+}
 
-  fetch_cmd = commands.add_parser("fetch", parents=[common], help="Download datasets.")
-  fetch_cmd.add_argument("names", nargs="*", metavar="NAME", help="Datasets to fetch.")
-  fetch_cmd.add_argument("--all", action="store_true", help="Fetch all five datasets.")
-  fetch_cmd.add_argument("--mirror", default=None,
-                         help=f"Base URL of the files (default: ${MIRROR_ENV}, else "
-                         f"{DEFAULT_MIRROR}); http(s)://, file:// or a local folder.")
-  fetch_cmd.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                         help="Seconds to wait on the network before giving up.")
+FLAGS = command.new_flags()
+_DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, f"Data folder (default: ${DATA_ENV}, else {default_data_dir()}).",
+    flag_values=FLAGS, module_name="every command")
+_ALL = flags.DEFINE_bool("all", False, "All five datasets.", flag_values=FLAGS,
+                         module_name="fetch and verify")
+_MIRROR = flags.DEFINE_string(
+    "mirror", None, f"Base URL of the files (default: ${MIRROR_ENV}, else {DEFAULT_MIRROR}); "
+    "http(s)://, file:// or a local folder.", flag_values=FLAGS, module_name="fetch")
+_TIMEOUT = flags.DEFINE_float("timeout", DEFAULT_TIMEOUT_S,
+                              "Seconds to wait on the network before giving up.",
+                              flag_values=FLAGS, module_name="fetch")
+_FLAGS_OF = {"fetch": ("all", "mirror", "timeout"), "verify": ("all",)}
 
-  commands.add_parser("list", parents=[common],
-                      help="Each dataset, its files, and whether they are present and verified.")
-  commands.add_parser("path", parents=[common], help="Print the data folder.")
-
-  verify_cmd = commands.add_parser(
-      "verify", parents=[common],
-      help="Re-hash the files of datasets (default: those with any file in the data folder).")
-  verify_cmd.add_argument("names", nargs="*", metavar="NAME", help="Datasets to verify.")
-  verify_cmd.add_argument("--all", action="store_true", help="Verify all five datasets.")
-  return parser
+_USAGE = (f"{PROG} COMMAND [NAME ...] [flags]: fetches and verifies the public S3-Rec datasets ("
+          + ", ".join(PINNED) + ").\n\ncommands:\n"
+          + "\n".join(f"  {name:<7} {text}" for name, text in COMMANDS.items()))
 
 
-def _selected(args: argparse.Namespace, data_dir: str) -> list[str]:
+def _selected(command_name: str, names: Sequence[str], data_dir: str) -> list[str]:
   """The datasets a fetch or verify command names (NAME ... or --all)."""
-  if args.all and args.names:
-    raise errors.UserError("give dataset names or --all, not both")
-  if args.all:
+  if _ALL.value and names:
+    raise errors.UsageError("give dataset names or --all, not both")
+  if _ALL.value:
     return list(PINNED)
-  if args.names:
-    return resolve_names(args.names)
-  if args.command == "fetch":
-    raise errors.UserError("name the datasets to fetch (" + ", ".join(PINNED) + ") or give --all")
+  if names:
+    return resolve_names(names)
+  if command_name == "fetch":
+    raise errors.UsageError("name the datasets to fetch (" + ", ".join(PINNED) + ") or give --all")
   present = [dataset for dataset, files in PINNED.items()
              if any(os.path.exists(os.path.join(data_dir, name)) for name in files)]
   if not present:
@@ -320,36 +319,47 @@ def _selected(args: argparse.Namespace, data_dir: str) -> list[str]:
   return present
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the command line; returns the exit status (2 for a user error)."""
+def _run(words: list[str]) -> int:
+  if not words:
+    raise errors.UsageError("name a command: " + ", ".join(COMMANDS))
+  command_name, names = words[0], words[1:]
+  if command_name not in COMMANDS:
+    raise errors.UsageError(f"unknown command {command_name!r}; expected one of "
+                            + ", ".join(COMMANDS))
+  command.refuse_flags(FLAGS, [n for n in ("all", "mirror", "timeout")
+                               if n not in _FLAGS_OF.get(command_name, ())],
+                       f"with `{PROG} {command_name}`")
+  if command_name in ("list", "path"):
+    command.only_words(names, 0)
+  data_dir = os.path.abspath(os.path.expanduser(_DATA_DIR.value or default_data_dir()))
   try:
-    args = _parser().parse_args(argv)
-  except SystemExit as e:  # argparse's own usage errors (status 2) and --help (0)
-    return e.code if isinstance(e.code, int) else errors.EXIT_USER_ERROR
-  data_dir = os.path.abspath(os.path.expanduser(args.data_dir or default_data_dir()))
-  try:
-    if args.command == "path":
+    if command_name == "path":
       print(data_dir)
-    elif args.command == "list":
+    elif command_name == "list":
       print(f"data folder: {data_dir}")
       print("\n".join(_status_lines(list(PINNED), data_dir)[0]))
-    elif args.command == "verify":
-      lines, all_ok = _status_lines(_selected(args, data_dir), data_dir)
+    elif command_name == "verify":
+      lines, all_ok = _status_lines(_selected(command_name, names, data_dir), data_dir)
       print("\n".join(lines))
       if not all_ok:
         raise errors.UserError(f"some files in {data_dir} are missing or do not match their "
                                f"pinned sha256: fetch them again with `{PROG} fetch NAME`")
     else:
-      fetch(_selected(args, data_dir), data_dir, mirror=args.mirror, timeout=args.timeout)
-  except errors.UserError as e:
+      fetch(_selected(command_name, names, data_dir), data_dir, mirror=_MIRROR.value,
+            timeout=_TIMEOUT.value)
+  except errors.UserError:
     sys.stdout.flush()
-    errors.report(PROG, e)
-    return errors.EXIT_USER_ERROR
+    raise
   except KeyboardInterrupt:
     # download() has already removed its temporary file on the way out.
     print(f"{PROG}: interrupted", file=sys.stderr)
     return 130
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line; returns the exit status (2 for a user error)."""
+  return command.run(PROG, FLAGS, _run, argv, doc=_USAGE)
 
 
 if __name__ == "__main__":

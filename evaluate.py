@@ -4,7 +4,9 @@ The same as the `s3rec-evaluate` command; kept so that `python evaluate.py --con
 works in a checkout. See s3rec_jax/tools/evaluate.py.
 """
 
+import sys
+
 from s3rec_jax.tools import evaluate
 
 if __name__ == "__main__":
-  evaluate.main()
+  sys.exit(evaluate.main())

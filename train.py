@@ -4,7 +4,9 @@ The same as the `s3rec-train` command; kept so that `python train.py --config=co
 works in a checkout. See s3rec_jax/tools/train.py.
 """
 
+import sys
+
 from s3rec_jax.tools import train
 
 if __name__ == "__main__":
-  train.main()
+  sys.exit(train.main())

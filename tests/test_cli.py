@@ -39,7 +39,26 @@ def test_help_lists_own_flags_and_points_to_config_fields():
   for flag in ("--config", "--workdir", "--host_devices", "--coordinator_address"):
     assert flag in result.stdout
   assert "--config.FIELD=VALUE" in result.stdout and "configs/default.py" in result.stdout
-  assert "--helpfull" in result.stdout  # absl's own flags stay one flag away
+  # The command's own flags only, in sections; no library's (absl's --flagfile, logging).
+  assert "run:\n  --config" in result.stdout and "--flagfile" not in result.stdout
+
+
+def test_in_process_runs_one_after_another_start_from_their_defaults(tmp_path, capsys):
+  # The commands keep their own flag set: one process (a notebook, a test) can call them in
+  # turn, and a config override of one call does not linger into the next.
+  from s3rec_jax.tools import evaluate  # pylint: disable=import-outside-toplevel
+  from s3rec_jax.tools import train  # pylint: disable=import-outside-toplevel
+  assert train.main(["--help"]) == 0
+  assert "--workdir" in capsys.readouterr().out
+  assert train.main(["--config=synthetic", f"--workdir={tmp_path}",
+                     "--config.pretrain.epochz=1"]) == 2
+  assert "config.pretrain has no field 'epochz'" in capsys.readouterr().err
+  assert evaluate.main(["--config=synthetic", f"--workdir={tmp_path}",
+                        "--config.eval.protocol=ful"]) == 2
+  err = capsys.readouterr().err
+  assert "config.eval.protocol='ful'" in err and "epochz" not in err
+  assert evaluate.main([f"--workdir={tmp_path}"]) == 2
+  assert "--config is required" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -26,6 +26,7 @@ from __future__ import annotations
 import difflib
 import re
 import sys
+import textwrap
 from typing import Callable, Sequence
 
 from absl import flags
@@ -36,6 +37,8 @@ from s3rec_jax.core import errors
 # explained by the command: (error, argv) -> the message, or None to let it propagate.
 ExplainParseError = Callable[[Exception, Sequence[str]], "str | None"]
 
+# Flags that libraries define on a command's flag set; not the command's own to list.
+_LIBRARY_MODULES = ("absl.", "ml_collections.")
 _REQUIRED = re.compile(r"flag --(\w+)=None: Flag --\w+ must have a value other than None")
 _UNKNOWN = re.compile(r"Unknown command line flag '([^']+)'")
 
@@ -49,31 +52,38 @@ def new_flags() -> flags.FlagValues:
 
 
 def usage(prog: str, flag_values: flags.FlagValues, doc: str = "") -> str:
-  """The command's description and its flags, grouped by section."""
+  """The command's description and its flags, by section in the order they were defined."""
   sections = []
-  for module in sorted(flag_values.flags_by_module_dict(),
-                       key=lambda m: (m in ("help", "absl.flags"), m)):
-    if module == "absl.flags":
-      continue   # --flagfile and --undefok: absl's own, not this command's
-    lines = []
-    for flag in sorted(flag_values.get_flags_for_module(module), key=lambda f: f.name):
-      lines.append(_flag_line(flag))
+  by_module = flag_values.flags_by_module_dict()
+  for module in sorted(by_module, key=lambda m: m == "help"):   # stable: definition order
+    if module.startswith(_LIBRARY_MODULES):
+      continue   # absl's --flagfile/--undefok, ml_collections' per-field overrides
+    lines = [_flag_line(flag) for flag in sorted(by_module[module], key=lambda f: f.name)]
+    if not lines:
+      continue
     title = "" if module == "help" else f"{module}:\n"
     sections.append(title + "\n".join(lines))
   return (doc.strip() + "\n\n" if doc else f"{prog}\n\n") + "\n\n".join(sections) + "\n"
 
 
+def put_in_section(flag_values: flags.FlagValues, name: str, section: str) -> None:
+  """Lists flag `name` under `section` of the help only (e.g. a flag a library defined)."""
+  flag = flag_values[name]
+  for flags_of_module in flag_values.flags_by_module_dict().values():
+    if flag in flags_of_module:
+      flags_of_module.remove(flag)
+  flag_values.register_flag_by_module(section, flag)
+
+
 def _flag_line(flag) -> str:
-  if isinstance(flag, flags.BooleanFlag):
-    name = f"--[no]{flag.name}"
-  else:
-    name = f"--{flag.name}"
+  name = f"--[no]{flag.name}" if isinstance(flag, flags.BooleanFlag) else f"--{flag.name}"
   if flag.short_name:
     name += f", -{flag.short_name}"
   default = flag.default
   shown = "" if default in (None, False, [], "") or flag.name == "help" else (
       f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})")
-  return f"  {name}\n      {flag.help}{shown}"
+  return f"  {name}\n" + textwrap.fill(flag.help + shown, width=88, initial_indent=" " * 6,
+                                        subsequent_indent=" " * 6)
 
 
 def fail(prog: str, message: str, hint: bool = True) -> int:

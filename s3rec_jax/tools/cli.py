@@ -1,10 +1,10 @@
 """Command-line plumbing shared by s3rec-train and s3rec-evaluate: flags, errors, start-up.
 
-`run(main)` is `absl.app.run` with the project's error handling: a mistake in
-the flags or in a `--config.FIELD=VALUE` override (a typo, a bad value, a
-config file that does not load) and any `errors.UserError` raised by the run
-(bad data, config or checkpoint) print one line naming the flag, field, file
-or tensor and exit with status 2, without a Python traceback.
+Both commands follow the package's one idiom (`core/command.py`): their own flag set, one
+line and status 2 for any mistake in the flags or in a `--config.FIELD=VALUE` override (a
+typo, a bad value, a config file that does not load) and for any `errors.UserError` the run
+raises (bad data, config or checkpoint), naming the flag, field, file or tensor, without a
+Python traceback. A run stopped by non-finite numbers exits with status 1.
 """
 
 from __future__ import annotations
@@ -14,53 +14,56 @@ import re
 import sys
 from typing import Callable, Sequence
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from s3rec_jax import configs as packaged_configs
+from s3rec_jax.core import command
 from s3rec_jax.core import console
 from s3rec_jax.core import errors
 
 PACKAGED_CONFIGS = packaged_configs.names()
 
+FLAGS = command.new_flags()
 CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file (e.g. configs/beauty.py) or the name of a packaged one ("
     + ", ".join(PACKAGED_CONFIGS) + "). Override any of its fields with "
     "--config.FIELD=VALUE, e.g. --config.pretrain.epochs=0; the fields are listed in "
-    "s3rec_jax/configs/default.py and docs/config.md.", lock_config=True)
-WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.json.")
-flags.mark_flags_as_required(["config", "workdir"])
+    "s3rec_jax/configs/default.py and docs/config.md.", flag_values=FLAGS, lock_config=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and results.json.",
+                              flag_values=FLAGS, module_name="run")
+flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
+command.put_in_section(FLAGS, "config", "run")
 
 # Multi-process runs (one process per host) use JAX's own distributed runtime. Each
 # setting can also come from the environment: S3REC_COORDINATOR_ADDRESS,
 # S3REC_NUM_PROCESSES, S3REC_PROCESS_ID.
+_DISTRIBUTED = "several processes (JAX's distributed runtime)"
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "host:port of process 0, the same for every process.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
+                                   "host:port of process 0, the same for every process.",
+                                   flag_values=FLAGS, module_name=_DISTRIBUTED)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.",
+                                      flag_values=FLAGS, module_name=_DISTRIBUTED)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "This process's id, 0..num_processes-1.",
+                                   flag_values=FLAGS, module_name=_DISTRIBUTED)
 _AUTO = flags.DEFINE_bool("distributed", False,
-                          "Let JAX detect the cluster (Cloud TPU pod slices, SLURM, Open MPI).")
+                          "Let JAX detect the cluster (Cloud TPU pod slices, SLURM, Open MPI).",
+                          flag_values=FLAGS, module_name=_DISTRIBUTED)
 _TIMEOUT = flags.DEFINE_integer("distributed_timeout", 300,
-                                "Seconds to wait for every process to join.")
+                                "Seconds to wait for every process to join.",
+                                flag_values=FLAGS, module_name=_DISTRIBUTED)
 _HOST_DEVICES = flags.DEFINE_integer(
     "host_devices", -1, "On a CPU-only host: split the CPU into this many XLA devices. "
-    "-1 = choose (one per core: the largest count up to the cores dividing every batch size); 0 = leave "
-    "XLA_FLAGS alone.")
+    "-1 = choose (one per core: the largest count up to the cores dividing every batch size); "
+    "0 = leave XLA_FLAGS alone.", flag_values=FLAGS, module_name="CPU host")
 
-_HELP_FLAGS = ("help", "helpshort", "helpfull", "helpxml", "h", "?")
 _KEY_IN_MESSAGE = re.compile(r"'([^'\\]+)\\*'")
 _SUGGESTION = re.compile(r'Did you mean "([^"]+)"')
 
 
 def _prog() -> str:
   return os.path.basename(sys.argv[0]) or "s3rec_jax"
-
-
-def _fail(message: str) -> None:
-  print(f"{_prog()}: error: {errors.one_line(message)} (see {_prog()} --help)", file=sys.stderr,
-        flush=True)
-  sys.exit(errors.EXIT_USER_ERROR)
 
 
 def _overrides(argv: Sequence[str]) -> list[str]:
@@ -110,47 +113,48 @@ def _config_load_message(error: Exception, argv: Sequence[str]) -> str:
   return f"--config={path}: cannot load the config file ({detail})"
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl flag parsing, with one-line messages for flag and config mistakes."""
-  try:
-    remaining = flags.FLAGS(argv)
-    # A config file that failed to load raises only when it is read.
-    getattr(CONFIG.value, "seed", None)
-    return remaining
-  except SystemExit as e:
-    # absl's --help exits with status 1; help asked for is a success.
-    if e.code == 1 and any(a.lstrip("-").split("=")[0] in _HELP_FLAGS for a in argv[1:]):
-      sys.exit(0)
-    raise
-  except flags.Error as e:
-    _fail(str(e))
-  except Exception as e:  # pylint: disable=broad-except
-    # An override of a field the config lacks, or the config file (the
-    # user's own code) failing to load.
-    unknown = _unknown_field_message(e, argv) if isinstance(e, (AttributeError, KeyError)) else None
-    _fail(unknown or _config_load_message(e, argv))
-  return []  # not reached
+def _explain(error: Exception, argv: Sequence[str]) -> str:
+  """One line for a config override or config file that fails while parsing or loading."""
+  if isinstance(error, (AttributeError, KeyError)):
+    unknown = _unknown_field_message(error, argv)
+    if unknown:
+      return unknown
+  return _config_load_message(error, argv)
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """absl.app.run(main) with the project's flag parsing and error reporting."""
+def main(body: Callable[[object, str], "int | None"], argv: Sequence[str] | None,
+         doc: str) -> int:
+  """Runs a command taking --config and --workdir: body(config, workdir) after start-up."""
+  argv = resolve_config_names(list(sys.argv[1:] if argv is None else argv))
+  prog = _prog()
+  # ml_collections reads the overrides from sys.argv and defines a flag for each: start from
+  # the command's own flags, so that one process can run commands one after another.
+  saved_argv = sys.argv
+  sys.argv = [sys.argv[0] if sys.argv else prog, *argv]
+  for name in [name for name in FLAGS if name.startswith("config.")]:
+    delattr(FLAGS, name)
 
-  def guarded(argv):
+  def run_body(words: list[str]) -> int | None:
+    command.only_words(words, 0)
+    try:
+      # A config file that failed to load raises only when it is read.
+      config = CONFIG.value
+      getattr(config, "seed", None)
+    except Exception as e:  # pylint: disable=broad-except
+      raise errors.UsageError(_explain(e, argv)) from None
+    start(config)
     from s3rec_jax.training import loop  # pylint: disable=g-import-not-at-top
     try:
-      with errors.exit_on_user_error(_prog()):
-        main(argv)
+      return body(config, WORKDIR.value)
     except loop.NumericalError as e:
       # Not bad input, but a clear outcome: the message names epoch, step and objective.
-      errors.report(_prog(), e)
-      sys.exit(1)
+      errors.report(prog, e)
+      return 1
 
-  sys.argv = resolve_config_names(sys.argv)
-  # --help describes the main module's key flags: make these flags the command's own, whether
-  # it was started as s3rec-train, python train.py or python -m s3rec_jax.tools.train.
-  for flag in flags.FLAGS.get_key_flags_for_module(__name__):
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(guarded, flags_parser=parse_flags)
+  try:
+    return command.run(prog, FLAGS, run_body, argv, doc=doc, explain=_explain)
+  finally:
+    sys.argv = saved_argv
 
 
 def resolve_config_names(argv: Sequence[str]) -> list[str]:
@@ -165,7 +169,7 @@ def resolve_config_names(argv: Sequence[str]) -> list[str]:
   return out
 
 
-def start() -> None:
+def start(config) -> None:
   """Start-up, in this order: quiet library logging; the config's own checks (no JAX);
   CPU host devices and the distributed runtime (before anything asks JAX for its backend);
   then the checks that ask the backend (native kernels)."""
@@ -173,7 +177,6 @@ def start() -> None:
   from s3rec_jax.core import parallel  # pylint: disable=g-import-not-at-top
   from s3rec_jax.ops import methods  # pylint: disable=g-import-not-at-top
   from s3rec_jax.training import config_validation  # pylint: disable=g-import-not-at-top
-  config = CONFIG.value
   config_validation.validate(config)
   if parallel.cpu_device_count_flag() is None and not parallel.has_accelerator_plugin():
     count = _HOST_DEVICES.value

@@ -6,24 +6,26 @@ Every config field can be overridden as --config.FIELD=VALUE; s3rec_jax/configs/
 lists them all with their meaning (and docs/config.md).
 """
 
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
 from s3rec_jax.tools import cli
 
 
-def _main(argv):
-  del argv
-  cli.start()
+def _evaluate(config, workdir: str) -> None:
   from s3rec_jax.training import run as run_lib  # pylint: disable=g-import-not-at-top
   from s3rec_jax.training import setup  # pylint: disable=g-import-not-at-top
-  config = cli.CONFIG.value
-  for split, metrics in run_lib.evaluate_best(config, cli.WORKDIR.value).items():
+  for split, metrics in run_lib.evaluate_best(config, workdir).items():
     if setup.is_main_process():
       print(run_lib.format_table(metrics, f"{split} metrics ({config.eval.protocol})"))
 
 
-def main() -> None:
-  """The `s3rec-evaluate` command."""
-  cli.run(_main)
+def main(argv: Sequence[str] | None = None) -> int:
+  """The `s3rec-evaluate` command; returns its exit status."""
+  return cli.main(_evaluate, argv, doc=__doc__)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -7,20 +7,23 @@ Every config field can be overridden as --config.FIELD=VALUE; s3rec_jax/configs/
 lists them all with their meaning (and docs/config.md).
 """
 
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
 from s3rec_jax.tools import cli
 
 
-def _main(argv):
-  del argv
-  cli.start()
+def _train(config, workdir: str) -> None:
   from s3rec_jax.training import run as run_lib  # pylint: disable=g-import-not-at-top
-  run_lib.run(cli.CONFIG.value, cli.WORKDIR.value)
+  run_lib.run(config, workdir)
 
 
-def main() -> None:
-  """The `s3rec-train` command."""
-  cli.run(_main)
+def main(argv: Sequence[str] | None = None) -> int:
+  """The `s3rec-train` command; returns its exit status."""
+  return cli.main(_train, argv, doc=__doc__)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -24,7 +24,7 @@ import numpy as np
 from jax import lax
 
 from s3rec_jax.core import hashing
-from s3rec_jax.ops import kernels
+from s3rec_jax.ops import fused_ranking
 from s3rec_jax.ops import methods
 
 SAMPLED_METRICS = ("HR@1", "HR@5", "NDCG@5", "HR@10", "NDCG@10", "MRR")
@@ -363,22 +363,9 @@ def _merge_devices(ranks, top_items, top_scores, top_k, axis_name):
 def _fused_cpu_ranking(user_repr, item_table, answers, history, base, num_items, top_k,
                        axis_name):
   """This device's counts and top-k list from the native kernel (float32)."""
-  (target,) = kernels.load("full_ranking_cpu")
-  user_repr = user_repr.astype(jnp.float32)
-  item_table = item_table.astype(jnp.float32)
   answer_rows, _ = _answer_rows(item_table, None, answers, base, axis_name)
-  batch, width = user_repr.shape[0], max(top_k, 1)
-  call = jax.ffi.ffi_call(
-      target,
-      (jax.ShapeDtypeStruct((batch,), jnp.int32), jax.ShapeDtypeStruct((batch, width), jnp.int32),
-       jax.ShapeDtypeStruct((batch, width), jnp.float32)),
-      vmap_method="sequential")
-  ranks, top_items, top_scores = call(
-      user_repr, item_table, answer_rows, answers, history,
-      jnp.reshape(jnp.asarray(base, jnp.int32), (1,)),
-      num_items=np.int64(num_items), top_k=np.int64(top_k),
-      threads=np.int64(kernels.threads_per_device()))
-  return ranks, top_items[:, :top_k], top_scores[:, :top_k]
+  return fused_ranking.device_ranking(user_repr, item_table, answer_rows, answers, history,
+                                      base, num_items=num_items, top_k=top_k)
 
 
 def top_k_items(

@@ -102,6 +102,62 @@ def test_bad_specs_are_one_line_errors(tmp_path, body, message):
   assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["--workdir", "EXP"], "name the SPEC file (experiments/*.py) to run"),
+    (["SPEC", "--workdir", "EXP", "other.py"], "unexpected argument 'other.py'; expected one SPEC file"),
+    (["SPEC"], "--workdir is required"),
+    (["SPEC", "--workdir", "EXP", "--seed", "1"], "unknown flag --seed; did you mean --seeds?"),
+    (["SPEC", "--workdir", "EXP", "--seeds", "1,x"],
+     "--seeds='1,x': expected a comma list of integers"),
+    (["SPEC", "--workdir", "EXP", "--implementation", "eval.ranking"],
+     "--implementation 'eval.ranking': expected FIELD=VALUE"),
+])
+def test_bad_usage_is_one_line_and_returns_2(tmp_path, capsys, argv, expected):
+  path = _spec(tmp_path, SPEC)
+  argv = [{"SPEC": path, "EXP": str(tmp_path / "exp")}.get(a, a) for a in argv]
+  assert experiment.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err == f"s3rec-experiment: error: {expected} (see s3rec-experiment --help)\n", err
+  assert not os.path.exists(tmp_path / "exp")
+
+
+def test_help_returns_0_and_lists_the_flags(capsys):
+  assert experiment.main(["--help"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("s3rec-experiment SPEC --workdir DIR")
+  for name in ("workdir", "seeds", "cells", "ledger", "[no]summarize_only", "[no]plan",
+               "implementation", "[no]remeasure_transcribed"):
+    assert f"\n  --{name}\n" in out, name
+  assert "\n  --[no]help, -h\n" in out
+
+
+def test_the_command_line_takes_flags_before_or_after_the_spec(tmp_path, capsys, monkeypatch):
+  spec = os.path.join(REPO, "experiments", "leaderboard.py")
+  ledger = tmp_path / "ledger.jsonl"
+  ledger.write_text("")
+  flags = ["--workdir", str(tmp_path / "exp"), "--ledger", str(ledger),
+           "--implementation", "settings.next_item.ce_method=fused_cpu",
+           "--implementation", "eval.ranking=fused_cpu", "--cells", "LastFM: BSARec (ce)",
+           "--seeds", "1,2", "--plan"]
+  texts = []
+  for argv in ([spec, *flags], [*flags, spec], [*flags[:4], spec, *flags[4:]]):
+    assert experiment.main(argv) == 0
+    texts.append(capsys.readouterr().out)
+  assert texts[0] == texts[1] == texts[2], texts
+  assert texts[0].startswith("2 run(s) left:\n  LastFM: BSARec (ce), seed 1: no finished run")
+  assert "LastFM: BSARec (ce), seed 2" in texts[0] and not os.path.exists(tmp_path / "exp")
+  # What the runner is handed: the implementation choices, seeds and cells (one holding ", ").
+  calls = []
+  monkeypatch.setattr(experiment, "run", lambda spec, root, **kwargs: calls.append(
+      (spec.implementation, spec.seeds, root, kwargs)))
+  assert experiment.main([_spec(tmp_path, SPEC), "--workdir", "exp", "--seeds", "7",
+                          "--cells", "SASRec, min 2,S3-Rec", "--implementation", "eval.ranking=x",
+                          "--ledger", "l.jsonl", "--remeasure_transcribed"]) == 0
+  assert calls == [({"eval.ranking": "x"}, (7,), os.path.abspath("exp"),
+                    {"cells": ["SASRec, min 2", "S3-Rec"], "ledger": "l.jsonl",
+                     "remeasure_transcribed": True})]
+
+
 def test_shipped_specs_load():
   for name in ("lastfm_ablation.py", "beauty_full_ranking.py"):
     spec = experiment.load_spec(os.path.join(REPO, "experiments", name))

@@ -72,8 +72,8 @@ def test_cli_writes_a_png_with_chosen_metrics_and_labels(tiny_reference_run, sas
   out = tmp_path / "figures"
   out.mkdir()
   png = out / "curves.png"
-  plot.main([tiny_reference_run, sasrec_workdir, "--output", str(png),
-             "--labels", "pre,plain", "--metrics", "NDCG@10,HR@10"])
+  assert plot.main([tiny_reference_run, sasrec_workdir, "--output", str(png),
+                    "--labels", "pre,plain", "--metrics", "NDCG@10,HR@10"]) == 0
   assert capsys.readouterr().out.strip() == f"wrote {png}"
   data = png.read_bytes()
   assert data.startswith(PNG_MAGIC) and len(data) > 20_000
@@ -128,13 +128,34 @@ def _bad_cases(tmp_path, good):
                                   "unknown metric", "labels count"])
 def test_bad_input_is_one_line_and_exit_2_with_no_png(case, tmp_path, sasrec_workdir, capsys):
   argv, expected = _bad_cases(tmp_path, sasrec_workdir)[case]
-  with pytest.raises(SystemExit) as exit_info:
-    plot.main(argv)
-  assert exit_info.value.code == 2
+  assert plot.main(argv) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("s3rec-plot: error: "), err
   assert expected in err, err
   assert not [f for f in os.listdir(tmp_path) if f.endswith(".png") or f.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--output", "OUT"], "name the train.py WORKDIR(s) to plot"),
+    (["WORKDIR"], "--output is required"),
+    (["WORKDIR", "--output", "OUT", "--metric", "HR@10"],
+     "unknown flag --metric; did you mean --metrics?"),
+])
+def test_bad_usage_is_one_line_and_returns_2(argv, expected, tmp_path, capsys):
+  argv = [str(tmp_path / "out.png") if a == "OUT" else str(tmp_path) if a == "WORKDIR" else a
+          for a in argv]
+  assert plot.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err == f"s3rec-plot: error: {expected} (see s3rec-plot --help)\n", err
+  assert not os.listdir(tmp_path)
+
+
+def test_help_returns_0_and_lists_the_flags(capsys):
+  assert plot.main(["--help"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("s3rec-plot WORKDIR [WORKDIR ...] --output FILE.png")
+  assert all(f"\n  --{name}\n" in out for name in ("output", "labels", "metrics"))
+  assert "\n  --[no]help, -h\n" in out
 
 
 def test_module_entry_point_reports_bad_input_without_a_traceback(tmp_path):

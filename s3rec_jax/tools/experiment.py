@@ -47,7 +47,6 @@ validation cannot weigh their cell. `--remeasure_transcribed` runs those
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
@@ -59,7 +58,10 @@ import subprocess
 import sys
 from typing import Callable, Mapping, Sequence
 
+from absl import flags
+
 from s3rec_jax import configs as packaged_configs
+from s3rec_jax.core import command
 from s3rec_jax.core import errors
 from s3rec_jax.core import files
 from s3rec_jax.core import provenance
@@ -190,10 +192,10 @@ def parse_implementation(pairs: Sequence[str]) -> dict[str, str]:
   for pair in pairs:
     field, sep, value = pair.partition("=")
     if not sep or not value:
-      raise errors.UserError(f"--implementation {pair!r}: expected FIELD=VALUE")
+      raise errors.UsageError(f"--implementation {pair!r}: expected FIELD=VALUE")
     if field not in IMPLEMENTATION_FIELDS:
-      raise errors.UserError(f"--implementation {pair!r}: {field!r} is not an implementation "
-                             f"choice; expected one of {', '.join(IMPLEMENTATION_FIELDS)}")
+      raise errors.UsageError(f"--implementation {pair!r}: {field!r} is not an implementation "
+                              f"choice; expected one of {', '.join(IMPLEMENTATION_FIELDS)}")
     chosen[field] = value
   return chosen
 
@@ -556,9 +558,9 @@ def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
   def run_one(cell: str, seed: int) -> None:
     workdir = os.path.join(root, slug(cell), f"seed_{seed}")
     os.makedirs(workdir, exist_ok=True)
-    command = run_command(spec, cell, seed, workdir)
-    log(f"{cell}, seed {seed}: running {' '.join(command[1:])}")
-    code = runner(command, os.path.join(workdir, "train.log"))
+    train_command = run_command(spec, cell, seed, workdir)
+    log(f"{cell}, seed {seed}: running {' '.join(train_command[1:])}")
+    code = runner(train_command, os.path.join(workdir, "train.log"))
     if code != 0 or read_results(workdir) is None:
       raise errors.UserError(f"{cell}, seed {seed}: s3rec-train exited with status {code}; see "
                              f"{os.path.join(workdir, 'train.log')} (rerun to resume)")
@@ -585,49 +587,65 @@ def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
   return collected
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
-  parser.add_argument("spec", help="a spec file (experiments/*.py)")
-  parser.add_argument("--workdir", required=True, help="the experiment's folder")
-  parser.add_argument("--seeds", help="comma list overriding the spec's seeds")
-  parser.add_argument("--cells", help="comma list of cell names (or their folder names): run "
-                      "only these cells")
-  parser.add_argument("--ledger", help="a JSON-lines file of finished runs, read and appended "
-                      "to: its runs are not run again and join the table")
-  parser.add_argument("--summarize_only", action="store_true",
-                      help="write the table and chart of the runs finished so far")
-  parser.add_argument("--plan", action="store_true",
-                      help="print the runs still to make (of --cells, or every cell) and an "
-                           "estimate of their time from the finished ones; run nothing")
-  parser.add_argument("--implementation", action="append", default=[], metavar="FIELD=VALUE",
-                      help="how every run computes, not what (e.g. "
-                           "settings.next_item.ce_method=fused_cpu): the cells and their ledger "
-                           "records stay the same; one of " + ", ".join(IMPLEMENTATION_FIELDS))
-  parser.add_argument("--remeasure_transcribed", action="store_true",
-                      help="also run the (cell, seed)s whose ledger record was transcribed from "
-                           "an earlier table (no validation figures): the run's own record is "
-                           "added and preferred (with --plan: count them as left)")
-  args = parser.parse_args(argv)
-  with errors.exit_on_user_error(PROG):
-    spec = load_spec(args.spec)
-    spec = dataclasses.replace(spec, implementation=parse_implementation(args.implementation))
-    if args.seeds:
-      try:
-        seeds = tuple(int(s) for s in args.seeds.split(","))
-      except ValueError:
-        raise errors.UserError(f"--seeds={args.seeds!r}: expected a comma list of integers") from None
-      spec = dataclasses.replace(spec, seeds=seeds)
-    root = os.path.abspath(args.workdir)
-    if args.plan:
-      print(plan(spec, root, cells=select_cells(spec, args.cells) if args.cells else None,
-                 ledger=args.ledger, remeasure_transcribed=args.remeasure_transcribed)[1])
-    elif args.summarize_only:
-      os.makedirs(root, exist_ok=True)
-      print(markdown_table(spec, summarize(spec, root, args.ledger)))
-    else:
-      run(spec, root, cells=select_cells(spec, args.cells) if args.cells else None,
-          ledger=args.ledger, remeasure_transcribed=args.remeasure_transcribed)
+FLAGS = command.new_flags()
+_WORKDIR = flags.DEFINE_string("workdir", None, "the experiment's folder", flag_values=FLAGS,
+                               module_name=PROG, required=True)
+_SEEDS = flags.DEFINE_string("seeds", None, "comma list overriding the spec's seeds",
+                             flag_values=FLAGS, module_name=PROG)
+_CELLS = flags.DEFINE_string("cells", None, "comma list of cell names (or their folder names): "
+                             "run only these cells", flag_values=FLAGS, module_name=PROG)
+_LEDGER = flags.DEFINE_string("ledger", None, "a JSON-lines file of finished runs, read and "
+                              "appended to: its runs are not run again and join the table",
+                              flag_values=FLAGS, module_name=PROG)
+_SUMMARIZE_ONLY = flags.DEFINE_bool("summarize_only", False, "write the table and chart of the "
+                                    "runs finished so far", flag_values=FLAGS, module_name=PROG)
+_PLAN = flags.DEFINE_bool("plan", False, "print the runs still to make (of --cells, or every "
+                          "cell) and an estimate of their time from the finished ones; run "
+                          "nothing", flag_values=FLAGS, module_name=PROG)
+_IMPLEMENTATION = flags.DEFINE_multi_string(
+    "implementation", [], "FIELD=VALUE, repeated: how every run computes, not what (e.g. "
+    "settings.next_item.ce_method=fused_cpu): the cells and their ledger records stay the same; "
+    "one of " + ", ".join(IMPLEMENTATION_FIELDS), flag_values=FLAGS, module_name=PROG)
+_REMEASURE_TRANSCRIBED = flags.DEFINE_bool(
+    "remeasure_transcribed", False, "also run the (cell, seed)s whose ledger record was "
+    "transcribed from an earlier table (no validation figures): the run's own record is added "
+    "and preferred (with --plan: count them as left)", flag_values=FLAGS, module_name=PROG)
+
+_USAGE = f"{PROG} SPEC --workdir DIR [flags]: " + __doc__
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(s) for s in text.split(","))
+  except ValueError:
+    raise errors.UsageError(f"--seeds={text!r}: expected a comma list of integers") from None
+
+
+def _run(words: list[str]) -> int:
+  if not words:
+    raise errors.UsageError("name the SPEC file (experiments/*.py) to run")
+  command.only_words(words, 1, "one SPEC file")
+  spec = load_spec(words[0])
+  spec = dataclasses.replace(spec, implementation=parse_implementation(_IMPLEMENTATION.value))
+  if _SEEDS.value:
+    spec = dataclasses.replace(spec, seeds=_seeds(_SEEDS.value))
+  root = os.path.abspath(_WORKDIR.value)
+  ledger, remeasure = _LEDGER.value, _REMEASURE_TRANSCRIBED.value
+  if _PLAN.value:
+    print(plan(spec, root, cells=select_cells(spec, _CELLS.value) if _CELLS.value else None,
+               ledger=ledger, remeasure_transcribed=remeasure)[1])
+  elif _SUMMARIZE_ONLY.value:
+    os.makedirs(root, exist_ok=True)
+    print(markdown_table(spec, summarize(spec, root, ledger)))
+  else:
+    run(spec, root, cells=select_cells(spec, _CELLS.value) if _CELLS.value else None,
+        ledger=ledger, remeasure_transcribed=remeasure)
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line; returns the exit status (2 for a user error)."""
+  return command.run(PROG, FLAGS, _run, argv, doc=_USAGE)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Draws the training curves of train.py runs into one PNG, several runs overlaid.
 
   s3rec-plot runs/lastfm_pre runs/lastfm_sasrec --output curves.png
-  s3rec-plot runs/a runs/b --labels S3-Rec,SASRec --metrics NDCG@20,HR@10 \
+  s3rec-plot runs/a runs/b --labels S3-Rec,SASRec --metrics NDCG@20,HR@10 \\
       --output curves.png
 
 Panels: one per pre-training objective and one for the weighted total (loss
@@ -19,7 +19,6 @@ the tensorboard package.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
@@ -27,6 +26,9 @@ import os
 import sys
 from typing import Sequence
 
+from absl import flags
+
+from s3rec_jax.core import command
 from s3rec_jax.core import errors
 from s3rec_jax.core import files
 from s3rec_jax.training import metric_writers
@@ -244,19 +246,30 @@ def plot(workdirs: Sequence[str], output: str, labels: Sequence[str] | None = No
   save_png(make_figure(runs, metrics), output)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-  parser.add_argument("workdirs", nargs="+", metavar="WORKDIR", help="train.py workdirs")
-  parser.add_argument("--output", required=True, metavar="FILE.png", help="where the PNG goes")
-  parser.add_argument("--labels", metavar="A,B,...",
-                      help="legend names, one per WORKDIR (default: the folder names)")
-  parser.add_argument("--metrics", metavar="NDCG@20,HR@10,...",
-                      help="validation metrics to draw, in this order (default: all logged)")
-  args = parser.parse_args(argv)
-  with errors.exit_on_user_error(PROG):
-    plot(args.workdirs, args.output, _split_list(args.labels), _split_list(args.metrics))
-  print(f"wrote {args.output}")
+FLAGS = command.new_flags()
+_OUTPUT = flags.DEFINE_string("output", None, "where the PNG goes: FILE.png", flag_values=FLAGS,
+                              module_name=PROG, required=True)
+_LABELS = flags.DEFINE_string("labels", None, "legend names, one per WORKDIR, as A,B,... "
+                              "(default: the folder names)", flag_values=FLAGS, module_name=PROG)
+_METRICS = flags.DEFINE_string("metrics", None, "validation metrics to draw, in this order, as "
+                               "NDCG@20,HR@10,... (default: all logged)", flag_values=FLAGS,
+                               module_name=PROG)
+
+_USAGE = f"{PROG} WORKDIR [WORKDIR ...] --output FILE.png [flags]: " + __doc__
+
+
+def _run(words: list[str]) -> int:
+  if not words:
+    raise errors.UsageError("name the train.py WORKDIR(s) to plot")
+  plot(words, _OUTPUT.value, _split_list(_LABELS.value), _split_list(_METRICS.value))
+  print(f"wrote {_OUTPUT.value}")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line; returns the exit status (2 for a user error)."""
+  return command.run(PROG, FLAGS, _run, argv, doc=_USAGE)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  sys.exit(main())

@@ -66,9 +66,7 @@ def _read_outputs(directory: pathlib.Path, name: str) -> dict:
 def _fails(argv: list, root: pathlib.Path, capsys, *fragments: str) -> str:
   """Runs main(argv), which must exit 2 with one line naming `fragments` and write nothing."""
   before = _snapshot(root)
-  with pytest.raises(SystemExit) as exit_info:
-    prepare.main([str(a) for a in argv])
-  assert exit_info.value.code == 2
+  assert prepare.main([str(a) for a in argv]) == 2
   err = capsys.readouterr().err
   assert err.startswith(f"{PROG}: error: ") and err.count("\n") == 1, err
   for fragment in fragments:
@@ -473,18 +471,94 @@ def test_amazon_bad_fields(tmp_path, capsys):
           "--output", tmp_path / "out"], tmp_path, capsys, "no attribute field 'colour'")
 
 
-def test_usage_errors_exit_2(tmp_path, capsys):
-  for argv in (["atomic", "--inter", "x.inter", "--output", "o"],  # no --name
-               ["csv", "--interactions", "r.csv", "--user_col", "u", "--item_col", "i",
-                "--items", "m.csv", "--name", "X", "--output", "o"],  # no --attribute_cols
-               ["atomic", "--inter", "x", "--name", "X", "--output", "o",
-                "--min_item_interactions", "-1"]):
-    with pytest.raises(SystemExit) as exit_info:
-      prepare.main(argv)
-    assert exit_info.value.code == 2
-    assert "usage:" in capsys.readouterr().err
-  _fails(_atomic(tmp_path, extra=["--name", "synthetic"]), tmp_path, capsys,
-         "built-in dataset")
+@pytest.mark.parametrize("argv, expected", [
+    (["--name", "X", "--output", "o"], "name a source: atomic, csv, amazon"),
+    (["parquet", "--name", "X", "--output", "o"],
+     "unknown source 'parquet'; expected one of atomic, csv, amazon"),
+    (["csv", "--interactions", "r.csv", "--user_col", "u", "--item_col", "i", "--reviews", "r",
+      "--name", "X", "--output", "o"], "--reviews: not used with `s3rec-prepare csv`"),
+    (["amazon", "--reviews", "r", "--inter", "x", "--list_sep", "|", "--name", "X", "--output",
+      "o"], "--inter, --list_sep: not used with `s3rec-prepare amazon`"),
+    (["atomic", "--inter", "x.inter", "--output", "o"],
+     "--name is required with `s3rec-prepare atomic`"),
+    (["csv", "--interactions", "r.csv", "--name", "X", "--output", "o"],
+     "--user_col, --item_col are required with `s3rec-prepare csv`"),
+    (["amazon", "--name", "X", "--output", "o"],
+     "--reviews is required with `s3rec-prepare amazon`"),
+    (["atomic", "--inter", "x", "--name", "X", "--output", "o", "--min_user_interactoins", "3"],
+     "unknown flag --min_user_interactoins; did you mean --min_user_interactions?"),
+    (["atomic", "--intr", "x", "--name", "X", "--output", "o"],
+     "unknown flag --intr; did you mean --inter?"),
+    (["atomic", "x.inter", "--inter", "x", "--name", "X", "--output", "o"],
+     "unexpected argument 'x.inter'"),
+    (["atomic", "--inter", "x", "--name", "X", "--output", "o", "--min_item_interactions", "-1"],
+     "--min_item_interactions=-1: '-1' is not an integer >= 0"),
+    (["atomic", "--inter", "x", "--name", "X", "--output", "o", "--min_attribute_count=two"],
+     "--min_attribute_count=two: 'two' is not an integer >= 0"),
+    (["atomic", "--inter", "x", "--name", "X", "--output", "o", "--attribute_fields", "a"],
+     "--attribute_fields needs --item"),
+    (["amazon", "--reviews", "r", "--name", "X", "--output", "o", "--attribute_fields", "brand"],
+     "--attribute_fields needs --meta"),
+    (["csv", "--interactions", "r.csv", "--user_col", "u", "--item_col", "i", "--items", "m.csv",
+      "--name", "X", "--output", "o"], "--items needs --attribute_cols"),
+    (["csv", "--interactions", "r.csv", "--user_col", "u", "--item_col", "i", "--item_key_col",
+      "k", "--name", "X", "--output", "o"], "--attribute_cols and --item_key_col need --items"),
+])
+def test_bad_usage_is_one_line_and_returns_2(tmp_path, capsys, monkeypatch, argv, expected):
+  monkeypatch.chdir(tmp_path)
+  assert prepare.main(argv) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f"{PROG}: error: ") and expected in err, err
+  assert err.endswith(f"(see {PROG} --help)\n") and len(err.splitlines()) == 1, err
+  assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_help_lists_every_source_and_its_flags(capsys):
+  assert prepare.main(["--help"]) == 0
+  captured = capsys.readouterr()
+  assert captured.err == ""
+  out = captured.out
+  assert out.startswith(f"{PROG} SOURCE")
+  for section in ("every source:", "atomic source:", "csv source:", "amazon source:",
+                  "atomic and amazon sources:"):
+    assert f"\n{section}\n" in out, section
+  for source in prepare.SOURCES:
+    assert f"  {source} " in out, source
+  for flag in ("--name", "--output", "--[no]dedup", "--min_user_interactions", "--inter",
+               "--attribute_fields", "--interactions", "--attribute_cols", "--delimiter",
+               "--reviews", "--rating_above"):
+    assert f"  {flag}\n" in out, flag
+  assert "(default: 5)" in out and "(default: user_id)" in out
+  assert prepare.main(["atomic", "--intr", "x", "-h"]) == 0  # help wins over a mistake
+
+
+def test_flag_forms_and_lists(tmp_path, capsys):
+  # --flag=value, --noflag, a tab given as 'tab', and empty entries of a list are dropped.
+  interactions = _write(tmp_path / "r.txt", "user\tmovie\tts\n" + "".join(
+      f"{u}\t{m}\t{t}\n" for u, m, t in MOVIES))
+  items = _write(tmp_path / "m.txt", "movie\tgenres\tdirector\n" + "".join(
+      f"{m}\t{g}\t{d}\n" for m, g, d, _ in ITEMS))
+  argv = ["csv", f"--interactions={interactions}", "--user_col=user", "--item_col", "movie",
+          "--time_col=ts", "--items", items, "--attribute_cols=genres,,director,",
+          "--list_sep=|", "--delimiter", "tab", "--nodedup", "--name=M",
+          f"--output={tmp_path / 'out'}", "--min_user_interactions=0",
+          "--min_item_interactions", "0"]
+  assert prepare.main([str(a) for a in argv]) == 0
+  stats = json.loads((tmp_path / "out" / "M_stats.json").read_text())
+  assert stats["source"]["attribute_cols"] == ["genres", "director"]
+  assert stats["source"]["delimiter"] == "\t" and stats["options"]["dedup"] is False
+  assert stats["attributes_per_field"] == {"genres": 3, "director": 3}
+  capsys.readouterr()
+  # A second run in the same process starts from the defaults (no --dedup left over).
+  assert prepare.main([str(a) for a in _atomic(tmp_path, extra=["--dedup"])]) == 0
+  assert prepare.main([str(a) for a in _atomic(tmp_path)]) == 0
+  assert json.loads((tmp_path / "out" / "X_stats.json").read_text())["options"]["dedup"] is False
+
+
+def test_user_errors_are_one_line_without_the_help_hint(tmp_path, capsys):
+  err = _fails(_atomic(tmp_path, extra=["--name", "synthetic"]), tmp_path, capsys,
+               "built-in dataset")
+  assert "--help" not in err
 
 
 def test_cli_subprocess_one_line_no_traceback(tmp_path):

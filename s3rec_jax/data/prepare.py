@@ -54,7 +54,6 @@ Every source goes through one core:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -65,7 +64,9 @@ import tempfile
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from absl import flags
 
+from s3rec_jax.core import command
 from s3rec_jax.core import errors
 from s3rec_jax.data.dataset import MIN_SEQUENCE_LENGTH, DataError
 from s3rec_jax.data.sources import Interactions, ItemAttributes, codes_by_first_appearance
@@ -610,109 +611,187 @@ def _distinct(names: Sequence[str], flag: str) -> list[str]:
 # Command line.
 
 
-def _field_list(text: str) -> list[str]:
-  return [part.strip() for part in text.split(",") if part.strip()]
+def _field_list(names: Sequence[str] | None) -> list[str] | None:
+  """A comma-separated list flag's names, empty ones dropped (None: the flag was not given)."""
+  return None if names is None else [part.strip() for part in names if part.strip()]
 
 
-def _delimiter(text: str) -> str:
-  return {"\\t": "\t", "tab": "\t"}.get(text, text)
+def _delimiter(text: str | None) -> str | None:
+  return None if text is None else {"\\t": "\t", "tab": "\t"}.get(text, text)
 
 
-def _count(text: str) -> int:
+def _count(text: str | int) -> int:
+  """The value of a count flag; a usage error (naming the flag, by absl) unless an integer >= 0."""
   try:
     value = int(text)
-  except ValueError:
+  except (TypeError, ValueError):
     value = -1
   if value < 0:
-    raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    raise errors.UsageError(f"{text!r} is not an integer >= 0")
   return value
 
 
-def _parser() -> argparse.ArgumentParser:
-  common = argparse.ArgumentParser(add_help=False)
-  group = common.add_argument_group("output and filtering (every source)")
-  group.add_argument("--name", required=True, help="dataset name: writes NAME.txt, ...")
-  group.add_argument("--output", required=True, help="folder to write the files into")
-  group.add_argument("--min_user_interactions", type=_count, default=DEFAULT_MIN_INTERACTIONS,
-                     help="k-core: fewest interactions per user (at least 3 apply; 0 = only "
-                          "those 3); default %(default)s")
-  group.add_argument("--min_item_interactions", type=_count, default=DEFAULT_MIN_INTERACTIONS,
-                     help="k-core: fewest interactions per item (0 = off); default %(default)s")
-  group.add_argument("--dedup", action="store_true",
-                     help="keep only the earliest interaction of each (user, item)")
-  group.add_argument("--min_attribute_count", type=_count, default=0,
-                     help="drop attribute values found on fewer kept items; default 0")
+class _CountParser(flags.IntegerParser):
+  """Integers >= 0; anything else is refused with `_count`'s message."""
 
-  parser = argparse.ArgumentParser(
-      prog=PROG, description="Turn a source dataset into NAME.txt, NAME_item2attributes.json, "
-                             "NAME_ids.json and NAME_stats.json for train.py.")
-  sources = parser.add_subparsers(dest="source", required=True, metavar="SOURCE")
+  def __init__(self):
+    super().__init__(lower_bound=0)
 
-  atomic = sources.add_parser("atomic", parents=[common], help="RecBole atomic files",
-                              description="RecBole .inter (and .item) files.")
-  atomic.add_argument("--inter", required=True, help="the .inter file")
-  atomic.add_argument("--item", help="the .item file (attributes)")
-  atomic.add_argument("--attribute_fields", type=_field_list,
-                      help="comma-separated .item fields (default: every token/token_seq field)")
-  atomic.add_argument("--user_field", default="user_id", help="default %(default)s")
-  atomic.add_argument("--item_field", default="item_id", help="default %(default)s")
-  atomic.add_argument("--time_field", help="default: timestamp if present, else file order")
+  def parse(self, argument):
+    return _count(argument)
 
-  table = sources.add_parser("csv", parents=[common], help="CSV, TSV or Parquet tables",
-                             description="CSV, TSV or Parquet tables, by extension.")
-  table.add_argument("--interactions", required=True, help="the interactions table")
-  table.add_argument("--user_col", required=True)
-  table.add_argument("--item_col", required=True)
-  table.add_argument("--time_col", help="default: rows are in time order")
-  table.add_argument("--items", help="the item table (attributes)")
-  table.add_argument("--item_key_col", help="its item id column (default: --item_col)")
-  table.add_argument("--attribute_cols", type=_field_list, default=[],
-                     help="comma-separated attribute columns of --items")
-  table.add_argument("--list_sep", help="splits attribute cells into several values, e.g. '|'")
-  table.add_argument("--delimiter", type=_delimiter,
-                     help="text delimiter (default: tab for .tsv/.tab, else comma)")
 
-  amazon = sources.add_parser("amazon", parents=[common], help="Amazon review dumps",
-                              description="Amazon reviews and metadata, as the S3-Rec authors "
-                                          "prepared them.")
-  amazon.add_argument("--reviews", required=True, help="e.g. reviews_Beauty_5.json.gz")
-  amazon.add_argument("--meta", help="e.g. meta_Beauty.json.gz")
-  amazon.add_argument("--rating_above", type=float, default=0.0,
-                      help="keep reviews rated above this; default %(default)s")
-  amazon.add_argument("--attribute_fields", type=_field_list,
-                      help="categories and/or brand, in id order (default: categories,brand)")
-  return parser
+SOURCES = {
+    "atomic": "RecBole .inter (and .item) files",
+    "csv": "CSV, TSV or Parquet tables, by extension",
+    "amazon": "Amazon reviews and metadata, as the S3-Rec authors prepared them",
+}
+
+FLAGS = command.new_flags()
+
+_EVERY = "every source"
+_NAME = flags.DEFINE_string("name", None, "dataset name: writes NAME.txt, ... (required)",
+                            flag_values=FLAGS, module_name=_EVERY)
+_OUTPUT = flags.DEFINE_string("output", None, "folder to write the files into (required)",
+                              flag_values=FLAGS, module_name=_EVERY)
+_MIN_USER_INTERACTIONS = flags.DEFINE(
+    _CountParser(), "min_user_interactions", DEFAULT_MIN_INTERACTIONS,
+    "k-core: fewest interactions per user (at least 3 apply; 0 = only those 3)",
+    flag_values=FLAGS, serializer=flags.ArgumentSerializer(), module_name=_EVERY)
+_MIN_ITEM_INTERACTIONS = flags.DEFINE(
+    _CountParser(), "min_item_interactions", DEFAULT_MIN_INTERACTIONS,
+    "k-core: fewest interactions per item (0 = off)",
+    flag_values=FLAGS, serializer=flags.ArgumentSerializer(), module_name=_EVERY)
+_DEDUP = flags.DEFINE_bool("dedup", False,
+                           "keep only the earliest interaction of each (user, item)",
+                           flag_values=FLAGS, module_name=_EVERY)
+_MIN_ATTRIBUTE_COUNT = flags.DEFINE(
+    _CountParser(), "min_attribute_count", 0,
+    "drop attribute values found on fewer kept items; default 0",
+    flag_values=FLAGS, serializer=flags.ArgumentSerializer(), module_name=_EVERY)
+
+_ATOMIC = "atomic source"
+_INTER = flags.DEFINE_string("inter", None, "the .inter file (required)", flag_values=FLAGS,
+                             module_name=_ATOMIC)
+_ITEM = flags.DEFINE_string("item", None, "the .item file (attributes)", flag_values=FLAGS,
+                            module_name=_ATOMIC)
+_USER_FIELD = flags.DEFINE_string("user_field", "user_id", "the user id field",
+                                  flag_values=FLAGS, module_name=_ATOMIC)
+_ITEM_FIELD = flags.DEFINE_string("item_field", "item_id", "the item id field",
+                                  flag_values=FLAGS, module_name=_ATOMIC)
+_TIME_FIELD = flags.DEFINE_string("time_field", None,
+                                  "default: timestamp if present, else file order",
+                                  flag_values=FLAGS, module_name=_ATOMIC)
+
+_ATTRIBUTE_FIELDS = flags.DEFINE_list(
+    "attribute_fields", None,
+    "comma-separated fields, in id order: with atomic, .item fields (default: every "
+    "token/token_seq field; needs --item); with amazon, categories and/or brand (default: "
+    "categories,brand; needs --meta)",
+    flag_values=FLAGS, module_name="atomic and amazon sources")
+
+_CSV = "csv source"
+_INTERACTIONS = flags.DEFINE_string("interactions", None, "the interactions table (required)",
+                                    flag_values=FLAGS, module_name=_CSV)
+_USER_COL = flags.DEFINE_string("user_col", None, "its user id column (required)",
+                                flag_values=FLAGS, module_name=_CSV)
+_ITEM_COL = flags.DEFINE_string("item_col", None, "its item id column (required)",
+                                flag_values=FLAGS, module_name=_CSV)
+_TIME_COL = flags.DEFINE_string("time_col", None, "default: rows are in time order",
+                                flag_values=FLAGS, module_name=_CSV)
+_ITEMS = flags.DEFINE_string("items", None, "the item table (attributes)", flag_values=FLAGS,
+                             module_name=_CSV)
+_ITEM_KEY_COL = flags.DEFINE_string("item_key_col", None,
+                                    "its item id column (default: --item_col)",
+                                    flag_values=FLAGS, module_name=_CSV)
+_ATTRIBUTE_COLS = flags.DEFINE_list("attribute_cols", [],
+                                    "comma-separated attribute columns of --items",
+                                    flag_values=FLAGS, module_name=_CSV)
+_LIST_SEP = flags.DEFINE_string("list_sep", None,
+                                "splits attribute cells into several values, e.g. '|'",
+                                flag_values=FLAGS, module_name=_CSV)
+_DELIMITER = flags.DEFINE_string(
+    "delimiter", None, "text delimiter, '\\t' or tab for a tab (default: tab for .tsv/.tab, "
+    "else comma)", flag_values=FLAGS, module_name=_CSV)
+
+_AMAZON = "amazon source"
+_REVIEWS = flags.DEFINE_string("reviews", None, "e.g. reviews_Beauty_5.json.gz (required)",
+                               flag_values=FLAGS, module_name=_AMAZON)
+_META = flags.DEFINE_string("meta", None, "e.g. meta_Beauty.json.gz", flag_values=FLAGS,
+                            module_name=_AMAZON)
+_RATING_ABOVE = flags.DEFINE_float("rating_above", 0.0,
+                                   "keep reviews rated above this; default 0.0",
+                                   flag_values=FLAGS, module_name=_AMAZON)
+
+# Each source's own flags, its required ones first.
+_FLAGS_OF = {
+    "atomic": ("inter", "item", "attribute_fields", "user_field", "item_field", "time_field"),
+    "csv": ("interactions", "user_col", "item_col", "time_col", "items", "item_key_col",
+            "attribute_cols", "list_sep", "delimiter"),
+    "amazon": ("reviews", "meta", "rating_above", "attribute_fields"),
+}
+_REQUIRED = {"atomic": ("inter",), "csv": ("interactions", "user_col", "item_col"),
+             "amazon": ("reviews",)}
+_COMMON_REQUIRED = ("name", "output")
+
+_USAGE = (f"{PROG} SOURCE --name NAME --output FOLDER [flags]: turns a source dataset into "
+          "NAME.txt, NAME_item2attributes.json, NAME_ids.json and NAME_stats.json for "
+          "train.py.\n\nsources:\n"
+          + "\n".join(f"  {name:<7} {text}" for name, text in SOURCES.items())
+          + "\n\nList flags take comma-separated values (--attribute_cols genres,year).")
+
+
+def _check_usage(words: Sequence[str]) -> str:
+  """The source; a usage error for a missing or unknown one, flags it lacks, stray words."""
+  if not words:
+    raise errors.UsageError("name a source: " + ", ".join(SOURCES))
+  source = words[0]
+  if source not in SOURCES:
+    raise errors.UsageError(f"unknown source {source!r}; expected one of " + ", ".join(SOURCES))
+  others = sorted({n for names in _FLAGS_OF.values() for n in names} - set(_FLAGS_OF[source]))
+  command.refuse_flags(FLAGS, others, f"with `{PROG} {source}`")
+  command.only_words(words, 1, "one SOURCE, then --flags")
+  missing = [f"--{n}" for n in (*_REQUIRED[source], *_COMMON_REQUIRED) if FLAGS[n].value is None]
+  if missing:
+    verb = "is" if len(missing) == 1 else "are"
+    raise errors.UsageError(f"{', '.join(missing)} {verb} required with `{PROG} {source}`")
+  attribute_fields = _field_list(_ATTRIBUTE_FIELDS.value)
+  if source == "atomic" and _ITEM.value is None and attribute_fields is not None:
+    raise errors.UsageError("--attribute_fields needs --item")
+  if source == "amazon" and _META.value is None and attribute_fields is not None:
+    raise errors.UsageError("--attribute_fields needs --meta")
+  attribute_cols = _field_list(_ATTRIBUTE_COLS.value)
+  if source == "csv" and _ITEMS.value is not None and not attribute_cols:
+    raise errors.UsageError("--items needs --attribute_cols")
+  if source == "csv" and _ITEMS.value is None and (attribute_cols or _ITEM_KEY_COL.value):
+    raise errors.UsageError("--attribute_cols and --item_key_col need --items")
+  return source
+
+
+def _run(words: list[str]) -> int:
+  source = _check_usage(words)
+  options = Options(min_user_interactions=_MIN_USER_INTERACTIONS.value,
+                    min_item_interactions=_MIN_ITEM_INTERACTIONS.value, dedup=_DEDUP.value,
+                    min_attribute_count=_MIN_ATTRIBUTE_COUNT.value)
+  common = {"name": _NAME.value, "output": _OUTPUT.value, "options": options}
+  if source == "atomic":
+    prepare_atomic(_INTER.value, _ITEM.value, user_field=_USER_FIELD.value,
+                   item_field=_ITEM_FIELD.value, time_field=_TIME_FIELD.value,
+                   attribute_fields=_field_list(_ATTRIBUTE_FIELDS.value), **common)
+  elif source == "csv":
+    prepare_table(_INTERACTIONS.value, user_col=_USER_COL.value, item_col=_ITEM_COL.value,
+                  time_col=_TIME_COL.value, items=_ITEMS.value, item_key_col=_ITEM_KEY_COL.value,
+                  attribute_cols=_field_list(_ATTRIBUTE_COLS.value) or [],
+                  list_sep=_LIST_SEP.value, delimiter=_delimiter(_DELIMITER.value), **common)
+  else:
+    prepare_amazon(_REVIEWS.value, _META.value, rating_above=_RATING_ABOVE.value,
+                   attribute_fields=_field_list(_ATTRIBUTE_FIELDS.value), **common)
+  return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = _parser()
-  args = parser.parse_args(argv)
-  if args.source == "atomic" and args.item is None and args.attribute_fields is not None:
-    parser.error("--attribute_fields needs --item")
-  if args.source == "amazon" and args.meta is None and args.attribute_fields is not None:
-    parser.error("--attribute_fields needs --meta")
-  if args.source == "csv" and args.items is not None and not args.attribute_cols:
-    parser.error("--items needs --attribute_cols")
-  if args.source == "csv" and args.items is None and (args.attribute_cols or args.item_key_col):
-    parser.error("--attribute_cols and --item_key_col need --items")
-  with errors.exit_on_user_error(PROG):
-    options = Options(min_user_interactions=args.min_user_interactions,
-                      min_item_interactions=args.min_item_interactions, dedup=args.dedup,
-                      min_attribute_count=args.min_attribute_count)
-    common = {"name": args.name, "output": args.output, "options": options}
-    if args.source == "atomic":
-      prepare_atomic(args.inter, args.item, user_field=args.user_field,
-                     item_field=args.item_field, time_field=args.time_field,
-                     attribute_fields=args.attribute_fields, **common)
-    elif args.source == "csv":
-      prepare_table(args.interactions, user_col=args.user_col, item_col=args.item_col,
-                    time_col=args.time_col, items=args.items, item_key_col=args.item_key_col,
-                    attribute_cols=args.attribute_cols, list_sep=args.list_sep,
-                    delimiter=args.delimiter, **common)
-    else:
-      prepare_amazon(args.reviews, args.meta, rating_above=args.rating_above,
-                     attribute_fields=args.attribute_fields, **common)
-  return 0
+  """Runs the command line; returns the exit status (2 for a user error)."""
+  return command.run(PROG, FLAGS, _run, argv, doc=_USAGE)
 
 
 if __name__ == "__main__":

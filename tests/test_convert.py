@@ -550,17 +550,54 @@ def test_cli_with_dataset(tiny_checkpoint, tmp_path, fake_save, monkeypatch):
 
 def test_cli_size_mismatch_fails_cleanly(tiny_checkpoint, tmp_path, fake_save, capsys):
   path, _, _ = tiny_checkpoint
-  with pytest.raises(SystemExit) as exit_info:
-    convert.main(["--input", str(path), "--item_size", "99", "--attribute_size", "7",
-                  *_tiny_flags(tmp_path / "out")])
-  assert exit_info.value.code == 2 and not fake_save
+  code = convert.main(["--input", str(path), "--item_size", "99", "--attribute_size", "7",
+                       *_tiny_flags(tmp_path / "out")])
+  assert code == 2 and not fake_save
   err = capsys.readouterr().err
   assert "another dataset" in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_needs_sizes(tiny_checkpoint, tmp_path):
-  with pytest.raises(SystemExit):
-    convert.main(["--input", str(tiny_checkpoint[0]), "--output", str(tmp_path)])
+def test_cli_help_lists_the_flags(capsys):
+  assert convert.main(["--help"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("s3rec-convert --input FILE.pt --output DIR")
+  for name in ("--input", "--output", "--item_size", "--attribute_size", "--dataset",
+               "--data_dir", "--hidden_size", "--num_layers", "--num_heads", "--max_len"):
+    assert name in out, name
+
+
+def _fake_dataset(monkeypatch, item_size=13, attribute_size=7):
+  fake = types.ModuleType("s3rec_jax.data.dataset")
+  fake.load_dataset = lambda *args, **kwargs: types.SimpleNamespace(
+      item_size=item_size, attribute_size=attribute_size)
+  monkeypatch.setitem(sys.modules, "s3rec_jax.data.dataset", fake)
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--output", "out", "--item_size", "13", "--attribute_size", "7"], "--input is required"),
+    (["--input", "x.pt", "--item_size", "13", "--attribute_size", "7"], "--output is required"),
+    (["--input", "x.pt", "--output", "out", "--item_sise", "13"],
+     "unknown flag --item_sise; did you mean --item_size?"),
+    (["--input", "x.pt", "--output", "out"],
+     "give --item_size and --attribute_size, or --dataset and --data_dir"),
+    (["--input", "x.pt", "--output", "out", "--item_size", "13"],
+     "give --item_size and --attribute_size, or --dataset and --data_dir"),
+    (["--input", "x.pt", "--output", "out", "--dataset", "Tiny"], "--dataset needs --data_dir"),
+    (["--input", "x.pt", "--output", "out", "--dataset", "Tiny", "--data_dir", "/d",
+      "--item_size", "99"], "--item_size=99 disagrees with dataset Tiny (13)"),
+    (["--input", "x.pt", "--output", "out", "--item_size", "13", "--attribute_size", "7",
+      "--hidden_size", "10", "--num_heads", "3"], "model.hidden_size=10 must be divisible"),
+    (["--input", "x.pt", "--output", "out", "--item_size", "13", "--attribute_size", "7",
+      "extra"], "unexpected argument 'extra'"),
+])
+def test_cli_bad_usage_is_one_line(monkeypatch, fake_save, capsys, argv, expected):
+  _fake_dataset(monkeypatch)
+  assert convert.main(argv) == 2 and not fake_save
+  captured = capsys.readouterr()
+  assert captured.out == "" and captured.err.startswith("s3rec-convert: error: ")
+  assert expected in captured.err, captured.err
+  assert captured.err.endswith("(see s3rec-convert --help)\n")
+  assert len(captured.err.splitlines()) == 1
 
 
 def test_cli_writes_real_checkpoint(tiny_checkpoint, tmp_path):

@@ -177,10 +177,37 @@ def test_export_errors(tiny, tmp_path, monkeypatch, capsys):
       (["--k", "61"], "larger than the catalogue"),
       (["--k", "0"], "positive integer"),
   ):
-    with pytest.raises(SystemExit) as exit_info:
-      export.main(["--workdir", workdir, "--output", str(tmp_path / "x"), *argv])
-    assert exit_info.value.code == 2
+    assert export.main(["--workdir", workdir, "--output", str(tmp_path / "x"), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("s3rec-export: error: ") and expected in err, err
     assert len(err.strip().splitlines()) == 1
   assert not os.path.exists(tmp_path / "x")
+
+
+def test_help_lists_the_flags(capsys):
+  assert export.main(["--help"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("s3rec-export --workdir DIR --output DIR")
+  for name in ("--workdir", "--output", "--k", "--platforms", "--step", "--[no]overwrite"):
+    assert name in out, name
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--output", "out"], "--workdir is required"),
+    (["--workdir", "w"], "--output is required"),
+    (["--workdir", "w", "--output", "out", "--platform", "cpu"],
+     "unknown flag --platform; did you mean --platforms?"),
+    (["--workdir", "w", "--output", "out", "--platforms", "cpu,cpu"], "--platforms must be"),
+    (["--workdir", "w", "--output", "out", "--k", "many"], "flag --k=many"),
+    (["--workdir", "w", "--output", "out", "extra"], "unexpected argument 'extra'"),
+])
+def test_bad_usage_is_one_line(tmp_path, monkeypatch, capsys, argv, expected):
+  monkeypatch.setattr(recommend, "quiet_libraries", lambda: None)
+  monkeypatch.chdir(tmp_path)
+  assert export.main(argv) == 2
+  captured = capsys.readouterr()
+  assert captured.out == "" and captured.err.startswith("s3rec-export: error: ")
+  assert expected in captured.err, captured.err
+  assert captured.err.endswith("(see s3rec-export --help)\n")
+  assert len(captured.err.splitlines()) == 1
+  assert os.listdir(tmp_path) == []

@@ -235,11 +235,7 @@ def in_process_cli(monkeypatch, capsys):
   monkeypatch.setattr(recommend, "quiet_libraries", lambda: None)
 
   def run(*argv: str) -> tuple[int, str, str]:
-    code = 0
-    try:
-      recommend.main(list(argv))
-    except SystemExit as e:
-      code = e.code
+    code = recommend.main(list(argv))
     out = capsys.readouterr()
     return code, out.out, out.err
   return run
@@ -315,3 +311,29 @@ def test_cli_errors_are_one_line(tiny, tmp_path, in_process_cli):
   for expected, proc in procs.items():
     stdout, stderr = proc.communicate(timeout=120)
     _assert_one_line_error(proc.returncode, stdout, stderr, expected)
+
+
+def test_cli_help_lists_the_flags(in_process_cli):
+  code, stdout, stderr = in_process_cli("--help")
+  assert (code, stderr) == (0, "")
+  assert stdout.startswith("s3rec-recommend --workdir DIR")
+  for name in ("--workdir", "--history", "--users", "--k", "--output", "--step", "--batch_size",
+               "--[no]keep_history", "--ranking", "fused_cpu"):
+    assert name in stdout, name
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--history", "1 2"], "--workdir is required"),
+    (["--workdir", "w", "--histroy", "1 2"], "unknown flag --histroy; did you mean --history?"),
+    (["--workdir", "w", "--history", "1", "--users", "u.txt"],
+     "--history and --users do not go together"),
+    (["--workdir", "w"], "give the histories: --history"),
+    (["--workdir", "w", "--history", "1", "--ranking", "fast"], "flag --ranking=fast: value "
+     "should be one of <scan|fused_cpu>"),
+    (["--workdir", "w", "--history", "1", "--k", "ten"], "flag --k=ten"),
+    (["--workdir", "w", "--history", "1", "extra"], "unexpected argument 'extra'"),
+])
+def test_cli_bad_usage_is_one_line(in_process_cli, argv, expected):
+  code, stdout, stderr = in_process_cli(*argv)
+  _assert_one_line_error(code, stdout, stderr, expected)
+  assert stderr.endswith("(see s3rec-recommend --help)\n")

@@ -82,7 +82,8 @@ def _flag_line(flag) -> str:
   default = flag.default
   shown = "" if default in (None, False, [], "") or flag.name == "help" else (
       f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})")
-  return f"  {name}\n" + textwrap.fill(flag.help + shown, width=88, initial_indent=" " * 6,
+  text = " ".join((flag.help + shown).split())   # absl's own additions bring odd spacing
+  return f"  {name}\n" + textwrap.fill(text, width=88, initial_indent=" " * 6,
                                         subsequent_indent=" " * 6)
 
 

@@ -18,7 +18,6 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import importlib
@@ -32,10 +31,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
+from absl import flags
 
+from s3rec_jax.core import command
 from s3rec_jax.core import errors
 from s3rec_jax.model.encoder import ModelConfig, init_params
 
+PROG = "s3rec-convert"
 MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
 PROTOCOL_VERSION = 1001
 
@@ -487,59 +489,78 @@ def convert_file(input_path: str, output_dir: str, config: ModelConfig,
   return where
 
 
-def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
-  parser = argparse.ArgumentParser(
-      prog="s3rec-convert",
-      description="Convert a reference S3-Rec checkpoint (torch 1.1 legacy .pt) into an orbax "
-                  "pre-training checkpoint. Sizes come from --item_size/--attribute_size or "
-                  "from --dataset/--data_dir.")
-  parser.add_argument("--input", required=True, help="the reference .pt file")
-  parser.add_argument("--output", required=True, help="checkpoint directory to write")
-  parser.add_argument("--item_size", type=int, help="item embedding rows (max item id + 2)")
-  parser.add_argument("--attribute_size", type=int,
-                      help="attribute embedding rows (max attribute id + 1)")
-  parser.add_argument("--dataset", help="dataset name to derive the sizes from, e.g. LastFM")
-  parser.add_argument("--data_dir", help="folder holding the dataset files")
-  parser.add_argument("--hidden_size", type=int, default=64)
-  parser.add_argument("--num_layers", type=int, default=2)
-  parser.add_argument("--num_heads", type=int, default=2)
-  parser.add_argument("--max_len", type=int, default=50)
-  return parser.parse_args(argv), parser
+FLAGS = command.new_flags()
+_FILES = "checkpoints"
+_SIZES = "embedding sizes (--item_size and --attribute_size, or --dataset and --data_dir)"
+_MODEL = "model"
+_INPUT = flags.DEFINE_string("input", None, "The reference .pt file.", flag_values=FLAGS,
+                             module_name=_FILES, required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Checkpoint directory to write.",
+                              flag_values=FLAGS, module_name=_FILES, required=True)
+_ITEM_SIZE = flags.DEFINE_integer("item_size", None, "Item embedding rows (max item id + 2).",
+                                  flag_values=FLAGS, module_name=_SIZES)
+_ATTRIBUTE_SIZE = flags.DEFINE_integer("attribute_size", None,
+                                       "Attribute embedding rows (max attribute id + 1).",
+                                       flag_values=FLAGS, module_name=_SIZES)
+_DATASET = flags.DEFINE_string("dataset", None,
+                               "Dataset name to derive the sizes from, e.g. LastFM.",
+                               flag_values=FLAGS, module_name=_SIZES)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder holding the dataset files.",
+                                flag_values=FLAGS, module_name=_SIZES)
+_HIDDEN_SIZE = flags.DEFINE_integer("hidden_size", 64, "Hidden size (embedding width).",
+                                    flag_values=FLAGS, module_name=_MODEL)
+_NUM_LAYERS = flags.DEFINE_integer("num_layers", 2, "Encoder layers.", flag_values=FLAGS,
+                                   module_name=_MODEL)
+_NUM_HEADS = flags.DEFINE_integer("num_heads", 2, "Attention heads per layer.",
+                                  flag_values=FLAGS, module_name=_MODEL)
+_MAX_LEN = flags.DEFINE_integer("max_len", 50, "Longest input sequence (position embedding "
+                                "rows).", flag_values=FLAGS, module_name=_MODEL)
+
+_USAGE = (f"{PROG} --input FILE.pt --output DIR [flags]: converts a reference S3-Rec checkpoint "
+          "(torch 1.1 legacy .pt) into an orbax pre-training checkpoint. Sizes come from "
+          "--item_size/--attribute_size or from --dataset/--data_dir.")
+
+
+def _sizes_from_flags() -> tuple[int, int]:
+  """(item_size, attribute_size): given, or read from --dataset (and checked against it)."""
+  item_size, attribute_size = _ITEM_SIZE.value, _ATTRIBUTE_SIZE.value
+  if _DATASET.value is None:
+    if item_size is None or attribute_size is None:
+      raise errors.UsageError("give --item_size and --attribute_size, or --dataset and --data_dir")
+    return item_size, attribute_size
+  if _DATA_DIR.value is None:
+    raise errors.UsageError("--dataset needs --data_dir")
+  # Imported lazily: only this path needs the dataset reader.
+  data = importlib.import_module("s3rec_jax.data.dataset")
+  dataset = data.load_dataset(_DATA_DIR.value, _DATASET.value, need_samples=False)
+  for flag, given, derived in (("--item_size", item_size, dataset.item_size),
+                               ("--attribute_size", attribute_size, dataset.attribute_size)):
+    if given is not None and given != derived:
+      raise errors.UsageError(f"{flag}={given} disagrees with dataset {_DATASET.value} "
+                              f"({derived})")
+  return dataset.item_size, dataset.attribute_size
+
+
+def _run(words: list[str]) -> int:
+  command.only_words(words, 0)
+  item_size, attribute_size = _sizes_from_flags()
+  try:
+    config = ModelConfig(item_size=item_size, attribute_size=attribute_size,
+                         hidden_size=_HIDDEN_SIZE.value, num_layers=_NUM_LAYERS.value,
+                         num_heads=_NUM_HEADS.value, max_len=_MAX_LEN.value,
+                         head_names=REFERENCE_HEAD_NAMES)
+  except ValueError as e:
+    raise errors.UsageError(str(e)) from None
+  try:
+    convert_file(_INPUT.value, _OUTPUT.value, config)
+  except OSError as e:
+    raise errors.UserError(f"{_INPUT.value}: {e.strerror or e}") from None
+  return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  with errors.exit_on_user_error("s3rec-convert"):
-    return _main(argv)
-
-
-def _main(argv: Sequence[str] | None) -> int:
-  args, parser = _parse_args(argv)
-  item_size, attribute_size = args.item_size, args.attribute_size
-  if args.dataset is not None:
-    if args.data_dir is None:
-      parser.error("--dataset needs --data_dir")
-    # Imported lazily: only this path needs the dataset reader.
-    data = importlib.import_module("s3rec_jax.data.dataset")
-    dataset = data.load_dataset(args.data_dir, args.dataset, need_samples=False)
-    for flag, given, derived in (("--item_size", item_size, dataset.item_size),
-                                 ("--attribute_size", attribute_size, dataset.attribute_size)):
-      if given is not None and given != derived:
-        parser.error(f"{flag}={given} disagrees with dataset {args.dataset} ({derived})")
-    item_size, attribute_size = dataset.item_size, dataset.attribute_size
-  elif item_size is None or attribute_size is None:
-    parser.error("give --item_size and --attribute_size, or --dataset and --data_dir")
-  try:
-    config = ModelConfig(item_size=item_size, attribute_size=attribute_size,
-                         hidden_size=args.hidden_size, num_layers=args.num_layers,
-                         num_heads=args.num_heads, max_len=args.max_len,
-                         head_names=REFERENCE_HEAD_NAMES)
-  except ValueError as e:
-    parser.error(str(e))
-  try:
-    convert_file(args.input, args.output, config)
-  except OSError as e:
-    raise errors.UserError(f"{args.input}: {e.strerror or e}") from None
-  return 0
+  """Runs the command line; returns the exit status (2 for a user error)."""
+  return command.run(PROG, FLAGS, _run, argv, doc=_USAGE)
 
 
 if __name__ == "__main__":

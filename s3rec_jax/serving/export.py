@@ -75,17 +75,19 @@ renamed when complete, so an error leaves nothing behind.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from s3rec_jax.core import command
 from s3rec_jax.core import errors
 from s3rec_jax.serving import recommend as recommend_lib
 
@@ -297,33 +299,49 @@ def _replace_folder(staging: str, output: str, overwrite: bool) -> None:
   shutil.rmtree(old, ignore_errors=True)
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog=PROG, description="Export a trained workdir's scoring function (jax.export) with its "
-                             "weights, id map and a loader that needs only jax and numpy.")
-  parser.add_argument("--workdir", required=True, help="a train.py workdir")
-  parser.add_argument("--output", required=True, help="the folder to write (must not exist)")
-  parser.add_argument("--k", type=int, default=None,
-                      help=f"items per history (default {DEFAULT_K}, or the catalogue if smaller)")
-  parser.add_argument("--platforms", default="cpu",
-                      help="comma-separated lowering platforms, e.g. cpu,cuda (default cpu)")
-  parser.add_argument("--step", type=int, default=None,
-                      help="a finetune_best step (default: the best of a finished run)")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
-  return parser.parse_args(argv)
+FLAGS = command.new_flags()
+_MODEL = "model"
+_SCORER = "scorer"
+_WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir.", flag_values=FLAGS,
+                               module_name=_MODEL, required=True)
+_STEP = flags.DEFINE_integer("step", None,
+                             "A finetune_best step (default: the best of a finished run).",
+                             flag_values=FLAGS, module_name=_MODEL)
+_OUTPUT = flags.DEFINE_string("output", None, "The folder to write (must not exist).",
+                              flag_values=FLAGS, module_name=_SCORER, required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --output.",
+                               flag_values=FLAGS, module_name=_SCORER)
+_K = flags.DEFINE_integer(
+    "k", None, f"Items per history (default {DEFAULT_K}, or the catalogue if smaller).",
+    flag_values=FLAGS, module_name=_SCORER)
+_PLATFORMS = flags.DEFINE_string(
+    "platforms", "cpu", "Comma-separated lowering platforms (" + ", ".join(PLATFORMS)
+    + "), e.g. cpu,cuda; the function runs on any of them.", flag_values=FLAGS,
+    module_name=_SCORER)
+
+_USAGE = (f"{PROG} --workdir DIR --output DIR [flags]: exports a trained workdir's scoring "
+          "function (jax.export) with its weights, id map and a loader that needs only jax and "
+          "numpy.")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _run(words: list[str]) -> None:
+  command.only_words(words, 0)
   recommend_lib.quiet_libraries()
-  with errors.exit_on_user_error(PROG):
-    args = _parse_args(argv)
-    manifest = export_scorer(args.workdir, args.output, k=args.k,
-                             platforms=parse_platforms(args.platforms), step=args.step,
-                             overwrite=args.overwrite)
-    print(f"wrote {os.path.abspath(args.output)} (k={manifest['k']}, max_len="
-          f"{manifest['max_len']}, {manifest['num_items']} items, platforms "
-          f"{','.join(manifest['platforms'])})")
+  try:
+    platforms = parse_platforms(_PLATFORMS.value)
+  except ExportError as e:
+    raise errors.UsageError(str(e)) from None
+  manifest = export_scorer(_WORKDIR.value, _OUTPUT.value, k=_K.value, platforms=platforms,
+                           step=_STEP.value, overwrite=_OVERWRITE.value)
+  print(f"wrote {os.path.abspath(_OUTPUT.value)} (k={manifest['k']}, max_len="
+        f"{manifest['max_len']}, {manifest['num_items']} items, platforms "
+        f"{','.join(manifest['platforms'])})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line; returns the exit status (2 for a user error)."""
+  return command.run(PROG, FLAGS, _run, argv, doc=_USAGE)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

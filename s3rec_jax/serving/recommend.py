@@ -26,7 +26,6 @@ original ids are the dense ids written as decimal strings.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -41,10 +40,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import flags
 from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from s3rec_jax.core import command
 from s3rec_jax.core import errors
 from s3rec_jax.core import files
 from s3rec_jax.core import parallel
@@ -493,32 +494,45 @@ def read_users_file(path: str) -> tuple[list[Any], list[list[Any]], list[str]]:
   return users, histories, labels
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog=PROG, description="Top-k recommendations of a trained workdir's best fine-tuned model.",
-      epilog="Output: one JSON line per history, in input order: {\"user\": ..., \"items\": "
-             "[original item ids, best first], \"scores\": [...]}; \"user\" is the input's "
-             "\"user\" value, or null where it has none. Each history's items are left out.")
-  parser.add_argument("--workdir", required=True, help="a train.py workdir")
-  source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--history", action="append",
-                      help="space-separated original item ids, oldest first (repeatable)")
-  source.add_argument("--users", metavar="FILE",
-                      help="one history per line: JSON {\"user\": ..., \"history\": [\"id\", ...]} "
-                           "or plain space-separated ids (blank lines are skipped)")
-  parser.add_argument("--k", type=int, default=10, help="items per history (default 10)")
-  parser.add_argument("--output", metavar="FILE",
-                      help="write the JSON lines here (atomically) instead of stdout")
-  parser.add_argument("--step", type=int, default=None,
-                      help="a finetune_best step (default: the best of a finished run)")
-  parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH_SIZE,
-                      help=f"histories per device program (default {DEFAULT_BATCH_SIZE})")
-  parser.add_argument("--keep_history", action="store_true",
-                      help="do not leave the history's items out of the recommendations")
-  parser.add_argument("--ranking", default="scan", choices=methods.METHODS,
-                      help="scan (XLA) or fused_cpu (a native CPU kernel, compiled on first "
-                           "use; the same items up to last-bit rounding of the scores)")
-  return parser.parse_args(argv)
+FLAGS = command.new_flags()
+_MODEL = "model"
+_INPUT = "input (one of --history and --users)"
+_OUTPUT_GROUP = "output"
+_WORKDIR = flags.DEFINE_string("workdir", None, "A train.py workdir.", flag_values=FLAGS,
+                               module_name=_MODEL, required=True)
+_STEP = flags.DEFINE_integer("step", None,
+                             "A finetune_best step (default: the best of a finished run).",
+                             flag_values=FLAGS, module_name=_MODEL)
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", DEFAULT_BATCH_SIZE,
+                                   "Histories per device program.", flag_values=FLAGS,
+                                   module_name=_MODEL)
+_RANKING = flags.DEFINE_enum(
+    "ranking", methods.SCAN, methods.METHODS,
+    f"{methods.SCAN} (XLA) or {methods.FUSED_CPU} (a native CPU kernel, compiled on first use; "
+    "the same items up to last-bit rounding of the scores).", flag_values=FLAGS,
+    module_name=_MODEL)
+_HISTORY = flags.DEFINE_multi_string(
+    "history", None, "Space-separated original item ids of one history, oldest first",
+    flag_values=FLAGS, module_name=_INPUT)  # absl adds: "; repeat this option ..."
+_USERS = flags.DEFINE_string(
+    "users", None, "A FILE of one history per line: JSON {\"user\": ..., \"history\": "
+    "[\"id\", ...]} or plain space-separated ids (blank lines are skipped).", flag_values=FLAGS,
+    module_name=_INPUT)
+_K = flags.DEFINE_integer("k", 10, "Items per history.", flag_values=FLAGS,
+                          module_name=_OUTPUT_GROUP)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "Write the JSON lines to this FILE (atomically) instead of stdout.",
+    flag_values=FLAGS, module_name=_OUTPUT_GROUP)
+_KEEP_HISTORY = flags.DEFINE_bool(
+    "keep_history", False, "Do not leave the history's items out of the recommendations.",
+    flag_values=FLAGS, module_name=_OUTPUT_GROUP)
+
+_USAGE = (f"{PROG} --workdir DIR (--history \"ID ...\" ... | --users FILE) [flags]: top-k "
+          "recommendations of a trained workdir's best fine-tuned model.\n\n"
+          "Output: one JSON line per history, in input order: {\"user\": ..., \"items\": "
+          "[original item ids, best first], \"scores\": [...]}; \"user\" is the input's "
+          "\"user\" value, or null where it has none. Each history's items are left out "
+          "(unless --keep_history).")
 
 
 def quiet_libraries() -> None:
@@ -530,31 +544,45 @@ def quiet_libraries() -> None:
   logging.getLogger("jax").setLevel(logging.ERROR)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _inputs() -> tuple[list[Any], list[list[Any]], list[str]]:
+  """(users, histories, labels) of --history or --users: exactly one of them."""
+  if FLAGS["history"].present and FLAGS["users"].present:
+    raise errors.UsageError("--history and --users do not go together: give one of them")
+  if FLAGS["users"].present:
+    return read_users_file(_USERS.value)
+  if not FLAGS["history"].present:
+    raise errors.UsageError("give the histories: --history \"ID ...\" (repeatable) or "
+                            "--users FILE")
+  histories = [h.split() for h in _HISTORY.value]
+  return ([None] * len(histories), histories,
+          [f"--history {i + 1}" for i in range(len(histories))])
+
+
+def _run(words: list[str]) -> None:
+  command.only_words(words, 0)
   quiet_libraries()
-  with errors.exit_on_user_error(PROG):
-    args = _parse_args(argv)
-    if args.users is not None:
-      users, histories, labels = read_users_file(args.users)
-    else:
-      histories = [h.split() for h in args.history]
-      users, labels = [None] * len(histories), [f"--history {i + 1}" for i in range(len(histories))]
-    # Everything the input can get wrong is checked before the model loads.
-    run = read_run(args.workdir, step=args.step)
-    k = check_k(args.k, run.num_items)
-    dense = dense_histories(run.ids, histories, labels)
-    recommender = Recommender.from_run(run, batch_size=args.batch_size, ranking=args.ranking)
-    items, scores = recommender.recommend_dense(dense, k, exclude_history=not args.keep_history)
-    results = recommender.to_recommendations(items, scores)
-    text = "".join(json.dumps({"user": user, "items": r.items,
-                               "scores": [float(s) for s in r.scores]}) + "\n"
-                   for user, r in zip(users, results))
-    if args.output:
-      files.write_text_atomic(args.output, text)
-    else:
-      sys.stdout.write(text)
-      sys.stdout.flush()
+  users, histories, labels = _inputs()
+  # Everything the input can get wrong is checked before the model loads.
+  run = read_run(_WORKDIR.value, step=_STEP.value)
+  k = check_k(_K.value, run.num_items)
+  dense = dense_histories(run.ids, histories, labels)
+  recommender = Recommender.from_run(run, batch_size=_BATCH_SIZE.value, ranking=_RANKING.value)
+  items, scores = recommender.recommend_dense(dense, k, exclude_history=not _KEEP_HISTORY.value)
+  results = recommender.to_recommendations(items, scores)
+  text = "".join(json.dumps({"user": user, "items": r.items,
+                             "scores": [float(s) for s in r.scores]}) + "\n"
+                 for user, r in zip(users, results))
+  if _OUTPUT.value:
+    files.write_text_atomic(_OUTPUT.value, text)
+  else:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command line; returns the exit status (2 for a user error)."""
+  return command.run(PROG, FLAGS, _run, argv, doc=_USAGE)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -9,9 +9,7 @@ traceback.
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from typing import Iterator
 
 EXIT_USER_ERROR = 2
 
@@ -31,13 +29,3 @@ def one_line(message: str) -> str:
 
 def report(prog: str, error: BaseException) -> None:
   print(f"{prog}: error: {one_line(str(error))}", file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def exit_on_user_error(prog: str) -> Iterator[None]:
-  """Turns a UserError raised inside into one line on stderr and exit status 2."""
-  try:
-    yield
-  except UserError as e:
-    report(prog, e)
-    sys.exit(EXIT_USER_ERROR)

@@ -28,7 +28,9 @@ def _write(directory: pathlib.Path, name: str = "T", seqs: str = SEQS, attrs: st
 
 
 def _no_log(message):
-  raise AssertionError(f"unexpected log: {message}")
+  # The one line a first load may say: where the memory-mapped form of the files went.
+  if not message.startswith("converted "):
+    raise AssertionError(f"unexpected log: {message}")
 
 
 @pytest.fixture
@@ -494,3 +496,79 @@ def test_sparse_attribute_ids_are_refused(tmp_path):
   root = _write(tmp_path / "gaps", attrs='{"1": [1], "2": [900]}')
   assert data.load_dataset(root, "T", need_samples=False, require_dense_ids=True,
                            log=_no_log).max_attr == 900
+
+
+# ----------------------------------------------------------------------------
+# Reading a block at a time; the memory-mapped form kept beside the text.
+
+
+def _random_sequence_text(rng, users=300):
+  lines = []
+  for u in range(users):
+    items = rng.integers(1, 500, size=int(rng.integers(3, 40)))
+    lines.append(" ".join(map(str, [u + 1, *items])) + rng.choice(["", " ", "\r"]))
+  return "\n".join(lines) + "\n\n"
+
+
+@pytest.mark.parametrize("block_bytes", [1, 7, 100, 4096])
+def test_reading_in_blocks_gives_the_same_arrays(tmp_path, monkeypatch, block_bytes):
+  path = tmp_path / "T.txt"
+  path.write_text(_random_sequence_text(np.random.default_rng(0)))
+  whole = data.read_sequences(path)
+  monkeypatch.setattr(data, "BLOCK_BYTES", block_bytes)
+  for got, expected in zip(data.read_sequences(path), whole):
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == expected.dtype
+
+
+@pytest.mark.parametrize("bad_line, needle", [
+    ("7 1 2 x", "malformed"), ("7 1 2", "has 2 items"), ("", "blank line"),
+    ("7 1 2 0", "non-positive id 0"), ("7 1 2 2147483647", "item id 2147483647 too large"),
+    ("99999999999999999999 1 2 3", "user id 99999999999999999999 too large"),
+])
+def test_a_bad_line_in_a_late_block_names_its_line_in_the_file(tmp_path, monkeypatch, bad_line,
+                                                               needle):
+  lines = _random_sequence_text(np.random.default_rng(1), users=200).splitlines()[:200]
+  lines.insert(150, bad_line)
+  path = tmp_path / "T.txt"
+  path.write_text("\n".join(lines) + "\n")
+  monkeypatch.setattr(data, "BLOCK_BYTES", 64)
+  with pytest.raises(data.DataError, match=f"T.txt:151: .*{needle}"):
+    data.read_sequences(path)
+
+
+def test_cache_keeps_mapped_arrays_beside_the_data_and_reuses_them(tmp_path):
+  directory = _write(tmp_path / "d", seqs=SEQS_WIDE, sample=GOOD_SAMPLE)
+  logs = []
+  first = data.load_dataset(directory, "T", num_negatives=3, log=logs.append, cache=True)
+  assert sorted(line.split(" to ")[0] for line in logs) == [
+      "converted T.txt, T_item2attributes.json", "converted T_sample.txt, T.txt"]
+  assert {"T.arrays", "T_sample.arrays"} <= set(os.listdir(directory))
+  assert isinstance(first.items, np.memmap) and isinstance(first.sample_negatives, np.memmap)
+  plain = data.load_dataset(directory, "T", num_negatives=3, log=_no_log)
+  again = data.load_dataset(directory, "T", num_negatives=3, log=_no_log, cache=True)
+  for ds in (first, again):
+    for field in ("user_ids", "offsets", "items", "attr_ids", "sample_negatives"):
+      np.testing.assert_array_equal(getattr(ds, field), getattr(plain, field))
+    assert (ds.max_item, ds.max_attr) == (plain.max_item, plain.max_attr)
+    np.testing.assert_array_equal(ds.sequence_keys, plain.sequence_keys)
+  # A changed text file is converted again.
+  (directory / "T.txt").write_text(SEQS_WIDE.replace("20 3 4 5", "20 3 4 5 9"))
+  logs.clear()
+  changed = data.load_dataset(directory, "T", num_negatives=3, log=logs.append, cache=True)
+  assert changed.num_interactions == plain.num_interactions + 1 and len(logs) == 2
+
+
+def test_cache_goes_to_sample_dir_when_the_data_is_read_only(tmp_path, read_only_dir):
+  (read_only_dir.parent / "w").mkdir()
+  ds = data.load_dataset(read_only_dir, "T", sample_dir=tmp_path / "w", num_negatives=3,
+                         log=lambda _: None, cache=True)
+  assert "T.arrays" in os.listdir(tmp_path / "w") and "T.arrays" not in os.listdir(read_only_dir)
+  assert ds.num_users == 4
+
+
+def test_in_sequence_answers_for_every_user_row(small):
+  rows = np.repeat(np.arange(small.num_users), 9)[:, None]
+  items = np.tile(np.arange(1, 10), small.num_users)[:, None]
+  expected = [[int(i) in small.sequence(int(u)).tolist()] for u, i in zip(rows[:, 0], items[:, 0])]
+  np.testing.assert_array_equal(small.in_sequence(rows, items), expected)

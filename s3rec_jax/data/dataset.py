@@ -9,17 +9,19 @@ of that array instead of per-user Python lists.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
 import re
 import stat
 import tempfile
-from typing import Callable, Union
+from typing import Callable, Iterator, Union
 
 import numpy as np
 
 from s3rec_jax.core import errors
+from s3rec_jax.data import array_store
 
 PathLike = Union[str, os.PathLike]
 
@@ -56,6 +58,9 @@ class Dataset:
   max_attr: int
   attr_ids: np.ndarray  # [item_size, K] int32, sorted unique ids, 0-padded.
   sample_negatives: np.ndarray | None  # [U, num_negatives] int32 or None.
+  # Sorted unique (user row * (item_size + 1) + item) of every interaction (`sequence_keys`):
+  # given when the arrays come from a store, else computed once on first use.
+  keys: np.ndarray | None = None
 
   def __post_init__(self):
     num_users = self.user_ids.shape[0]
@@ -70,7 +75,8 @@ class Dataset:
                        f"expected {num_users}")
     # Many modules share one Dataset; read-only arrays turn accidental in-place
     # edits into immediate errors instead of silent cross-module corruption.
-    for array in (self.user_ids, self.offsets, self.items, self.attr_ids, self.sample_negatives):
+    for array in (self.user_ids, self.offsets, self.items, self.attr_ids, self.sample_negatives,
+                  self.keys):
       if array is not None:
         array.setflags(write=False)
 
@@ -104,6 +110,26 @@ class Dataset:
     """[U] int64 sequence lengths."""
     return np.diff(self.offsets)
 
+  @functools.cached_property
+  def sequence_keys(self) -> np.ndarray:
+    """[distinct (user, item) pairs] int64, sorted: `in_sequence` looks them up."""
+    if self.keys is not None:
+      return self.keys
+    return interaction_keys(self.offsets, self.items, self.item_size)
+
+  def in_sequence(self, user_rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Whether each item is anywhere in the sequence of the user at that row (broadcast)."""
+    keys = self.sequence_keys
+    query = np.asarray(user_rows, np.int64) * (self.item_size + 1) + items
+    pos = np.minimum(np.searchsorted(keys, query), max(len(keys) - 1, 0))
+    return keys[pos] == query if len(keys) else np.zeros(np.shape(query), bool)
+
+
+def interaction_keys(offsets: np.ndarray, items: np.ndarray, item_size: int) -> np.ndarray:
+  """Sorted unique user_row * (item_size + 1) + item over the CSR arrays."""
+  users = np.repeat(np.arange(offsets.shape[0] - 1, dtype=np.int64), np.diff(offsets))
+  return np.unique(users * (item_size + 1) + np.asarray(items, np.int64))
+
 
 # ----------------------------------------------------------------------------
 # Reading files.
@@ -118,18 +144,11 @@ def _read_bytes(path: PathLike, what: str) -> bytes:
     raise DataError(f"{path}: cannot read ({e.strerror}); expected the {what}") from None
 
 
-def _lines(data: bytes) -> list[bytes]:
-  """Splits into lines; blank lines at the very end are not lines."""
-  lines = data.split(b"\n")
-  while lines and not lines[-1].strip():
-    lines.pop()
-  return lines
-
-
-def _parse_int_lines(path: PathLike, data: bytes, what: str, id_name: str) -> list[list[int]]:
+def _parse_int_lines(path: PathLike, lines: list[bytes], what: str, id_name: str,
+                     first_line: int = 1) -> list[list[int]]:
   """Parses lines of positive integers, raising DataError on the first bad one."""
   rows = []
-  for lineno, line in enumerate(_lines(data), start=1):
+  for lineno, line in enumerate(lines, start=first_line):
     try:
       row = [int(token) for token in line.split()] if _INT_LINE.fullmatch(line) else None
     except ValueError:  # More digits than int() takes; the slow path says so.
@@ -161,6 +180,99 @@ def _parse_int_lines(path: PathLike, data: bytes, what: str, id_name: str) -> li
   return rows
 
 
+# Bytes read per block of lines: the text of a large file is never in memory whole.
+BLOCK_BYTES = 16 << 20
+_INT_TEXT = b"0123456789 \t\r\f\v\n"
+_SPACE = b" \t\r\f\v\n"
+
+
+def _content_end(f, size: int) -> int:
+  """Offset just past the last non-blank byte (trailing blank lines are not lines)."""
+  end = size
+  while end > 0:
+    start = max(0, end - (1 << 16))
+    f.seek(start)
+    chunk = f.read(end - start)
+    stripped = chunk.rstrip(_SPACE)
+    if stripped:
+      return start + len(stripped)
+    end = start
+  return 0
+
+
+def _block_tokens(block: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+  """(tokens per line, the tokens as int64) of whole `\n`-ended lines of positive integers,
+  or None where anything is off (the line-by-line parser then says what)."""
+  if block.translate(None, _INT_TEXT):
+    return None
+  buf = np.frombuffer(block, np.uint8)
+  digit = (buf >= ord("0")) & (buf <= ord("9"))
+  starts = np.flatnonzero(digit[1:] & ~digit[:-1]) + 1
+  if digit[0]:
+    starts = np.concatenate([[0], starts])
+  newlines = np.flatnonzero(buf == ord("\n"))
+  counts = np.bincount(np.searchsorted(newlines, starts), minlength=newlines.size)
+  if counts.size == 0 or counts.min() == 0:   # a blank line
+    return None
+  try:
+    tokens = np.array(block.split()).astype(np.int64)
+  except (ValueError, OverflowError):   # beyond int64
+    return None
+  if tokens.size != starts.size or not tokens.all():   # a 0 id
+    return None
+  return counts.astype(np.int64), tokens
+
+
+def _int_line_blocks(path: PathLike, kind: str, what: str, id_name: str,
+                     check_rows: Callable[[list[list[int]], int], None]
+                     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+  """Reads lines of positive integers a block at a time.
+
+  Yields (line number of the block's first line, tokens per line [n] int64, the block's
+  tokens [sum] int64). A block the vectorised parser cannot take whole is parsed line by
+  line, which raises DataError naming the first bad line; its rows then pass
+  `check_rows(rows, first_line)`, which raises for values the caller cannot hold.
+  """
+  try:
+    f = open(path, "rb")
+  except FileNotFoundError:
+    raise DataError(f"{path}: file not found; expected the {kind}") from None
+  except OSError as e:
+    raise DataError(f"{path}: cannot read ({e.strerror}); expected the {kind}") from None
+  with f:
+    end = _content_end(f, os.fstat(f.fileno()).st_size)
+    f.seek(0)
+    position, carry, line = 0, b"", 1
+    while position < end:
+      data = f.read(min(BLOCK_BYTES, end - position))
+      position += len(data)
+      data = carry + data
+      if position >= end:
+        block, carry = data + b"\n", b""
+      else:
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:   # a line longer than a block: read on
+          carry = data
+          continue
+        block, carry = data[:cut], data[cut:]
+      parsed = _block_tokens(block)
+      if parsed is None:
+        rows = _parse_int_lines(path, block[:-1].split(b"\n"), what, id_name, first_line=line)
+        check_rows(rows, line)
+        parsed = (np.array([len(r) for r in rows], np.int64),
+                  np.fromiter((v for r in rows for v in r), np.int64))
+      yield line, parsed[0], parsed[1]
+      line += parsed[0].size
+
+
+def _heads_and_tails(counts: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Each line's first token and the other tokens, in order."""
+  first = np.cumsum(counts) - counts
+  rest = np.ones(tokens.size, bool)
+  rest[first] = False
+  return tokens[first], tokens[rest]
+
+
 def _check_unique_users(path: PathLike, user_ids: np.ndarray, first_line: int = 1) -> None:
   _, first, counts = np.unique(user_ids, return_index=True, return_counts=True)
   if (counts > 1).any():
@@ -175,31 +287,56 @@ def _check_unique_users(path: PathLike, user_ids: np.ndarray, first_line: int = 
 
 
 def read_sequences(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Reads `user_id item_1 item_2 ...` lines.
+  """Reads `user_id item_1 item_2 ...` lines, a block at a time.
 
   Returns:
     (user_ids [U] int64, offsets [U + 1] int64, items [total] int32).
   """
   what = "'user_id item_1 item_2 ...' (whitespace-separated positive integers)"
-  rows = _parse_int_lines(path, _read_bytes(path, "sequence file"), what, "id")
-  if not rows:
-    raise DataError(f"{path}:1: no users; expected at least one line {what}")
-  for lineno, row in enumerate(rows, start=1):
-    if len(row) - 1 < MIN_SEQUENCE_LENGTH:
-      raise DataError(f"{path}:{lineno}: user {row[0]} has {len(row) - 1} items; expected at "
-                      f"least {MIN_SEQUENCE_LENGTH} (train, valid and test items)")
-    if row[0] > _MAX_USER_ID:
-      raise DataError(f"{path}:{lineno}: user id {row[0]} too large; "
-                      f"expected at most {_MAX_USER_ID}")
-    if max(row[1:]) > _MAX_ITEM_ID:
-      raise DataError(f"{path}:{lineno}: item id {max(row[1:])} too large; "
+
+  def check_block(lengths, user_ids, items, line):
+    # The first bad line of the block, whichever check it fails (as a line-by-line read would).
+    short = np.flatnonzero(lengths < MIN_SEQUENCE_LENGTH)
+    large = np.flatnonzero(items > _MAX_ITEM_ID) if items.size else short[:0]
+    large_row = (int(np.searchsorted(np.cumsum(lengths), int(large[0]), side="right"))
+                 if large.size else None)
+    if short.size and (large_row is None or short[0] <= large_row):
+      row = int(short[0])
+      raise DataError(f"{path}:{line + row}: user {user_ids[row]} has {lengths[row]} items; "
+                      f"expected at least {MIN_SEQUENCE_LENGTH} (train, valid and test items)")
+    if large_row is not None:
+      start = int(np.cumsum(lengths)[large_row] - lengths[large_row])
+      top = int(items[start:start + int(lengths[large_row])].max())
+      raise DataError(f"{path}:{line + large_row}: item id {top} too large; "
                       f"expected at most {_MAX_ITEM_ID}")
-  user_ids = np.array([row[0] for row in rows], dtype=np.int64)
+
+  def check_rows(rows, line):
+    for lineno, row in enumerate(rows, start=line):
+      if len(row) - 1 < MIN_SEQUENCE_LENGTH:
+        raise DataError(f"{path}:{lineno}: user {row[0]} has {len(row) - 1} items; expected at "
+                        f"least {MIN_SEQUENCE_LENGTH} (train, valid and test items)")
+      if row[0] > _MAX_USER_ID:
+        raise DataError(f"{path}:{lineno}: user id {row[0]} too large; "
+                        f"expected at most {_MAX_USER_ID}")
+      if max(row[1:]) > _MAX_ITEM_ID:
+        raise DataError(f"{path}:{lineno}: item id {max(row[1:])} too large; "
+                        f"expected at most {_MAX_ITEM_ID}")
+
+  user_blocks, length_blocks, item_blocks = [], [], []
+  for line, counts, tokens in _int_line_blocks(path, "sequence file", what, "id", check_rows):
+    users, items = _heads_and_tails(counts, tokens)
+    check_block(counts - 1, users, items, line)
+    user_blocks.append(users)
+    length_blocks.append(counts - 1)
+    item_blocks.append(items.astype(np.int32))
+  if not user_blocks:
+    raise DataError(f"{path}:1: no users; expected at least one line {what}")
+  user_ids = np.concatenate(user_blocks)
   _check_unique_users(path, user_ids)
-  lengths = np.array([len(row) - 1 for row in rows], dtype=np.int64)
-  offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+  lengths = np.concatenate(length_blocks)
+  offsets = np.zeros(user_ids.size + 1, dtype=np.int64)
   np.cumsum(lengths, out=offsets[1:])
-  items = np.fromiter((i for row in rows for i in row[1:]), dtype=np.int32, count=int(offsets[-1]))
+  items = np.concatenate(item_blocks) if len(item_blocks) > 1 else item_blocks[0]
   return user_ids, offsets, items
 
 
@@ -294,20 +431,39 @@ def read_sample_negatives(path: PathLike, user_ids: np.ndarray, num_negatives: i
     [U, num_negatives] int32, row u for user_ids[u].
   """
   what = f"'user_id neg_1 ... neg_{num_negatives}' (positive integers)"
-  rows = _parse_int_lines(path, _read_bytes(path, "sample-negatives file"), what, "id")
-  for lineno, row in enumerate(rows, start=1):
-    if len(row) - 1 != num_negatives:
-      raise DataError(f"{path}:{lineno}: user {row[0]} has {len(row) - 1} negatives; "
-                      f"expected {num_negatives}")
-    top = max(row[1:], default=0)
-    limit = _MAX_ITEM_ID if max_item is None else max_item
-    if top > limit:
-      raise DataError(f"{path}:{lineno}: negative item {top} out of range; "
-                      f"expected at most {limit}")
-    if row[0] > _MAX_USER_ID:
-      raise DataError(f"{path}:{lineno}: user id {row[0]} too large; "
-                      f"expected at most {_MAX_USER_ID}")
-  file_users = np.array([row[0] for row in rows], dtype=np.int64)
+  limit = _MAX_ITEM_ID if max_item is None else max_item
+
+  def check_rows(rows, line):
+    for lineno, row in enumerate(rows, start=line):
+      if len(row) - 1 != num_negatives:
+        raise DataError(f"{path}:{lineno}: user {row[0]} has {len(row) - 1} negatives; "
+                        f"expected {num_negatives}")
+      top = max(row[1:], default=0)
+      if top > limit:
+        raise DataError(f"{path}:{lineno}: negative item {top} out of range; "
+                        f"expected at most {limit}")
+      if row[0] > _MAX_USER_ID:
+        raise DataError(f"{path}:{lineno}: user id {row[0]} too large; "
+                        f"expected at most {_MAX_USER_ID}")
+
+  user_blocks, negative_blocks = [], []
+  for line, counts, tokens in _int_line_blocks(path, "sample-negatives file", what, "id",
+                                               check_rows):
+    users, negatives = _heads_and_tails(counts, tokens)
+    wrong = np.flatnonzero(counts - 1 != num_negatives)
+    out_of_range = np.flatnonzero(
+        (negatives > limit).reshape(counts.size, num_negatives).any(axis=1)
+        if not wrong.size else [])
+    if wrong.size or out_of_range.size:
+      # The line-by-line checks name the first bad line and what is wrong with it.
+      first = int(wrong[0] if wrong.size else out_of_range[0])
+      start = int(np.sum(counts[:first]))
+      check_rows([tokens[start:start + int(counts[first])].tolist()], line + first)
+    user_blocks.append(users)
+    negative_blocks.append(negatives.astype(np.int32).reshape(counts.size, num_negatives))
+  file_users = (np.concatenate(user_blocks) if user_blocks else np.zeros(0, np.int64))
+  negatives = (np.concatenate(negative_blocks) if negative_blocks
+               else np.zeros((0, num_negatives), np.int32))
   _check_unique_users(path, file_users)
   user_ids = np.asarray(user_ids, dtype=np.int64)
   extra = ~np.isin(file_users, user_ids)
@@ -318,9 +474,8 @@ def read_sample_negatives(path: PathLike, user_ids: np.ndarray, num_negatives: i
   missing = ~np.isin(user_ids, file_users)
   if missing.any():
     row = int(np.flatnonzero(missing)[0])
-    raise DataError(f"{path}:{len(rows) + 1}: no line for user {int(user_ids[row])} "
+    raise DataError(f"{path}:{file_users.size + 1}: no line for user {int(user_ids[row])} "
                     f"(line {row + 1} of the sequence file); expected exactly the dataset's users")
-  negatives = np.array([row[1:] for row in rows], dtype=np.int32).reshape(len(rows), num_negatives)
   # Both id lists are unique and equal as sets, so this is a permutation.
   order = np.argsort(file_users)
   return negatives[order[np.searchsorted(file_users, user_ids, sorter=order)]]
@@ -443,7 +598,8 @@ def _too_sparse(max_id: int, distinct: int) -> bool:
   return unused > _MAX_UNUSED_IDS and 2 * unused > max_id
 
 
-def check_dense_items(path: PathLike, offsets: np.ndarray, items: np.ndarray) -> None:
+def check_dense_items(path: PathLike, offsets: np.ndarray, items: np.ndarray,
+                      distinct: int | None = None) -> None:
   """DataError naming the line of the largest item id when the ids are far from 1..N.
 
   The readers accept any ids the format allows; a model, though, has a table
@@ -451,7 +607,8 @@ def check_dense_items(path: PathLike, offsets: np.ndarray, items: np.ndarray) ->
   """
   if not items.size:
     return
-  max_item, distinct = int(items.max()), int(np.unique(items).size)
+  max_item = int(items.max())
+  distinct = int(np.unique(items).size) if distinct is None else distinct
   if _too_sparse(max_item, distinct):
     row = int(np.searchsorted(offsets, int(np.argmax(items)), side="right")) - 1
     raise DataError(f"{path}:{row + 1}: item id {max_item} but only {distinct} distinct items "
@@ -472,10 +629,27 @@ def check_dense_attributes(path: PathLike, attr_ids: np.ndarray, max_attr: int) 
 # Loading.
 
 
+# The memory-mapped form of NAME.txt and NAME_item2attributes.json (NAME_sample.txt), made
+# on first load beside the text files (else in sample_dir) and reused while they are unchanged.
+STORE_SUFFIX = ".arrays"
+# Bumped when the conversion's output changes: older stores are then rebuilt.
+_STORE_REVISION = 1
+
+
 def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None = None,
                  num_negatives: int = 99, sample_seed: int = 12345, need_samples: bool = True,
-                 log: Callable[[str], object] = print, require_dense_ids: bool = False) -> Dataset:
+                 log: Callable[[str], object] = print, require_dense_ids: bool = False,
+                 cache: bool = False) -> Dataset:
   """Loads and validates NAME.txt, NAME_item2attributes.json and NAME_sample.txt.
+
+  With `cache` (what train.py asks), the text files are parsed once and kept as
+  memory-mapped arrays (`NAME.arrays/`, and `NAME_sample.arrays/` for the negatives) beside
+  them where data_dir is writable, else in sample_dir (neither writable: parsed each time).
+  A later load maps those arrays instead of parsing: no copy, pages shared by the processes
+  of a host, and the dataset bounded by disk rather than memory. A changed text file (size
+  or modification time) is converted again. The arrays are written only once every file has
+  loaded: a load that fails leaves nothing behind. Without `cache` nothing is written but a
+  generated sample file.
 
   With `require_dense_ids` (what train.py asks), item and attribute ids far
   from 1..N are a DataError (see `check_dense_ids`), raised before anything
@@ -486,33 +660,98 @@ def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None =
   writable, else to sample_dir, else kept in memory only.
   """
   data_dir = pathlib.Path(data_dir)
-  user_ids, offsets, items = read_sequences(data_dir / f"{name}.txt")
-  max_item = int(items.max())
-  if require_dense_ids:   # before the attribute table, which has a row per item id
-    check_dense_items(data_dir / f"{name}.txt", offsets, items)
-  attr_ids, max_attr = read_item_attributes(data_dir / f"{name}_item2attributes.json", max_item)
+  places = [data_dir] + ([pathlib.Path(sample_dir)] if sample_dir is not None else [])
+  sequence_path = data_dir / f"{name}.txt"
+  attribute_path = data_dir / f"{name}_item2attributes.json"
+
+  def convert():
+    user_ids, offsets, items = read_sequences(sequence_path)
+    max_item, distinct = int(items.max()), int(np.unique(items).size)
+    if require_dense_ids:   # before the attribute table, which has a row per item id
+      check_dense_items(sequence_path, offsets, items, distinct=distinct)
+    attr_ids, max_attr = read_item_attributes(attribute_path, max_item)
+    arrays = {"user_ids": user_ids, "offsets": offsets, "items": items, "attr_ids": attr_ids,
+              "keys": interaction_keys(offsets, items, max_item + 2)}
+    return arrays, {"max_item": max_item, "max_attr": max_attr, "distinct_items": distinct}
+
+  pending = []   # stores to write once every file has loaded
+  arrays, meta = _cached(f"{name}{STORE_SUFFIX}", places if cache else [],
+                         [sequence_path, attribute_path], convert, pending)
+  user_ids, offsets, items = arrays["user_ids"], arrays["offsets"], arrays["items"]
+  max_item, max_attr, attr_ids = meta["max_item"], meta["max_attr"], arrays["attr_ids"]
   if require_dense_ids:
-    check_dense_attributes(data_dir / f"{name}_item2attributes.json", attr_ids, max_attr)
+    check_dense_items(sequence_path, offsets, items, distinct=meta["distinct_items"])
+    check_dense_attributes(attribute_path, attr_ids, max_attr)
   negatives = None
   if need_samples:
     sample_name = f"{name}_sample.txt"
-    sources = [data_dir] + ([pathlib.Path(sample_dir)] if sample_dir is not None else [])
-    found = next((d / sample_name for d in sources if (d / sample_name).exists()), None)
+    found = next((d / sample_name for d in places if (d / sample_name).exists()), None)
     if found is not None:
-      negatives = read_sample_negatives(found, user_ids, num_negatives, max_item=max_item)
+      def convert_samples():
+        negatives = read_sample_negatives(found, user_ids, num_negatives, max_item=max_item)
+        return {"negatives": negatives}, {}
+      # Keyed on the sequence file too: the rows follow its users.
+      negatives = _cached(f"{name}_sample{STORE_SUFFIX}", places if cache else [],
+                          [found, sequence_path], convert_samples, pending,
+                          extra_key={"num_negatives": num_negatives, "max_item": max_item}
+                          )[0]["negatives"]
     else:
       try:
         negatives = generate_sample_negatives((offsets, items), num_negatives,
                                               np.random.default_rng(sample_seed))
       except DataError as e:
-        raise DataError(f"{data_dir / f'{name}.txt'}: {e} (no {sample_name} was found, so "
+        raise DataError(f"{sequence_path}: {e} (no {sample_name} was found, so "
                         f"negatives are drawn from this file)") from None
       where = _write_generated(sample_name, data_dir, sample_dir, user_ids, negatives)
       log(f"generated {num_negatives} sampled negatives per user for {name} with seed "
           f"{sample_seed}; " + (f"written to {where}" if where else "kept in memory only "
                                 f"({data_dir} is read-only and no sample_dir was given)"))
+  written = [write(log) for write in pending]
+  if written and all(written):   # map what was just written: the parsed copies go
+    return load_dataset(data_dir, name, sample_dir=sample_dir, num_negatives=num_negatives,
+                        sample_seed=sample_seed, need_samples=need_samples, log=log,
+                        require_dense_ids=require_dense_ids, cache=cache)
   return Dataset(name=name, user_ids=user_ids, offsets=offsets, items=items, max_item=max_item,
-                 max_attr=max_attr, attr_ids=attr_ids, sample_negatives=negatives)
+                 max_attr=max_attr, attr_ids=attr_ids, sample_negatives=negatives,
+                 keys=arrays["keys"])
+
+
+def _cached(store_name: str, places: list[pathlib.Path], sources: list[pathlib.Path],
+            convert: Callable[[], tuple[dict, dict]], pending: list,
+            extra_key: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
+  """The arrays (and meta) `convert()` makes of `sources`: mapped from a store in one of
+  `places` made of these very files, else converted now, with the store's writing appended
+  to `pending` (a callable taking the log) for the first writable place."""
+  key = {"revision": _STORE_REVISION, **(extra_key or {})}
+  for source in sources:
+    try:
+      key[source.name] = array_store.fingerprint(source)
+    except OSError:
+      return convert()   # the readers name the missing or unreadable file
+  for place in places:
+    meta = array_store.read_meta(place / store_name)
+    if meta is not None and meta.get("key") == key:
+      return array_store.open_arrays(place / store_name)
+  writable = [place for place in places if _is_writable_dir(place)]
+  arrays, extra = convert()
+  if writable:
+    target = writable[0] / store_name
+
+    def write(log):
+      with array_store.lock(target):
+        meta = array_store.read_meta(target)   # another process may have made it meanwhile
+        if meta is not None and meta.get("key") == key:
+          return True
+        try:
+          array_store.write(target, arrays, {**extra, "key": key})
+        except OSError as e:   # e.g. a full disk: go on from memory
+          log(f"could not keep {store_name} in {target.parent} ({e}); parsed again next time")
+          return False
+      log(f"converted {', '.join(s.name for s in sources)} to memory-mapped arrays in {target}")
+      return True
+
+    pending.append(write)
+  return arrays, extra
 
 
 def _write_generated(file_name: str, data_dir: pathlib.Path, sample_dir: PathLike | None,

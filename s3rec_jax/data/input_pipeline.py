@@ -520,19 +520,10 @@ class FinetuneBatches:
     self.seed = seed
     self.shards = shards
     self.packer = Packer(self.inputs.shape[1], pack)
-    # Sorted (user, item) keys answer "is item in user u's sequence" with one searchsorted.
-    users = np.repeat(np.arange(dataset.num_users), np.diff(dataset.offsets))
-    self._stride = dataset.item_size + 1
-    self._keys = np.unique(users * self._stride + dataset.items.astype(np.int64))
 
   @property
   def steps_per_epoch(self) -> int:
     return num_batches(len(self.inputs), self.batch_size)
-
-  def in_sequence(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    query = users * self._stride + items
-    pos = np.minimum(np.searchsorted(self._keys, query), len(self._keys) - 1)
-    return self._keys[pos] == query
 
   def order(self, epoch: int) -> np.ndarray:
     return rng_for(self.seed, STREAM_FINETUNE_ORDER, epoch).permutation(len(self.inputs))
@@ -567,7 +558,7 @@ class FinetuneBatches:
       targets = np.where(real_row[:, None], self.targets[safe], 0)
       col = np.arange(targets.shape[1])[None, :]
       negatives = keyed_excluding(base, 1, self.negative_high, rows[m][:, None], col, targets > 0,
-                                  lambda draws: self.in_sequence(safe[:, None], draws))
+                                  lambda draws: self.dataset.in_sequence(safe[:, None], draws))
       return ({"inputs": inputs.astype(np.int32), "targets": targets.astype(np.int32),
                "negatives": negatives.astype(np.int32)}, {"weights": weights[m]})
 
@@ -598,9 +589,6 @@ class PrefixBatches:
     per_user = ends - self.starts
     self.first = np.cumsum(per_user) - per_user                      # each user's first sample
     self.num_samples = int(per_user.sum())
-    users = np.repeat(np.arange(dataset.num_users), np.diff(dataset.offsets))
-    self._stride = dataset.item_size + 1
-    self._keys = np.unique(users * self._stride + dataset.items.astype(np.int64))
 
   @property
   def steps_per_epoch(self) -> int:
@@ -651,7 +639,7 @@ class PrefixBatches:
     base = keyed_random.key(self.seed, STREAM_FINETUNE_BATCH, epoch)
     negatives = keyed_excluding(
         base, 1, self.negative_high, samples[:, None], col, targets > 0,
-        lambda draws: self._in_sequence(user[:, None], draws))
+        lambda draws: self.dataset.in_sequence(user[:, None], draws))
     lengths = (end - start).astype(np.int32)
     n = len(samples)
     return {
@@ -665,11 +653,6 @@ class PrefixBatches:
         "last_index": (np.arange(n) * L + L - 1).astype(np.int32),
         "lengths": lengths, "weights": weights.astype(np.float32),
     }
-
-  def _in_sequence(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    query = users * self._stride + items
-    pos = np.minimum(np.searchsorted(self._keys, query), len(self._keys) - 1)
-    return self._keys[pos] == query
 
 
 # --- evaluation --------------------------------------------------------------

@@ -71,7 +71,7 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> data_lib.Datas
   ds = data_lib.load_dataset(config.data_dir, config.dataset, sample_dir=workdir,
                              num_negatives=config.sample.num_negatives,
                              sample_seed=config.sample.seed, need_samples=needs_samples, log=log,
-                             require_dense_ids=True)
+                             require_dense_ids=True, cache=True)
   log(f"dataset: {config.dataset} from {os.path.abspath(config.data_dir)} ({ds.num_users} users, "
       f"{ds.max_item} items, {ds.num_interactions} interactions, {ds.max_attr} attributes)")
   return ds

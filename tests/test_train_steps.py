@@ -200,7 +200,8 @@ def test_eval_step_matches_numpy_ranking(ds, protocol):
     totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
   got = metrics.finalize(totals)
 
-  user = np.asarray(model.encode(cfg, params, splits["valid_inputs"], causal=True))[:, -1]
+  inputs = np.asarray(splits["valid_inputs"])   # rows built on demand -> one array
+  user = np.asarray(model.encode(cfg, params, inputs, causal=True))[:, -1]
   table = np.asarray(params["item_embeddings"]["embedding"])
   ranks = []
   for u in range(ds.num_users):

@@ -964,6 +964,11 @@ def left_pad(offsets: np.ndarray, items: np.ndarray, starts: np.ndarray, ends: n
   ends = np.asarray(ends, dtype=np.int64)
   if starts.size and (starts.min() < 0 or (ends < starts).any() or ends.max() > offsets[-1]):
     raise ValueError(f"ranges must satisfy 0 <= start <= end <= {int(offsets[-1])}")
+  return _left_pad(items, starts, ends, length)
+
+
+def _left_pad(items: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+              length: int) -> np.ndarray:
   n = np.minimum(ends - starts, length)
   col = np.arange(length)
   pad = (length - n)[:, None]
@@ -984,19 +989,26 @@ def _right_pad(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: i
   return np.where(valid, items[index], 0).astype(np.int32)
 
 
-class HistoryRows:
-  """[U, width] right-padded histories, built from the CSR arrays for the rows asked for.
+class PaddedRows:
+  """[N, width] rows `items[starts[i]:ends[i]]`, padded with 0, built for the rows asked for.
 
-  Full ranking excludes each user's whole history, which can be thousands of items long:
-  materialised for every user it would take users x longest sequence x 4 bytes. Indexing
-  (`h[users]`, `h[users, columns]`) builds just those rows; np.asarray(h) builds them all.
+  Splits and histories are views of the CSR arrays: materialised for every user they would
+  take users x width x 4 bytes (and a history's width is the longest sequence). Indexing
+  (`r[rows]`, `r[rows, columns]`, `r[a:b]`) builds just those rows; np.asarray(r) builds all.
+  `align="left"` keeps a row's last `width` items, right-aligned after the padding (model
+  inputs, as `left_pad`); `align="right"` its first `width` items, then the padding.
   """
-
-  def __init__(self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int):
-    self.items, self.starts, self.ends, self.width = items, starts, ends, width
 
   dtype = np.dtype(np.int32)
   ndim = 2
+
+  def __init__(self, items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int,
+               align: str = "right"):
+    if align not in ("left", "right"):
+      raise ValueError(f"align={align!r}; expected 'left' or 'right'")
+    self.items, self.width, self.align = items, width, align
+    self.starts = np.asarray(starts, np.int64)
+    self.ends = np.asarray(ends, np.int64)
 
   @property
   def shape(self) -> tuple[int, int]:
@@ -1005,11 +1017,18 @@ class HistoryRows:
   def __len__(self) -> int:
     return len(self.starts)
 
+  def lengths(self) -> np.ndarray:
+    """[N] the items each row holds (its non-zero entries)."""
+    return np.minimum(self.ends - self.starts, self.width)
+
   def __getitem__(self, key):
     rows, columns = key if isinstance(key, tuple) else (key, slice(None))
     index = np.arange(len(self.starts))[rows]
-    block = _right_pad(self.items, np.atleast_1d(self.starts[index]),
-                       np.atleast_1d(self.ends[index]), self.width)
+    starts, ends = np.atleast_1d(self.starts[index]), np.atleast_1d(self.ends[index])
+    if self.align == "left":
+      block = _left_pad(self.items, starts, ends, self.width)
+    else:
+      block = _right_pad(self.items, starts, ends, self.width)
     return (block if np.ndim(index) else block[0])[..., columns]
 
   def __array__(self, dtype=None, copy=None):
@@ -1019,7 +1038,8 @@ class HistoryRows:
 
 
 def finetune_splits(ds: Dataset, max_len: int) -> dict[str, np.ndarray]:
-  """Leave-one-out splits (all int32).
+  """Leave-one-out splits (int32 rows, `PaddedRows`: built per batch of users, never for
+  all of them at once).
 
   Returns:
     train_inputs/train_targets [U, L]: s[:-3] and s[1:-2], cut and left-padded
@@ -1027,24 +1047,23 @@ def finetune_splits(ds: Dataset, max_len: int) -> dict[str, np.ndarray]:
     valid_inputs [U, L], valid_answers [U]: s[:-2] and s[-2].
     test_inputs [U, L], test_answers [U]: s[:-1] and s[-1].
     valid_history/test_history [U, H]: the whole s[:-2] / s[:-1], right-padded
-      with 0; H = longest test history = max length - 1, shared by both
-      (HistoryRows: built per batch of users, never for all of them at once).
+      with 0; H = longest test history = max length - 1, shared by both.
   """
   starts, ends = ds.offsets[:-1], ds.offsets[1:]
   width = int((ends - starts).max()) - 1 if ds.num_users else 0
 
-  def pad(s, e):
-    return left_pad(ds.offsets, ds.items, s, e, max_len)
+  def inputs(s, e):
+    return PaddedRows(ds.items, s, e, max_len, align="left")
 
   return {
-      "train_inputs": pad(starts, ends - 3),
-      "train_targets": pad(starts + 1, ends - 2),
-      "valid_inputs": pad(starts, ends - 2),
-      "valid_answers": ds.items[ends - 2].astype(np.int32),
-      "test_inputs": pad(starts, ends - 1),
-      "test_answers": ds.items[ends - 1].astype(np.int32),
-      "valid_history": HistoryRows(ds.items, starts, ends - 2, width),
-      "test_history": HistoryRows(ds.items, starts, ends - 1, width),
+      "train_inputs": inputs(starts, ends - 3),
+      "train_targets": inputs(starts + 1, ends - 2),
+      "valid_inputs": inputs(starts, ends - 2),
+      "valid_answers": np.asarray(ds.items[ends - 2], np.int32),
+      "test_inputs": inputs(starts, ends - 1),
+      "test_answers": np.asarray(ds.items[ends - 1], np.int32),
+      "valid_history": PaddedRows(ds.items, starts, ends - 2, width),
+      "test_history": PaddedRows(ds.items, starts, ends - 1, width),
   }
 
 

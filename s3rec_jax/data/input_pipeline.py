@@ -499,7 +499,10 @@ class PretrainBatches:
 # --- fine-tuning -------------------------------------------------------------
 
 
-def _input_lengths(inputs: np.ndarray) -> np.ndarray:
+def _input_lengths(inputs) -> np.ndarray:
+  """Items per row of [N, L] inputs (an array, or rows built on demand)."""
+  if isinstance(inputs, data_lib.PaddedRows):
+    return inputs.lengths()
   return (inputs > 0).sum(1)
 
 

@@ -120,8 +120,10 @@ def item_log_q(train_targets, item_size: int, smoothing: float = 1.0):
   pseudo-count of `smoothing`, so none has probability 0.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  counts = np.bincount(np.asarray(train_targets).reshape(-1), minlength=item_size)[:item_size]
-  counts = counts.astype(np.float64)
+  counts = np.zeros(item_size, np.float64)
+  for start in range(0, len(train_targets), 1 << 16):   # rows a block at a time
+    block = np.asarray(train_targets[start:start + (1 << 16)]).reshape(-1)
+    counts += np.bincount(block, minlength=item_size)[:item_size]
   counts[0] = 0.0
   counts[1:item_size - 1] += smoothing
   counts[item_size - 1] = 0.0

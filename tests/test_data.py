@@ -572,3 +572,34 @@ def test_in_sequence_answers_for_every_user_row(small):
   items = np.tile(np.arange(1, 10), small.num_users)[:, None]
   expected = [[int(i) in small.sequence(int(u)).tolist()] for u, i in zip(rows[:, 0], items[:, 0])]
   np.testing.assert_array_equal(small.in_sequence(rows, items), expected)
+
+
+def test_first_users_keeps_the_first_rows_of_every_split(small):
+  splits = data.finetune_splits(small, max_len=3)
+  head = data.first_users(splits, 2)
+  assert data.first_users(splits, 0) is splits
+  for name, value in splits.items():
+    assert len(head[name]) == 2
+    np.testing.assert_array_equal(np.asarray(head[name]), np.asarray(value)[:2])
+
+
+def test_prefix_ranges_find_every_prefix_from_its_index(tmp_path):
+  path = tmp_path / "T.txt"
+  path.write_text(_random_sequence_text(np.random.default_rng(2), users=50))
+  user_ids, offsets, items = data.read_sequences(path)
+  ds = data.Dataset(name="T", user_ids=user_ids, offsets=offsets, items=items,
+                    max_item=int(items.max()), max_attr=0,
+                    attr_ids=np.zeros((int(items.max()) + 2, 1), np.int32), sample_negatives=None)
+  max_len = 8
+  expected = []   # (start, end) in order: users in file order, prefixes by length
+  for u in range(ds.num_users):
+    lo, hi = int(offsets[u]), int(offsets[u + 1]) - 2
+    first = max(lo, hi - max_len)
+    expected += [(first, end) for end in range(first + 1, hi + 1)]
+  prefixes = data.PrefixRanges(ds, max_len)
+  assert len(prefixes) == len(expected)
+  ids = np.random.default_rng(0).permutation(len(expected))
+  starts, ends = prefixes.ranges(ids)
+  assert list(zip(starts.tolist(), ends.tolist())) == [expected[i] for i in ids]
+  np.testing.assert_array_equal(prefixes.lengths(ids), ends - starts)
+  assert prefixes.mean_length() == pytest.approx(np.mean([e - s for s, e in expected]))

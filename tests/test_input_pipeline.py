@@ -23,7 +23,8 @@ def pre(ds):
 
 
 def _prefix(ds, pre, i):
-  return ds.items[pre.starts[i]:pre.ends[i]]
+  starts, ends = pre.prefixes.ranges(np.array([i]))
+  return ds.items[starts[0]:ends[0]]
 
 
 def test_epoch_visits_every_prefix_once(pre):

@@ -153,6 +153,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.protocol = "sampled"       # "sampled" (answer + 99 negatives) or "full" (all items)
   c.eval.batch_size = 1024         # users per step (any value: the metrics do not depend on it)
   c.eval.chunk_size = 2048          # catalogue rows scored at a time in full ranking
+  # Evaluate the first N users (file order) only; 0 = all. For runs at scale, where ranking
+  # every user against the catalogue at each validation would outlast the training.
+  c.eval.max_users = 0
   # How full ranking runs: "scan" (XLA, a scan over catalogue chunks) or
   # "fused_cpu" (a native CPU kernel compiled on first use with the system's
   # C++ compiler: scores, counts and top-k fused, never storing a score; on

@@ -1067,18 +1067,56 @@ def finetune_splits(ds: Dataset, max_len: int) -> dict[str, np.ndarray]:
   }
 
 
+def first_users(splits: dict, count: int) -> dict:
+  """The splits of the first `count` users (file order); all of them for 0."""
+  if not count:
+    return splits
+  out = {}
+  for name, value in splits.items():
+    if isinstance(value, PaddedRows):
+      out[name] = PaddedRows(value.items, value.starts[:count], value.ends[:count], value.width,
+                             value.align)
+    else:
+      out[name] = value[:count]
+  return out
+
+
+class PrefixRanges:
+  """Every prefix t[:1] .. t[:n] of t = s[-(max_len + 2):-2], per user (users in file order,
+  prefixes by increasing length), as [start, end) ranges into ds.items, found from a prefix's
+  index when asked for: per-user arrays only, never one entry per prefix."""
+
+  def __init__(self, ds: "Dataset", max_len: int):
+    t_end = ds.offsets[1:] - 2
+    self.t_start = np.maximum(ds.offsets[:-1], ds.offsets[1:] - (max_len + 2))
+    self.per_user = t_end - self.t_start
+    self.cumulative = np.cumsum(self.per_user)   # prefixes of users 0..u
+
+  def __len__(self) -> int:
+    return int(self.cumulative[-1]) if self.cumulative.size else 0
+
+  def ranges(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) int64 of these prefixes."""
+    ids = np.asarray(ids, np.int64)
+    user = np.searchsorted(self.cumulative, ids, side="right")
+    starts = self.t_start[user]
+    return starts, starts + (ids - (self.cumulative[user] - self.per_user[user])) + 1
+
+  def lengths(self, ids: np.ndarray) -> np.ndarray:
+    starts, ends = self.ranges(ids)
+    return ends - starts
+
+  def mean_length(self) -> float:
+    n = self.per_user.astype(np.float64)
+    return float((n * (n + 1) / 2).sum() / max(n.sum(), 1))
+
+
 def pretrain_prefixes(ds: Dataset, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-  """Every prefix t[:1] .. t[:n] of t = s[-(max_len + 2):-2], per user.
+  """Every prefix's range, materialised (`PrefixRanges` finds them one batch at a time).
 
   Returns:
     (starts, ends) int64 absolute [start, end) ranges into ds.items; users in
     file order, prefixes by increasing length.
   """
-  t_end = ds.offsets[1:] - 2
-  t_start = np.maximum(ds.offsets[:-1], ds.offsets[1:] - (max_len + 2))
-  n = t_end - t_start
-  total = int(n.sum())
-  starts = np.repeat(t_start, n)
-  first_of_user = np.repeat(np.cumsum(n) - n, n)
-  ends = starts + (np.arange(total, dtype=np.int64) - first_of_user) + 1
-  return starts, ends
+  prefixes = PrefixRanges(ds, max_len)
+  return prefixes.ranges(np.arange(len(prefixes)))

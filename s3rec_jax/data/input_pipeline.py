@@ -381,6 +381,16 @@ class PretrainSettings:
   segment_negatives: int = 1
 
 
+class _Lookup:
+  """`lookup[ids]` calls `function(ids)`: per-sequence values found when asked for."""
+
+  def __init__(self, function):
+    self.function = function
+
+  def __getitem__(self, ids):
+    return self.function(ids)
+
+
 class PretrainBatches:
   """The reference's pre-training batches, drawn afresh every epoch.
 
@@ -399,12 +409,12 @@ class PretrainBatches:
     self.seed = seed
     self.shards = shards
     self.packer = Packer(settings.max_len, settings.pack)
-    self.starts, self.ends = data_lib.pretrain_prefixes(dataset, settings.max_len)
-    self.lengths = self.ends - self.starts
+    self.prefixes = data_lib.PrefixRanges(dataset, settings.max_len)
+    self.lengths = _Lookup(self.prefixes.lengths)
 
   @property
   def num_sequences(self) -> int:
-    return len(self.starts)
+    return len(self.prefixes)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -447,8 +457,8 @@ class PretrainBatches:
     """The views of these prefixes (-1: an empty padding sequence), left-padded [S, L]."""
     s, ds = self.settings, self.dataset
     real_row = rows >= 0
-    starts = np.where(real_row, self.starts[np.maximum(rows, 0)], 0)
-    ends = np.where(real_row, self.ends[np.maximum(rows, 0)], 0)
+    starts, ends = self.prefixes.ranges(np.maximum(rows, 0))
+    starts, ends = np.where(real_row, starts, 0), np.where(real_row, ends, 0)
     lengths = ends - starts                                           # [S]
     items = data_lib.left_pad(ds.offsets, ds.items, starts, ends, s.max_len)  # [S, L]
     col = np.arange(s.max_len)[None, :]

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 
 from s3rec_jax.core import parallel
+from s3rec_jax.data import dataset as data_lib
 from s3rec_jax.data import input_pipeline
 from s3rec_jax.evaluation import metrics as metrics_lib
 from s3rec_jax.evaluation import steps as eval_steps
@@ -24,6 +25,7 @@ class Evaluator:
   def __init__(self, config, ds, splits, mcfg, mesh, protocol: str,
                cache_bytes: int = 256 * 2**20):
     ec = config.eval
+    splits = data_lib.first_users(splits, ec.get("max_users", 0))
     self.config, self.ds, self.splits, self.mesh, self.protocol = config, ds, splits, mesh, protocol
     ranking = ec.get("ranking", "scan")
     self.step = eval_steps.make_eval_step(mcfg, protocol, mesh, num_items=ds.max_item,

@@ -46,8 +46,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive_int(config, field)
   for field in ("pretrain.epochs", "finetune.epochs", "num_devices", "pretrain.mip_num_negatives",
                 "pretrain.micro_batches", "finetune.min_epochs", "pretrain.max_steps",
-                "finetune.max_steps", "finetune.log_every_steps"):
-    if field in ("pretrain.max_steps", "finetune.max_steps", "finetune.log_every_steps") and (
+                "finetune.max_steps", "finetune.log_every_steps", "eval.max_users"):
+    if field in ("pretrain.max_steps", "finetune.max_steps", "finetune.log_every_steps",
+                 "eval.max_users") and (
         field.split(".")[1] not in config[field.split(".")[0]]):
       continue   # a config saved before the field existed
     value = _get(config, field)

@@ -121,9 +121,9 @@ def pretrain_micro_batches(config: ml_collections.ConfigDict, ds: data_lib.Datas
     return 1, "automatic: an objective compares sequences across the whole batch"
   per_device = pc.batch_size / mesh.size
   if encoder_registry.packs(config):
-    starts, ends = data_lib.pretrain_prefixes(ds, config.max_seq_length)
+    mean_length = data_lib.PrefixRanges(ds, config.max_seq_length).mean_length()
     # Packing fills about 90% of a row's slots.
-    rows = per_device * float(np.mean(ends - starts)) / (0.9 * config.max_seq_length)
+    rows = per_device * mean_length / (0.9 * config.max_seq_length)
   else:
     rows = per_device
   platform = mesh.devices.flat[0].platform

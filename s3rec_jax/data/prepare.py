@@ -61,7 +61,7 @@ import pathlib
 import shutil
 import sys
 import tempfile
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from absl import flags
@@ -78,6 +78,7 @@ DEFAULT_MIN_INTERACTIONS = 5  # the paper's 5-core
 # Item ids live in int32 arrays next to a mask id of max_item + 1.
 _MAX_ITEMS = np.iinfo(np.int32).max - 1
 _MAX_ATTRIBUTES = np.iinfo(np.int32).max
+_USERS_PER_PIECE = 4096  # users per piece of NAME.txt while writing
 
 PathLike = str | os.PathLike
 Log = Callable[[str], object]
@@ -134,19 +135,37 @@ class PreparedDataset:
 
   def file_texts(self) -> dict[str, str]:
     """File name -> contents of every file to write."""
-    item_tokens = self.items.astype(str).tolist()
-    lines = [f"{user} " + " ".join(item_tokens[self.offsets[user - 1]:self.offsets[user]])
-             for user in range(1, len(self.user_ids) + 1)]
+    return {name: "".join(pieces) for name, pieces in self.file_pieces().items()}
+
+  def file_pieces(self) -> dict[str, Iterable[str]]:
+    """File name -> contents of every file to write, as pieces to write one after another.
+
+    NAME.txt comes a few thousand users at a time, so no text of every
+    interaction is ever held at once.
+    """
     values = self.attribute_values.tolist()
     attribute_map = {str(item): values[self.attribute_offsets[item - 1]:
                                        self.attribute_offsets[item]]
                      for item in range(1, len(self.item_ids) + 1)}
     return {
-        f"{self.name}.txt": "\n".join(lines) + "\n",
-        f"{self.name}_item2attributes.json": json.dumps(attribute_map) + "\n",
-        f"{self.name}_ids.json": json.dumps(self.ids_document()) + "\n",
-        f"{self.name}_stats.json": json.dumps(self.stats, indent=2) + "\n",
+        f"{self.name}.txt": self._sequence_lines(),
+        f"{self.name}_item2attributes.json": [json.dumps(attribute_map) + "\n"],
+        f"{self.name}_ids.json": [json.dumps(self.ids_document()) + "\n"],
+        f"{self.name}_stats.json": [json.dumps(self.stats, indent=2) + "\n"],
     }
+
+  def _sequence_lines(self) -> Iterator[str]:
+    """NAME.txt: `user item_1 item_2 ...` a line, in pieces of _USERS_PER_PIECE users."""
+    num_users = len(self.user_ids)
+    if not num_users:
+      yield "\n"
+    for start in range(1, num_users + 1, _USERS_PER_PIECE):
+      stop = min(start + _USERS_PER_PIECE, num_users + 1)
+      first = self.offsets[start - 1]
+      tokens = self.items[first:self.offsets[stop - 1]].astype(str).tolist()
+      yield "".join(f"{user} " + " ".join(tokens[self.offsets[user - 1] - first:
+                                                 self.offsets[user] - first]) + "\n"
+                    for user in range(start, stop))
 
 
 # ----------------------------------------------------------------------------
@@ -184,8 +203,9 @@ class _Removals:
       entry["interactions"] += dropped
     return new_keep
 
-  def reorder(self, order: np.ndarray) -> None:
-    self._users, self._items = self._users[order], self._items[order]
+  def reorder(self, users: np.ndarray, items: np.ndarray) -> None:
+    """The rows' user and item codes in the order `keep` masks from now on (shared, not copied)."""
+    self._users, self._items = users, items
 
   def summary(self) -> str:
     return "; ".join(f"{r['rule']} removed {r['interactions']} interactions, {r['users']} users, "
@@ -216,7 +236,7 @@ def _filter(interactions: Interactions,
            else np.argsort(interactions.times, kind="stable"))
   order = order[np.argsort(interactions.users[order], kind="stable")]
   users, items, keep = interactions.users[order], interactions.items[order], keep[order]
-  removals.reorder(order)
+  removals.reorder(users, items)
   num_users, num_items = interactions.user_names.shape[0], interactions.item_names.shape[0]
   if options.dedup:
     rows = np.flatnonzero(keep)
@@ -324,7 +344,7 @@ def build(interactions: Interactions, attributes: ItemAttributes | None = None, 
   if item_codes.shape[0] > _MAX_ITEMS:
     raise DataError(f"{interactions.source}: {item_codes.shape[0]} items; expected at most "
                     f"{_MAX_ITEMS}")
-  dense_item = np.zeros(interactions.item_names.shape[0], np.int64)
+  dense_item = np.zeros(interactions.item_names.shape[0], np.int32)  # ids fit: _MAX_ITEMS
   dense_item[item_codes] = np.arange(1, item_codes.shape[0] + 1)
   item_ids = tuple(str(n) for n in interactions.item_names[item_codes])
   if attributes is not None and attribute_fields is None:
@@ -340,7 +360,7 @@ def build(interactions: Interactions, attributes: ItemAttributes | None = None, 
   prepared = PreparedDataset(
       name=name, user_ids=tuple(str(n) for n in interactions.user_names[user_codes]),
       item_ids=item_ids, attributes=tuple(names), attribute_fields=ranges, offsets=offsets,
-      items=dense_item[items].astype(np.int32), attribute_offsets=attribute_offsets,
+      items=dense_item[items], attribute_offsets=attribute_offsets,
       attribute_values=attribute_values, stats={})
   prepared.stats.update(_stats(prepared, interactions, removals, passes, options, source or {}))
   return prepared
@@ -397,7 +417,7 @@ def write(prepared: PreparedDataset, output: PathLike, *, log: Log = print) -> P
   output = pathlib.Path(output)
   if output.exists() and not output.is_dir():
     raise DataError(f"{output}: exists and is not a folder; expected --output to be a folder")
-  texts = prepared.file_texts()
+  texts = prepared.file_pieces()
   parent = output.absolute().parent
   try:
     parent.mkdir(parents=True, exist_ok=True)
@@ -408,7 +428,8 @@ def write(prepared: PreparedDataset, output: PathLike, *, log: Log = print) -> P
   try:
     for file_name, text in texts.items():
       with open(temp / file_name, "w", encoding="utf-8") as f:
-        f.write(text)
+        for piece in text:
+          f.write(piece)
         f.flush()
         os.fsync(f.fileno())
     if output.is_dir():
@@ -485,7 +506,7 @@ def prepare_atomic(inter: PathLike, item: PathLike | None = None, *, name: str,
                    output: PathLike | None, user_field: str = "user_id",
                    item_field: str = "item_id", time_field: str | None = None,
                    attribute_fields: Sequence[str] | None = None, options: Options = Options(),
-                   log: Log = print) -> PreparedDataset:
+                   log: Log = print, block_bytes: int | None = None) -> PreparedDataset:
   """Prepares RecBole atomic files (see s3rec_jax.data.sources.atomic).
 
   Args:
@@ -500,14 +521,17 @@ def prepare_atomic(inter: PathLike, item: PathLike | None = None, *, name: str,
       token_seq field.
     options: filtering options.
     log: where the summary goes.
+    block_bytes: the files are read in blocks of this many bytes (default
+      sources.delimited.BLOCK_BYTES); the result does not depend on it.
   """
   from s3rec_jax.data.sources import atomic  # pylint: disable=g-import-not-at-top
   check_name(name)
   interactions = atomic.read_interactions(inter, user_field=user_field, item_field=item_field,
-                                          time_field=time_field)
+                                          time_field=time_field, block_bytes=block_bytes)
   attributes = None
   if item is not None:
-    attributes = atomic.read_items(item, item_field=item_field, attribute_fields=attribute_fields)
+    attributes = atomic.read_items(item, item_field=item_field, attribute_fields=attribute_fields,
+                                   block_bytes=block_bytes)
   source = {"format": "atomic", "inter": str(inter), "item": None if item is None else str(item),
             "user_field": user_field, "item_field": item_field,
             "time_field": time_field or ("timestamp" if interactions.times is not None else None),
@@ -521,11 +545,11 @@ def prepare_table(interactions: PathLike, *, user_col: str, item_col: str, name:
                   items: PathLike | None = None, item_key_col: str | None = None,
                   attribute_cols: Sequence[str] = (), list_sep: str | None = None,
                   delimiter: str | None = None, options: Options = Options(),
-                  log: Log = print) -> PreparedDataset:
+                  log: Log = print, block_bytes: int | None = None) -> PreparedDataset:
   """Prepares CSV / TSV / Parquet tables (see s3rec_jax.data.sources.table).
 
   Args:
-    interactions: the interactions table.
+    interactions: the interactions table: a file, or a folder of Parquet files.
     user_col: its user id column.
     item_col: its item id column.
     name: the dataset name.
@@ -538,11 +562,14 @@ def prepare_table(interactions: PathLike, *, user_col: str, item_col: str, name:
     delimiter: for text files; None = tab for .tsv/.tab, else comma.
     options: filtering options.
     log: where the summary goes.
+    block_bytes: the tables are read in blocks of this many bytes (default
+      sources.delimited.BLOCK_BYTES); the result does not depend on it.
   """
   from s3rec_jax.data.sources import table  # pylint: disable=g-import-not-at-top
   check_name(name)
   records = table.read_interactions(interactions, user_col=user_col, item_col=item_col,
-                                    time_col=time_col, delimiter=delimiter)
+                                    time_col=time_col, delimiter=delimiter,
+                                    block_bytes=block_bytes)
   attributes = None
   item_key_col = item_col if item_key_col is None else item_key_col
   if items is not None:
@@ -551,7 +578,8 @@ def prepare_table(interactions: PathLike, *, user_col: str, item_col: str, name:
                              f"attribute columns")
     attributes = table.read_items(items, item_key_col=item_key_col,
                                   attribute_cols=_distinct(attribute_cols, "--attribute_cols"),
-                                  list_sep=list_sep, delimiter=delimiter)
+                                  list_sep=list_sep, delimiter=delimiter,
+                                  block_bytes=block_bytes)
   source = {"format": "table", "interactions": str(interactions), "user_col": user_col,
             "item_col": item_col, "time_col": time_col,
             "items": None if items is None else str(items),
@@ -691,7 +719,9 @@ _ATTRIBUTE_FIELDS = flags.DEFINE_list(
     flag_values=FLAGS, module_name="atomic and amazon sources")
 
 _CSV = "csv source"
-_INTERACTIONS = flags.DEFINE_string("interactions", None, "the interactions table (required)",
+_INTERACTIONS = flags.DEFINE_string("interactions", None,
+                                    "the interactions table, or a folder of Parquet files "
+                                    "(required)",
                                     flag_values=FLAGS, module_name=_CSV)
 _USER_COL = flags.DEFINE_string("user_col", None, "its user id column (required)",
                                 flag_values=FLAGS, module_name=_CSV)

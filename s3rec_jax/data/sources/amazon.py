@@ -56,6 +56,7 @@ What differs here, on purpose:
 
 from __future__ import annotations
 
+import array
 import ast
 import gzip
 import json
@@ -144,17 +145,23 @@ def read_reviews(path: os.PathLike | str, *, rating_above: float = 0.0) -> Inter
   what = "Amazon reviews file"
   path = delimited.check_readable(path, what)
   user_coder, item_coder = Coder(), Coder()
-  users, items, times, ratings = [], [], [], []
+  # Typed buffers: 8 bytes a review, not a Python object.
+  users, items, times = array.array("q"), array.array("q"), array.array("q")
+  ratings = array.array("d")
   for lineno, record in _records(path, what):
     users.append(user_coder(_text(path, lineno, record, "reviewerID")))
     items.append(item_coder(_text(path, lineno, record, "asin")))
     ratings.append(_number(path, lineno, record, "overall", integral=False))
-    times.append(_number(path, lineno, record, "unixReviewTime", integral=True))
-  kept = np.asarray(ratings, np.float64) > rating_above
+    time = _number(path, lineno, record, "unixReviewTime", integral=True)
+    if not -2**63 <= time < 2**63:
+      raise DataError(f"{path}:{lineno}: field 'unixReviewTime' is {time!r}; expected an "
+                      f"integer unix time within 64 bits")
+    times.append(time)
+  kept = np.frombuffer(ratings, np.float64) > rating_above
   return Interactions(
-      users=np.asarray(users, np.int64), user_names=user_coder.names(),
-      items=np.asarray(items, np.int64), item_names=item_coder.names(),
-      times=np.asarray(times, np.int64), source=str(path),
+      users=np.frombuffer(users, np.int64), user_names=user_coder.names(),
+      items=np.frombuffer(items, np.int64), item_names=item_coder.names(),
+      times=np.frombuffer(times, np.int64), source=str(path),
       row_filters=((f"overall > {rating_above:g}", kept),))
 
 

@@ -55,7 +55,8 @@ def _column(path: pathlib.Path, fields: dict[str, tuple[str, str]], name: str, f
 
 
 def read_interactions(path: os.PathLike | str, *, user_field: str = "user_id",
-                      item_field: str = "item_id", time_field: str | None = None) -> Interactions:
+                      item_field: str = "item_id", time_field: str | None = None,
+                      block_bytes: int | None = None) -> Interactions:
   """Reads a `.inter` file.
 
   Args:
@@ -64,6 +65,8 @@ def read_interactions(path: os.PathLike | str, *, user_field: str = "user_id",
     item_field: the field of item ids (type token).
     time_field: the field of times (type float, or token holding numbers);
       None uses `timestamp` when the file has it, else file order.
+    block_bytes: the size of the blocks the file is read in (default
+      delimited.BLOCK_BYTES); the result does not depend on it.
   """
   what = "RecBole .inter file"
   path = delimited.check_readable(path, what)
@@ -79,16 +82,15 @@ def read_interactions(path: os.PathLike | str, *, user_field: str = "user_id",
                           "the times")
     columns.append(time_column)
   header = [column for column, _ in fields.values()]
-  table = delimited.read_text(path, header, columns, delimiter="\t", quoting=False, what=what)
-  users, user_names = delimited.id_codes(table, user_column, "a user id")
-  items, item_names = delimited.id_codes(table, item_column, "an item id")
-  times = delimited.times(table, time_column) if time_column is not None else None
-  return Interactions(users=users, user_names=user_names, items=items, item_names=item_names,
-                      times=times, source=str(path))
+  blocks = delimited.text_blocks(path, header, columns, delimiter="\t", quoting=False, what=what,
+                                 block_bytes=block_bytes)
+  return delimited.read_interactions(blocks, user=user_column, item=item_column, time=time_column,
+                                     source=str(path))
 
 
 def read_items(path: os.PathLike | str, *, item_field: str = "item_id",
-               attribute_fields: Sequence[str] | None = None) -> ItemAttributes:
+               attribute_fields: Sequence[str] | None = None,
+               block_bytes: int | None = None) -> ItemAttributes:
   """Reads a `.item` file.
 
   Args:
@@ -97,6 +99,8 @@ def read_items(path: os.PathLike | str, *, item_field: str = "item_id",
     attribute_fields: fields to read as attributes (type token or token_seq;
       a token_seq cell holds several values separated by spaces); None reads
       every token and token_seq field but the item ids, in header order.
+    block_bytes: the size of the blocks the file is read in (default
+      delimited.BLOCK_BYTES); the result does not depend on it.
   """
   what = "RecBole .item file"
   path = delimited.check_readable(path, what)
@@ -115,12 +119,10 @@ def read_items(path: os.PathLike | str, *, item_field: str = "item_id",
                       f"token_seq fields here are {', '.join(map(repr, candidates)) or 'none'}")
     _column(path, fields, name, "--attribute_fields", ATTRIBUTE_TYPES, "an attribute field")
   header = [column for column, _ in fields.values()]
-  columns = [item_column] + [fields[name][0] for name in attribute_fields]
-  table = delimited.read_text(path, header, columns, delimiter="\t", quoting=False, what=what)
-  codes, item_names = delimited.id_codes(table, item_column, "an item id")
-  delimited.check_distinct(table, item_column, codes, "item")
-  values = {}
-  for name in attribute_fields:
-    column, field_type = fields[name]
-    values[name] = delimited.value_lists(table, column, " " if field_type == "token_seq" else None)
-  return ItemAttributes(item_names=item_names, fields=values, source=str(path))
+  columns = list(dict.fromkeys([item_column] + [fields[name][0] for name in attribute_fields]))
+  blocks = delimited.text_blocks(path, header, columns, delimiter="\t", quoting=False, what=what,
+                                 block_bytes=block_bytes)
+  return delimited.read_items(
+      blocks, key=item_column, source=str(path),
+      fields={name: (fields[name][0], " " if fields[name][1] == "token_seq" else None)
+              for name in attribute_fields})

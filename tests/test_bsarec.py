@@ -142,6 +142,43 @@ def test_a_batch_of_prefixes_loses_what_its_prefixes_lose_one_by_one(encoder):
   np.testing.assert_allclose(together, alone, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shards", [ip.Shards(2, 0, 2), ip.Shards(2, 0, 2, micro_batches=2),
+                                    ip.Shards(4, 2, 2)])
+def test_each_piece_of_a_prefix_batch_loses_what_the_whole_batch_does(shards):
+  # A device (or micro-batch) sees its own piece: its `last_index` must point into it.
+  ds, max_len = _small(), 6
+  cfg = model.ModelConfig(item_size=ds.item_size, attribute_size=ds.attribute_size,
+                          hidden_size=H, num_heads=HEADS, max_len=max_len, encoder="bsarec",
+                          encoder_settings=settings.bind("bsarec", {"alpha": 0.6, "c": 3}))
+  params = model.init_params(cfg, jax.random.key(1))
+  options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item,
+                                        targets="last_of_prefixes")
+
+  def ce(batch):
+    out = model.encode(cfg, params, jnp.asarray(batch["inputs"]), causal=True,
+                       segment_ids=jnp.asarray(batch["segment_ids"]),
+                       positions=jnp.asarray(batch["positions"]))
+    inputs = objectives.ObjectiveInputs(
+        {"sequence": out}, params, {k: jnp.asarray(v) for k, v in batch.items()}, {},
+        jax.random.key(0), options)
+    return float(objectives.get("next_item", "ce").fn(inputs))
+
+  split = ip.PrefixBatches(ds, batch_size=16, max_len=max_len, negative_high=ds.max_item,
+                           seed=2, shards=shards)
+  whole = ip.PrefixBatches(ds, batch_size=16, max_len=max_len, negative_high=ds.max_item,
+                           seed=2)
+  samples = split.order(0)[:16]
+  batch, rows = split.batch(samples, 0), split.num_rows
+  pieces = [{k: v[i:i + rows] for k, v in batch.items()}
+            for i in range(0, len(batch["inputs"]), rows)]
+  assert all(piece["last_index"].max() < rows * max_len for piece in pieces)
+  first = shards.first_local * shards.micro_batches * rows
+  local = samples[first:first + len(batch["inputs"])]
+  expected = sum(ce(whole.rows(local[i:i + 1], np.ones(1, np.float32), 0, np.array([i])))
+                 for i in range(len(local)))
+  np.testing.assert_allclose(sum(ce(piece) for piece in pieces), expected, rtol=1e-5)
+
+
 def test_a_filter_encoder_must_train_on_prefixes_and_is_never_packed():
   config = default.get_config()
   config.model.encoder = "bsarec"

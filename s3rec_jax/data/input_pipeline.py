@@ -662,8 +662,9 @@ class PrefixBatches:
         # Every column keeps its position, padding included: a filter sees the whole row.
         "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (n, L)).copy(),
         "token_ids": (slots[:, None] * L + col).astype(np.int32),
-        # The newest position reads the prediction, even for the sample with no items.
-        "last_index": (np.arange(n) * L + L - 1).astype(np.int32),
+        # The newest position reads the prediction, even for the sample with no items; a
+        # piece's tokens are numbered from its own first row (a device sees its piece only).
+        "last_index": ((slots % self.num_rows) * L + L - 1).astype(np.int32),
         "lengths": lengths, "weights": weights.astype(np.float32),
     }
 

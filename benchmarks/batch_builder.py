@@ -52,6 +52,101 @@ def time_batches(build, steps: int) -> float:
   return float(np.median(times))
 
 
+def _builders(args, ds, splits, batch, shards):
+  pre = ip.PretrainBatches(ds, ip.PretrainSettings(batch, args.max_len, 0.2, ds.mask_id), 0,
+                           shards)
+  fine = ip.FinetuneBatches(ds, splits, batch, ds.max_item, 0, True, shards)
+  return {"pretrain": (pre, pre.order(0), pre.num_sequences),
+          "finetune": (fine, fine.order(0), len(fine.inputs))}
+
+
+def _time_builder(builder, order, count, batch, steps):
+  rows = builder.num_rows if count >= batch * 4 else None
+
+  def build(step):
+    start = (step * batch) % max(count - batch, 1)
+    return builder.batch(order[start:start + batch], 0, rows)
+
+  return time_batches(build, steps)
+
+
+def _one_process(args) -> int:
+  """A child of --processes: joins the runtime, builds its pieces, prints its times.
+
+  The processes take turns (a barrier between turns): on a host with fewer cores than the
+  processes would have on their own hosts, timing them at once would measure the sharing of
+  the cores, not each process's work."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from s3rec_jax.core import parallel  # pylint: disable=g-import-not-at-top
+  parallel.initialize_distributed(args.coordinator, args.processes, args.process_id)
+  mesh = parallel.make_mesh()
+  shards = ip.Shards(*parallel.local_shards(mesh))
+  ds = generated_dataset(args.users, args.items, args.max_user_length, seed=0)
+  splits = data_lib.finetune_splits(ds, args.max_len)
+  for per_device in (int(x) for x in args.per_device.split(",")):
+    batch = per_device * args.devices
+    for name, (builder, order, count) in _builders(args, ds, splits, batch, shards).items():
+      for turn in range(args.processes):
+        if turn == jax.process_index():
+          seconds = _time_builder(builder, order, count, batch, args.steps)
+          print(f"process {turn}: {name} {per_device} {seconds:.6f} {shards.num_local}",
+                flush=True)
+        multihost_utils.sync_global_devices(f"{name} {per_device} {turn}")
+  return 0
+
+
+def _processes(args, sizes, argv) -> None:
+  """Runs --processes children and one process holding every device, and compares."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  base = [sys.executable, os.path.abspath(__file__), "--per_device", args.per_device,
+          "--users", str(args.users), "--items", str(args.items), "--max_user_length",
+          str(args.max_user_length), "--max_len", str(args.max_len), "--steps", str(args.steps),
+          "--devices", str(args.devices), "--processes", str(args.processes)]
+
+  def env(devices):
+    flags_ = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                      if "host_platform_device_count" not in f)
+    return dict(os.environ, XLA_FLAGS=f"{flags_} --xla_force_host_platform_device_count="
+                f"{devices}", JAX_PLATFORMS="cpu")
+
+  def collect(procs):
+    times = {}
+    for proc in procs:
+      out, err = proc.communicate(timeout=3600)
+      if proc.returncode:
+        raise SystemExit(f"a builder process failed:\n{err[-3000:]}")
+      for line in out.splitlines():
+        if line.startswith("process "):
+          pid, name, size, seconds, local = line.split()[1:]
+          times[(int(pid.rstrip(":")), name, int(size))] = (float(seconds), int(local))
+    return times
+
+  one = collect([subprocess.Popen(
+      base[:-2] + ["--processes", "1", "--process_id", "0", "--coordinator",
+                   f"127.0.0.1:{port}"], env=env(args.devices), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)])
+  many = collect([subprocess.Popen(
+      base + ["--process_id", str(i), "--coordinator", f"127.0.0.1:{port}"],
+      env=env(args.devices // args.processes), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(args.processes)])
+  print(f"\n| builder | sequences per device | 1 process, {args.devices} devices: ms | "
+        + " | ".join(f"process {i} of {args.processes}: ms" for i in range(args.processes))
+        + " | share |")
+  print("| --- | --- | --- | " + " | ".join("---" for _ in range(args.processes)) + " | --- |")
+  for per_device in sizes:
+    for name in ("pretrain", "finetune"):
+      whole = one[(0, name, per_device)][0]
+      parts = [many[(i, name, per_device)][0] for i in range(args.processes)]
+      print(f"| {name} | {per_device} | {whole * 1e3:.1f} | "
+            + " | ".join(f"{t * 1e3:.1f}" for t in parts)
+            + f" | {max(parts) / whole:.2f} |")
+
+
 def main(argv=None) -> int:
   from absl import flags  # grain reads its absl flags   # pylint: disable=g-import-not-at-top
   flags.FLAGS.mark_as_parsed()
@@ -68,7 +163,15 @@ def main(argv=None) -> int:
                  "0,1,2): time fine-tuning batches built through data/workers.py, at the first "
                  "--per_device size")
   p.add_argument("--worker_steps", type=int, default=20, help="batches per worker measurement")
+  p.add_argument("--processes", type=int, default=0,
+                 help="also run this many real processes on 127.0.0.1 (JAX's distributed "
+                      "runtime, --devices split among them): each builds its own devices' "
+                      "pieces, timed in the process")
+  p.add_argument("--process_id", type=int, default=-1, help=argparse.SUPPRESS)
+  p.add_argument("--coordinator", default="", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  if args.process_id >= 0:
+    return _one_process(args)
   sizes = [int(x) for x in args.per_device.split(",")]
   ds = generated_dataset(args.users, args.items, args.max_user_length, seed=0)
   splits = data_lib.finetune_splits(ds, args.max_len)
@@ -120,6 +223,8 @@ def main(argv=None) -> int:
           first = time.perf_counter()
       rate = (steps - 1) * batch / (time.perf_counter() - first)
       print(f"| {count} | {steps - 1} | {rate:,.0f} | {first - t0:.2f} |")
+  if args.processes:
+    _processes(args, sizes, argv)
   print("\ncommand: python benchmarks/batch_builder.py "
         + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])))
   return 0

@@ -125,10 +125,21 @@ class Dataset:
     return keys[pos] == query if len(keys) else np.zeros(np.shape(query), bool)
 
 
-def interaction_keys(offsets: np.ndarray, items: np.ndarray, item_size: int) -> np.ndarray:
-  """Sorted unique user_row * (item_size + 1) + item over the CSR arrays."""
-  users = np.repeat(np.arange(offsets.shape[0] - 1, dtype=np.int64), np.diff(offsets))
-  return np.unique(users * (item_size + 1) + np.asarray(items, np.int64))
+def interaction_keys(offsets: np.ndarray, items: np.ndarray, item_size: int,
+                     block: int = 1 << 22) -> np.ndarray:
+  """Sorted unique user_row * (item_size + 1) + item over the CSR arrays.
+
+  Users a block of about `block` interactions at a time: keys grow with the user row, so the
+  blocks' sorted keys concatenate in order, and no temporary is the size of the data."""
+  num_users = offsets.shape[0] - 1
+  bounds = np.searchsorted(offsets, np.arange(0, int(offsets[-1]), block), side="right") - 1
+  bounds = np.unique(np.concatenate([bounds, [num_users]]))
+  parts = []
+  for first, last in zip(bounds[:-1], bounds[1:]):
+    lo, hi = int(offsets[first]), int(offsets[last])
+    users = np.repeat(np.arange(first, last, dtype=np.int64), np.diff(offsets[first:last + 1]))
+    parts.append(np.unique(users * (item_size + 1) + np.asarray(items[lo:hi], np.int64)))
+  return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
 # ----------------------------------------------------------------------------
@@ -593,6 +604,13 @@ _MAX_UNUSED_IDS = 1024
 _PREPARE_HINT = ("map the ids to 1..N with `s3rec-prepare` (docs/own-data.md)")
 
 
+def _distinct_count(ids: np.ndarray, max_id: int) -> int:
+  """How many distinct ids: a count per id where ids are dense (no sort, no copy)."""
+  if max_id <= 8 * ids.size + 1024:
+    return int(np.count_nonzero(np.bincount(ids, minlength=max_id + 1)))
+  return int(np.unique(ids).size)
+
+
 def _too_sparse(max_id: int, distinct: int) -> bool:
   unused = max_id - distinct
   return unused > _MAX_UNUSED_IDS and 2 * unused > max_id
@@ -608,7 +626,8 @@ def check_dense_items(path: PathLike, offsets: np.ndarray, items: np.ndarray,
   if not items.size:
     return
   max_item = int(items.max())
-  distinct = int(np.unique(items).size) if distinct is None else distinct
+  if distinct is None:
+    distinct = _distinct_count(items, max_item)
   if _too_sparse(max_item, distinct):
     row = int(np.searchsorted(offsets, int(np.argmax(items)), side="right")) - 1
     raise DataError(f"{path}:{row + 1}: item id {max_item} but only {distinct} distinct items "
@@ -666,7 +685,8 @@ def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None =
 
   def convert():
     user_ids, offsets, items = read_sequences(sequence_path)
-    max_item, distinct = int(items.max()), int(np.unique(items).size)
+    max_item = int(items.max())
+    distinct = _distinct_count(items, max_item)
     if require_dense_ids:   # before the attribute table, which has a row per item id
       check_dense_items(sequence_path, offsets, items, distinct=distinct)
     attr_ids, max_attr = read_item_attributes(attribute_path, max_item)

@@ -302,3 +302,14 @@ def test_the_linear_packer_lays_out_as_first_fit_one_by_one(max_len):
     for a, b in zip(got[:3], want[:3]):
       np.testing.assert_array_equal(a, b)
     assert got[3] == want[3]
+
+
+def test_batch_lengths_sample_spreads_over_the_epoch_and_keeps_the_last():
+  lengths = np.arange(1, 101)
+  order = np.arange(100)
+  every = list(ip._batch_lengths(lengths, order, 8))   # pylint: disable=protected-access
+  some = list(ip._batch_lengths(lengths, order, 8, most=4))   # pylint: disable=protected-access
+  assert len(every) == 13 and len(some) == 4
+  np.testing.assert_array_equal(some[0], every[0])
+  np.testing.assert_array_equal(some[-1], every[-1])   # the padded last batch
+  assert [b[0] for b in some] == [1, 33, 65, 97]

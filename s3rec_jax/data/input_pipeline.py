@@ -35,6 +35,10 @@ Batch = dict[str, np.ndarray]
 # Training batches are packed on epoch 0's most rows plus this share (at least a row): other
 # epochs' batches, drawn in another order, rarely need more (see Packer.fixed_rows).
 TRAIN_ROWS_MARGIN = 0.05
+# ... planned on at most this many of epoch 0's batches, evenly spaced: an epoch of a large
+# dataset has hundreds of thousands, and a batch that needs more rows than the count takes
+# the next rung of the ladder (one more compile), so a sample bounds the start-up cost.
+PLANNED_BATCHES = 512
 
 
 def rng_for(seed: int, stream: int, *counters: int) -> np.random.Generator:
@@ -358,11 +362,16 @@ def _planned(packer: Packer, shards: Shards, ids: np.ndarray, lengths: np.ndarra
           np.concatenate([weights, np.zeros(pad, weights.dtype)]))
 
 
-def _batch_lengths(lengths: np.ndarray, order: np.ndarray, batch_size: int
-                   ) -> Iterator[np.ndarray]:
-  """The sequence lengths of each batch of an epoch in `order` (the last one padded)."""
-  for start in range(0, len(order), batch_size):
-    part = lengths[order[start:start + batch_size]]
+def _batch_lengths(lengths, order: np.ndarray, batch_size: int,
+                   most: int | None = None) -> Iterator[np.ndarray]:
+  """The sequence lengths of each batch of an epoch in `order` (the last one padded); with
+  `most`, of at most that many batches, evenly spaced, the last one always among them."""
+  count = num_batches(len(order), batch_size)
+  steps = range(count)
+  if most is not None and count > most:
+    steps = np.unique(np.linspace(0, count - 1, most).round().astype(np.int64))
+  for step in steps:
+    part = np.asarray(lengths[order[step * batch_size:(step + 1) * batch_size]])
     yield np.concatenate([part, np.zeros(batch_size - len(part), part.dtype)])
 
 
@@ -430,8 +439,8 @@ class PretrainBatches:
     """The packed rows of every batch (one compiled step): what epoch 0 needs at most, and
     a margin for the other epochs' batches (their layouts differ a little)."""
     return self.packer.fixed_rows(
-        _batch_lengths(self.lengths, self.order(0), self.settings.batch_size), self.shards,
-        margin=TRAIN_ROWS_MARGIN)
+        _batch_lengths(self.lengths, self.order(0), self.settings.batch_size, PLANNED_BATCHES),
+        self.shards, margin=TRAIN_ROWS_MARGIN)
 
   def batch_at(self, epoch: int, step: int) -> Batch:
     """Step `step` of `epoch` (a pure function of the two: any process or worker builds it)."""
@@ -547,8 +556,9 @@ class FinetuneBatches:
   def num_rows(self) -> int:
     """The packed rows of every batch (one compiled step): what epoch 0 needs at most, and
     a margin for the other epochs' batches (their layouts differ a little)."""
-    return self.packer.fixed_rows(_batch_lengths(self.lengths, self.order(0), self.batch_size),
-                                  self.shards, margin=TRAIN_ROWS_MARGIN)
+    return self.packer.fixed_rows(
+        _batch_lengths(self.lengths, self.order(0), self.batch_size, PLANNED_BATCHES),
+        self.shards, margin=TRAIN_ROWS_MARGIN)
 
   def batch_at(self, epoch: int, step: int) -> Batch:
     """Step `step` of `epoch` (a pure function of the two: any process or worker builds it)."""

@@ -152,6 +152,7 @@ class Measured:
       for line in proc.stdout:
         self.lines.append((time.perf_counter() - t0, line.rstrip("\n")))
         log.write(line)
+        log.flush()
       self.returncode = proc.wait()
       done.set()
       sampler.join()

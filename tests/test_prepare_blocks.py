@@ -121,7 +121,7 @@ def test_no_block_holds_more_than_the_block_size(tmp_path, monkeypatch):
   again = table.read_interactions(interactions, user_col="user", item_col="item", time_col="ts")
   for field in ("users", "user_names", "items", "item_names", "times"):
     np.testing.assert_array_equal(getattr(again, field), getattr(records, field))
-  assert again.times.dtype == np.float64 and again.users.dtype == np.int64
+  assert again.times.dtype == np.float64 and again.users.dtype == np.int32   # codes fit
   assert again.user_names.dtype == object
 
 

@@ -29,9 +29,9 @@ class Interactions:
   order is source order.
   """
 
-  users: np.ndarray  # [N] int64 codes into user_names.
+  users: np.ndarray  # [N] int32 (or int64) codes into user_names.
   user_names: np.ndarray  # [num user codes] object array of str.
-  items: np.ndarray  # [N] int64 codes into item_names.
+  items: np.ndarray  # [N] int32 (or int64) codes into item_names.
   item_names: np.ndarray  # [num item codes] object array of str.
   times: np.ndarray | None  # [N] int64 or float64; None keeps source order.
   source: str  # What the rows were read from, for messages.

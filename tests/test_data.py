@@ -603,3 +603,19 @@ def test_prefix_ranges_find_every_prefix_from_its_index(tmp_path):
   assert list(zip(starts.tolist(), ends.tolist())) == [expected[i] for i in ids]
   np.testing.assert_array_equal(prefixes.lengths(ids), ends - starts)
   assert prefixes.mean_length() == pytest.approx(np.mean([e - s for s, e in expected]))
+
+
+def test_processes_loading_at_once_draw_the_negatives_once(tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  directory = _write(tmp_path / "d", seqs=SEQS_WIDE)
+  code = ("import sys; from s3rec_jax.data import dataset as d; "
+          "ds = d.load_dataset(sys.argv[1], 'T', num_negatives=3, cache=True); "
+          "print('sum', int(ds.sample_negatives.sum()))")
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(directory)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+  outputs = [p.communicate(timeout=120) for p in procs]
+  assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+  generated = sum(out.count("generated 3 sampled negatives") for out, _ in outputs)
+  assert generated == 1, [out for out, _ in outputs]
+  assert len({out.splitlines()[-1] for out, _ in outputs}) == 1   # the same negatives

@@ -8,6 +8,7 @@ of that array instead of per-user Python lists.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -496,12 +497,18 @@ def read_sample_negatives(path: PathLike, user_ids: np.ndarray, num_negatives: i
 # Sampled negatives.
 
 
+# Users whose negatives are drawn together: memory [block, ~1.3 x negatives / acceptance]
+# int64 draws, whatever the number of users.
+NEGATIVE_BLOCK_USERS = 1 << 16
+
+
 def generate_sample_negatives(data: Dataset | tuple[np.ndarray, np.ndarray], num_negatives: int,
                               rng: np.random.Generator) -> np.ndarray:
   """Draws `num_negatives` distinct negatives per user (the reference procedure).
 
   Each user's set is uniform among the subsets of the items that occur in the
-  data, excluding every item of that user's whole sequence.
+  data, excluding every item of that user's whole sequence. Users are drawn a block of
+  NEGATIVE_BLOCK_USERS at a time, in order, from the one generator.
 
   Args:
     data: a Dataset, or its (offsets, items) arrays.
@@ -513,32 +520,46 @@ def generate_sample_negatives(data: Dataset | tuple[np.ndarray, np.ndarray], num
   """
   offsets, items = (data.offsets, data.items) if isinstance(data, Dataset) else data
   offsets = np.asarray(offsets, dtype=np.int64)
-  items = np.asarray(items, dtype=np.int64)
   num_users = offsets.shape[0] - 1
-  candidates = np.unique(items)
+  items = np.asarray(items)
+  top = int(items.max()) if items.size else 0
+  candidates = (np.flatnonzero(np.bincount(items, minlength=1)) if top <= 8 * items.size + 1024
+                else np.unique(items))   # the item ids that occur, sorted
   scale = int(candidates[-1]) + 1 if candidates.size else 1
-  rows_of_items = np.repeat(np.arange(num_users, dtype=np.int64), np.diff(offsets))
-  seen_keys = np.unique(rows_of_items * scale + items)  # sorted (user, item) pairs
-  distinct = np.bincount(seen_keys // scale, minlength=num_users)
-  room = candidates.size - distinct
-  if num_users and room.min() < num_negatives:
-    row = int(np.argmin(room))
-    raise DataError(f"cannot draw {num_negatives} negatives for user row {row}: only "
-                    f"{int(room[row])} of the {candidates.size} items are outside their sequence")
   out = np.zeros((num_users, num_negatives), dtype=np.int32)
+  blocks = [(lo, min(lo + NEGATIVE_BLOCK_USERS, num_users))
+            for lo in range(0, num_users, NEGATIVE_BLOCK_USERS)]
+  rooms = []
+  for lo, hi in blocks:   # every user's room first: a user short of items fails before any draw
+    keys = interaction_keys(offsets[lo:hi + 1] - offsets[lo],
+                            items[offsets[lo]:offsets[hi]], scale - 1)
+    rooms.append((keys, candidates.size - np.bincount(keys // scale, minlength=hi - lo)))
+  for (lo, _), (_, room) in zip(blocks, rooms):
+    if room.size and room.min() < num_negatives:
+      row = lo + int(np.argmin(room))
+      raise DataError(f"cannot draw {num_negatives} negatives for user row {row}: only "
+                      f"{int(room.min())} of the {candidates.size} items are outside their "
+                      f"sequence")
   if num_negatives == 0 or num_users == 0:
     return out
-  # Rejection sampling, vectorised over users: the first `num_negatives`
-  # distinct accepted draws of an i.i.d. uniform stream form a uniform subset.
-  # Rows that run short are redrawn with a longer stream.
+  for (lo, hi), (seen_keys, room) in zip(blocks, rooms):
+    out[lo:hi] = _draw_negatives(seen_keys, room, candidates, scale, num_negatives, rng)
+  return out
+
+
+def _draw_negatives(seen_keys, room, candidates, scale, num_negatives, rng) -> np.ndarray:
+  """One block's negatives: rejection sampling, vectorised over its users (rows 0..)."""
+  out = np.zeros((room.size, num_negatives), dtype=np.int32)
+  # The first `num_negatives` distinct accepted draws of an i.i.d. uniform stream form a
+  # uniform subset. Rows that run short are redrawn with a longer stream.
   accept = float((room / candidates.size).min())
   width = int(np.ceil(1.3 * num_negatives / accept)) + 16
-  pending = np.arange(num_users)
+  pending = np.arange(room.size)
   while pending.size:
     draws = candidates[rng.integers(0, candidates.size, size=(pending.size, width))]
     keys = pending[:, None] * scale + draws
-    pos = np.searchsorted(seen_keys, keys).clip(max=seen_keys.size - 1)
-    ok = seen_keys[pos] != keys
+    pos = np.searchsorted(seen_keys, keys).clip(max=max(seen_keys.size - 1, 0))
+    ok = seen_keys[pos] != keys if seen_keys.size else np.ones(keys.shape, bool)
     first = np.zeros(keys.size, dtype=bool)
     first[np.unique(keys.ravel(), return_index=True)[1]] = True
     ok &= first.reshape(keys.shape)
@@ -705,27 +726,32 @@ def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None =
   negatives = None
   if need_samples:
     sample_name = f"{name}_sample.txt"
-    found = next((d / sample_name for d in places if (d / sample_name).exists()), None)
-    if found is not None:
-      def convert_samples():
-        negatives = read_sample_negatives(found, user_ids, num_negatives, max_item=max_item)
-        return {"negatives": negatives}, {}
-      # Keyed on the sequence file too: the rows follow its users.
-      negatives = _cached(f"{name}_sample{STORE_SUFFIX}", places if cache else [],
-                          [found, sequence_path], convert_samples, pending,
-                          extra_key={"num_negatives": num_negatives, "max_item": max_item}
-                          )[0]["negatives"]
-    else:
-      try:
-        negatives = generate_sample_negatives((offsets, items), num_negatives,
-                                              np.random.default_rng(sample_seed))
-      except DataError as e:
-        raise DataError(f"{sequence_path}: {e} (no {sample_name} was found, so "
-                        f"negatives are drawn from this file)") from None
-      where = _write_generated(sample_name, data_dir, sample_dir, user_ids, negatives)
-      log(f"generated {num_negatives} sampled negatives per user for {name} with seed "
-          f"{sample_seed}; " + (f"written to {where}" if where else "kept in memory only "
-                                f"({data_dir} is read-only and no sample_dir was given)"))
+    writable = [place for place in places if _is_writable_dir(place)]
+    # The processes of a host take turns: the first draws and writes the negatives, the
+    # others find its file and read it.
+    with (array_store.lock(writable[0] / sample_name) if writable
+          else contextlib.nullcontext()):
+      found = next((d / sample_name for d in places if (d / sample_name).exists()), None)
+      if found is not None:
+        def convert_samples():
+          negatives = read_sample_negatives(found, user_ids, num_negatives, max_item=max_item)
+          return {"negatives": negatives}, {}
+        # Keyed on the sequence file too: the rows follow its users.
+        negatives = _cached(f"{name}_sample{STORE_SUFFIX}", places if cache else [],
+                            [found, sequence_path], convert_samples, pending,
+                            extra_key={"num_negatives": num_negatives, "max_item": max_item}
+                            )[0]["negatives"]
+      else:
+        try:
+          negatives = generate_sample_negatives((offsets, items), num_negatives,
+                                                np.random.default_rng(sample_seed))
+        except DataError as e:
+          raise DataError(f"{sequence_path}: {e} (no {sample_name} was found, so "
+                          f"negatives are drawn from this file)") from None
+        where = _write_generated(sample_name, data_dir, sample_dir, user_ids, negatives)
+        log(f"generated {num_negatives} sampled negatives per user for {name} with seed "
+            f"{sample_seed}; " + (f"written to {where}" if where else "kept in memory only "
+                                  f"({data_dir} is read-only and no sample_dir was given)"))
   written = [write(log) for write in pending]
   if written and all(written):   # map what was just written: the parsed copies go
     return load_dataset(data_dir, name, sample_dir=sample_dir, num_negatives=num_negatives,

@@ -13,8 +13,8 @@ Stages (--stages, in this order; each reuses what the earlier ones left in --wor
   train     `s3rec-train` on it: --steps pre-training and --steps fine-tuning steps
             (pretrain.max_steps, finetune.max_steps), then a full-ranking evaluation of
             --eval_users users on validation and test.
-  epochs    a smaller run's memory over 3 fine-tuning epochs (a fresh generated log of
-            --epochs_interactions rows): the peak resident memory of each epoch.
+  epochs    a smaller run's memory over --epochs fine-tuning epochs (a fresh generated log
+            of --epochs_interactions rows): the peak resident memory of each epoch.
   builder   benchmarks/batch_builder.py at 1k, 4k and 16k sequences per device, with 1 and 2
             worker processes.
 
@@ -30,6 +30,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -205,6 +206,7 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=200, help="pre-training and fine-tuning steps")
   p.add_argument("--eval_users", type=int, default=10_000)
   p.add_argument("--epochs_interactions", type=int, default=2_000_000)
+  p.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of the epochs stage")
   p.add_argument("--ranking", default="fused_cpu", help="eval.ranking and the ce method")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
@@ -248,6 +250,7 @@ def main(argv=None) -> int:
 
   if "train" in stages:
     workdir = os.path.join(args.workdir, "run")
+    shutil.rmtree(workdir, ignore_errors=True)   # a fresh run, not a resumed one
     run = Measured(_train_command(
         args, data_dir, workdir, "--config.pretrain.epochs=1",
         f"--config.pretrain.max_steps={args.steps}", "--config.finetune.epochs=1",
@@ -266,6 +269,7 @@ def main(argv=None) -> int:
     small_dir = os.path.join(args.workdir, "small")
     small_csv = os.path.join(small_dir, "interactions.csv")
     os.makedirs(small_dir, exist_ok=True)
+    shutil.rmtree(os.path.join(small_dir, "run"), ignore_errors=True)
     generate(small_csv, args.epochs_interactions, args.items, args.seed + 1)
     Measured([sys.executable, "-m", "s3rec_jax.data.prepare", "csv",
               f"--interactions={small_csv}", "--user_col=user", "--item_col=item",
@@ -274,9 +278,9 @@ def main(argv=None) -> int:
              os.path.join(small_dir, "prepare.log")).run()
     run = Measured(_train_command(
         args, f"{small_dir}/data", os.path.join(small_dir, "run"), "--config.pretrain.epochs=0",
-        "--config.finetune.epochs=3", "--config.finetune.min_epochs=3",
+        f"--config.finetune.epochs={args.epochs}", f"--config.finetune.min_epochs={args.epochs}",
         "--config.eval.max_users=1000"), os.path.join(small_dir, "train.log")).run()
-    ends = [run.time_of(rf"^finetune epoch {e}:") for e in (1, 2, 3)]
+    ends = [run.time_of(rf"^finetune epoch {e}:") for e in range(1, args.epochs + 1)]
     start = run.time_of(r"^fine-tuning") or 0.0
     for epoch, end in enumerate(ends, start=1):
       if end is None:

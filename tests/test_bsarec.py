@@ -113,6 +113,19 @@ def test_prefix_samples_are_every_prefix_of_the_training_part():
       tuple(map(tuple, [want[i][0]])) + (want[i][1],) for i in order]
 
 
+def _prefix_ce(cfg, params, ds, batch):
+  """The `ce` loss of a prefix batch (its sum over the batch's weighted samples)."""
+  out = model.encode(cfg, params, jnp.asarray(batch["inputs"]), causal=True,
+                     segment_ids=jnp.asarray(batch["segment_ids"]),
+                     positions=jnp.asarray(batch["positions"]))
+  options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item,
+                                        targets="last_of_prefixes")
+  inputs = objectives.ObjectiveInputs(
+      {"sequence": out}, params, {k: jnp.asarray(v) for k, v in batch.items()}, {},
+      jax.random.key(0), options)
+  return float(objectives.get("next_item", "ce").fn(inputs))
+
+
 @pytest.mark.parametrize("encoder", ["sasrec", "bsarec"])
 def test_a_batch_of_prefixes_loses_what_its_prefixes_lose_one_by_one(encoder):
   ds, max_len = _small(), 6
@@ -122,21 +135,10 @@ def test_a_batch_of_prefixes_loses_what_its_prefixes_lose_one_by_one(encoder):
                           encoder_settings=record)
   params = model.init_params(cfg, jax.random.key(1))
   batches = ip.PrefixBatches(ds, batch_size=9, max_len=max_len, negative_high=ds.max_item, seed=2)
-  options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item,
-                                        targets="last_of_prefixes")
-
-  def ce(batch):
-    out = model.encode(cfg, params, jnp.asarray(batch["inputs"]), causal=True,
-                       segment_ids=jnp.asarray(batch["segment_ids"]),
-                       positions=jnp.asarray(batch["positions"]))
-    inputs = objectives.ObjectiveInputs(
-        {"sequence": out}, params, {k: jnp.asarray(v) for k, v in batch.items()}, {},
-        jax.random.key(0), options)
-    return float(objectives.get("next_item", "ce").fn(inputs))
-
   samples = batches.order(0)[:9]
-  together = ce(batches.batch(samples, 0))
-  alone = sum(ce(batches.rows(samples[i:i + 1], np.ones(1, np.float32), 0, np.array([i])))
+  together = _prefix_ce(cfg, params, ds, batches.batch(samples, 0))
+  one = np.ones(1, np.float32)
+  alone = sum(_prefix_ce(cfg, params, ds, batches.rows(samples[i:i + 1], one, 0, np.array([i])))
               for i in range(9))
   assert together > 0
   np.testing.assert_allclose(together, alone, rtol=1e-5)
@@ -151,18 +153,6 @@ def test_each_piece_of_a_prefix_batch_loses_what_the_whole_batch_does(shards):
                           hidden_size=H, num_heads=HEADS, max_len=max_len, encoder="bsarec",
                           encoder_settings=settings.bind("bsarec", {"alpha": 0.6, "c": 3}))
   params = model.init_params(cfg, jax.random.key(1))
-  options = objectives.ObjectiveOptions(mask_id=ds.mask_id, num_items=ds.max_item,
-                                        targets="last_of_prefixes")
-
-  def ce(batch):
-    out = model.encode(cfg, params, jnp.asarray(batch["inputs"]), causal=True,
-                       segment_ids=jnp.asarray(batch["segment_ids"]),
-                       positions=jnp.asarray(batch["positions"]))
-    inputs = objectives.ObjectiveInputs(
-        {"sequence": out}, params, {k: jnp.asarray(v) for k, v in batch.items()}, {},
-        jax.random.key(0), options)
-    return float(objectives.get("next_item", "ce").fn(inputs))
-
   split = ip.PrefixBatches(ds, batch_size=16, max_len=max_len, negative_high=ds.max_item,
                            seed=2, shards=shards)
   whole = ip.PrefixBatches(ds, batch_size=16, max_len=max_len, negative_high=ds.max_item,
@@ -174,9 +164,11 @@ def test_each_piece_of_a_prefix_batch_loses_what_the_whole_batch_does(shards):
   assert all(piece["last_index"].max() < rows * max_len for piece in pieces)
   first = shards.first_local * shards.micro_batches * rows
   local = samples[first:first + len(batch["inputs"])]
-  expected = sum(ce(whole.rows(local[i:i + 1], np.ones(1, np.float32), 0, np.array([i])))
+  one = np.ones(1, np.float32)
+  expected = sum(_prefix_ce(cfg, params, ds, whole.rows(local[i:i + 1], one, 0, np.array([i])))
                  for i in range(len(local)))
-  np.testing.assert_allclose(sum(ce(piece) for piece in pieces), expected, rtol=1e-5)
+  np.testing.assert_allclose(sum(_prefix_ce(cfg, params, ds, piece) for piece in pieces),
+                             expected, rtol=1e-5)
 
 
 def test_a_filter_encoder_must_train_on_prefixes_and_is_never_packed():

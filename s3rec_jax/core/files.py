@@ -37,6 +37,20 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     raise
 
 
+def fsync_dir(directory) -> None:
+  """Makes renames into `directory` durable (where the platform can open folders)."""
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
 def write_text_atomic(path: str, text: str) -> None:
   write_bytes_atomic(path, text.encode())
 

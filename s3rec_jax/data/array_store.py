@@ -26,6 +26,7 @@ from typing import Iterator, Mapping, Union
 import numpy as np
 
 from s3rec_jax.core import errors
+from s3rec_jax.core import files
 
 PathLike = Union[str, os.PathLike]
 
@@ -94,7 +95,7 @@ def write(directory: PathLike, arrays: Mapping[str, np.ndarray],
       os.rmdir(old)
       os.rename(directory, old)
     os.rename(tmp, directory)
-    _fsync_dir(directory.parent)
+    files.fsync_dir(directory.parent)
     if old is not None:
       shutil.rmtree(old, ignore_errors=True)   # open memory maps keep their pages
   except BaseException:
@@ -149,16 +150,3 @@ def lock(directory: PathLike) -> Iterator[None]:
     yield
   finally:
     os.close(fd)   # releases the lock
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)

@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Union
 import numpy as np
 
 from s3rec_jax.core import errors
+from s3rec_jax.core import files
 from s3rec_jax.data import array_store
 
 PathLike = Union[str, os.PathLike]
@@ -522,9 +523,7 @@ def generate_sample_negatives(data: Dataset | tuple[np.ndarray, np.ndarray], num
   offsets = np.asarray(offsets, dtype=np.int64)
   num_users = offsets.shape[0] - 1
   items = np.asarray(items)
-  top = int(items.max()) if items.size else 0
-  candidates = (np.flatnonzero(np.bincount(items, minlength=1)) if top <= 8 * items.size + 1024
-                else np.unique(items))   # the item ids that occur, sorted
+  candidates = _distinct_ids(items)
   scale = int(candidates[-1]) + 1 if candidates.size else 1
   out = np.zeros((num_users, num_negatives), dtype=np.int32)
   blocks = [(lo, min(lo + NEGATIVE_BLOCK_USERS, num_users))
@@ -588,17 +587,7 @@ def write_sample_negatives(path: PathLike, user_ids: np.ndarray, negatives: np.n
     except FileNotFoundError:
       pass
     raise
-  # Make the rename itself durable; not every platform can open directories.
-  try:
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(dir_fd)
-  except OSError:
-    pass
-  finally:
-    os.close(dir_fd)
+  files.fsync_dir(path.parent)   # the rename itself, durable
 
 
 def _is_writable_dir(directory: pathlib.Path) -> bool:
@@ -625,11 +614,13 @@ _MAX_UNUSED_IDS = 1024
 _PREPARE_HINT = ("map the ids to 1..N with `s3rec-prepare` (docs/own-data.md)")
 
 
-def _distinct_count(ids: np.ndarray, max_id: int) -> int:
-  """How many distinct ids: a count per id where ids are dense (no sort, no copy)."""
+def _distinct_ids(ids: np.ndarray) -> np.ndarray:
+  """The ids that occur, sorted: a count per id where ids are dense (no sort, no copy)."""
+  ids = np.asarray(ids)
+  max_id = int(ids.max()) if ids.size else 0
   if max_id <= 8 * ids.size + 1024:
-    return int(np.count_nonzero(np.bincount(ids, minlength=max_id + 1)))
-  return int(np.unique(ids).size)
+    return np.flatnonzero(np.bincount(ids, minlength=max_id + 1))
+  return np.unique(ids)
 
 
 def _too_sparse(max_id: int, distinct: int) -> bool:
@@ -648,7 +639,7 @@ def check_dense_items(path: PathLike, offsets: np.ndarray, items: np.ndarray,
     return
   max_item = int(items.max())
   if distinct is None:
-    distinct = _distinct_count(items, max_item)
+    distinct = _distinct_ids(items).size
   if _too_sparse(max_item, distinct):
     row = int(np.searchsorted(offsets, int(np.argmax(items)), side="right")) - 1
     raise DataError(f"{path}:{row + 1}: item id {max_item} but only {distinct} distinct items "
@@ -707,7 +698,7 @@ def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None =
   def convert():
     user_ids, offsets, items = read_sequences(sequence_path)
     max_item = int(items.max())
-    distinct = _distinct_count(items, max_item)
+    distinct = _distinct_ids(items).size
     if require_dense_ids:   # before the attribute table, which has a row per item id
       check_dense_items(sequence_path, offsets, items, distinct=distinct)
     attr_ids, max_attr = read_item_attributes(attribute_path, max_item)

@@ -68,6 +68,7 @@ from absl import flags
 
 from s3rec_jax.core import command
 from s3rec_jax.core import errors
+from s3rec_jax.core import files
 from s3rec_jax.data.dataset import MIN_SEQUENCE_LENGTH, DataError
 from s3rec_jax.data.sources import Interactions, ItemAttributes, codes_by_first_appearance
 
@@ -459,22 +460,9 @@ def write(prepared: PreparedDataset, output: PathLike, *, log: Log = print) -> P
     raise DataError(f"{output}: cannot write ({e.strerror}); expected a writable folder") from None
   finally:
     shutil.rmtree(temp, ignore_errors=True)
-  _fsync_dir(output)
-  _fsync_dir(parent)
+  files.fsync_dir(output)
+  files.fsync_dir(parent)
   return dataclasses.replace(prepared, paths=tuple(output / n for n in texts))
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return  # not every platform opens folders
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
 
 
 def _finish(prepared: PreparedDataset, output: PathLike | None, log: Log) -> PreparedDataset:

@@ -41,6 +41,24 @@ _BSAREC_SETTINGS = {
                "settings.bsarec.c": 3},
 }
 
+# TV-Rec as its authors run it (yehjin-shin/TV-Rec run.sh and logs: 200 epochs, patience 10,
+# batch 256, prefixes of one item at least, ce over the whole table with the padding row, the
+# basis penalty at reg_weight), with their per-dataset settings.
+_TVREC = {"pretrain.epochs": 0, "model.encoder": "tvrec", "finetune.targets": "last_of_prefixes",
+          "finetune.prefix_min_items": 1, "finetune.loss": "ce", "finetune.epochs": 200,
+          "settings.next_item.padding_class": True}
+_TVREC_SETTINGS = {
+    "Beauty": {"finetune.learning_rate": 5e-4, "finetune.objectives.encoder_penalty": 0.0,
+               "model.hidden_dropout": 0.5, "settings.tvrec.basis_size": 32},
+    "Sports_and_Outdoors": {"finetune.learning_rate": 5e-4,
+                            "finetune.objectives.encoder_penalty": 0.0,
+                            "model.hidden_dropout": 0.5, "settings.tvrec.basis_size": 16},
+    "Yelp": {"finetune.learning_rate": 5e-4, "finetune.objectives.encoder_penalty": 1e-3,
+             "model.hidden_dropout": 0.1, "settings.tvrec.basis_size": 16},
+    "LastFM": {"finetune.learning_rate": 1e-3, "finetune.objectives.encoder_penalty": 1e-3,
+               "model.hidden_dropout": 0.4, "settings.tvrec.basis_size": 8},
+}
+
 
 def _cells(dataset: str) -> dict:
   config, released = _DATASETS[dataset]
@@ -51,6 +69,11 @@ def _cells(dataset: str) -> dict:
   }
   if dataset in _BSAREC_SETTINGS:
     cells["BSARec (ce)"] = dict(_BSAREC, **_BSAREC_SETTINGS[dataset])
+    # The authors' softmax also scores the padding row (screening: does it matter?).
+    cells["BSARec (ce, padding class)"] = dict(cells["BSARec (ce)"],
+                                               **{"settings.next_item.padding_class": True})
+  if dataset in _TVREC_SETTINGS:
+    cells["TV-Rec (ce)"] = dict(_TVREC, **_TVREC_SETTINGS[dataset])
   if released:
     cells["S3-Rec released (ce)"] = {"pretrain.epochs": 0, "finetune.init_checkpoint": released,
                                      **_CE}

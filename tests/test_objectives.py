@@ -251,7 +251,7 @@ def test_registry_and_joint_loss():
   np.testing.assert_allclose(float(total), float(want), rtol=1e-6)
   # Weight 0 disables an objective; unknown names and forms are clear errors.
   assert [o.name for o, _ in objectives.resolve({"aap": 0.0, "mip": 1.0}, "infonce")] == ["mip"]
-  with pytest.raises(ValueError, match="valid objectives of pretrain: aap, cl4srec, duorec, "
+  with pytest.raises(ValueError, match="valid objectives of pretrain: aap, cl4srec, duorec, encoder_penalty, "
                      "map, mip, sp"):
     objectives.resolve({"nsp": 1.0}, "reference")
   with pytest.raises(ValueError, match="valid forms"):

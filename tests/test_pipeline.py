@@ -145,7 +145,7 @@ def test_config_validation(field, value, message):
 def test_unknown_objective_is_named():
   c = tiny_config()
   c.pretrain.objectives.nsp = 1.0
-  with pytest.raises(config_validation.ConfigError, match="unknown objective 'nsp'.*aap, cl4srec, duorec, map, mip, sp"):
+  with pytest.raises(config_validation.ConfigError, match="unknown objective 'nsp'.*aap, cl4srec, duorec, encoder_penalty, map, mip, sp"):
     config_validation.validate(c)
 
 

@@ -87,7 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Objective name -> weight; 0 disables one. A new objective is a registered
   # function in s3rec_jax/objectives/ plus an entry here.
   c.pretrain.objectives = ml_collections.ConfigDict(
-      {"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5, "cl4srec": 0.0, "duorec": 0.0})
+      {"aap": 0.2, "mip": 1.0, "map": 1.0, "sp": 0.5, "cl4srec": 0.0, "duorec": 0.0,
+       "encoder_penalty": 0.0})
   c.pretrain.form = "reference"     # "reference" (sigmoid forms) or "infonce"
   c.pretrain.infonce_temperature = 1.0
   c.pretrain.mip_num_negatives = 0  # infonce MIP: 0 = whole catalogue, K = K sampled items
@@ -132,11 +133,17 @@ def get_config() -> ml_collections.ConfigDict:
   # training sequence is a sample and only its last position predicts: the way filter
   # encoders such as bsarec train, since their positions see later items).
   c.finetune.targets = "all_positions"
+  # last_of_prefixes: the samples predict the last max_seq_length items of a training part,
+  # each from the items before it in a window of max_seq_length + prefix_min_items items;
+  # the fewest items a sample's input holds. 0: BSARec's code (the window's first target is
+  # predicted from no items); 1: TV-Rec's (one item more of context, no empty input).
+  c.finetune.prefix_min_items = 0
   # Objective name -> weight of fine-tuning's loss: next_item, plus any
   # self-supervised objective as an auxiliary term (CL4SRec, DuoRec). Each is
-  # a mean (over target positions or sequences) before weighting.
+  # a mean (over target positions or sequences) before weighting. encoder_penalty: the
+  # encoder's own regulariser, if it has one (tvrec: its basis' orthogonality).
   c.finetune.objectives = ml_collections.ConfigDict(
-      {"next_item": 1.0, "cl4srec": 0.0, "duorec": 0.0})
+      {"next_item": 1.0, "cl4srec": 0.0, "duorec": 0.0, "encoder_penalty": 0.0})
   # Pre-training checkpoint to start from: a checkpoint folder (latest step)
   # or one of its step folders. "" = this run's own pre-training, if any.
   c.finetune.init_checkpoint = ""

@@ -592,9 +592,10 @@ class PrefixBatches:
   """Fine-tuning on prefixes (finetune.targets=last_of_prefixes): every prefix of a user's
   training part is a sample whose newest position alone predicts the next item.
 
-  The training part is t = s[-(max_len + 2):-2] (the items before validation and test);
-  sample i of a user is t[:i] -> t[i], i = 0 .. len(t) - 1 (the first has no items: it
-  learns the popular first items), as the BSARec/TV-Rec code builds its training set.
+  The training part's window is t = s[-(max_len + m + 2):-2] (the items before validation
+  and test), m = `min_items`; sample i of a user is t[:i] -> t[i], i = m .. len(t) - 1. With
+  m = 0 the first has no items (it learns the popular first items), as BSARec's code builds
+  its training set; TV-Rec's has m = 1 (every input holds an item).
   Samples are numbered user by user and located from the offsets; a batch lays each out on
   its own row, left-padded to max_len (filter encoders see the whole row), and only this
   process's pieces are built. Negatives (for bce) are keyed by (seed, epoch, sample).
@@ -604,12 +605,13 @@ class PrefixBatches:
   workers = 0
 
   def __init__(self, dataset: data_lib.Dataset, batch_size: int, max_len: int,
-               negative_high: int, seed: int, shards: Shards = Shards()):
+               negative_high: int, seed: int, shards: Shards = Shards(), min_items: int = 0):
     self.dataset, self.batch_size, self.max_len = dataset, batch_size, max_len
     self.negative_high, self.seed, self.shards = negative_high, seed, shards
     ends = dataset.offsets[1:] - 2
-    self.starts = np.maximum(dataset.offsets[:-1], ends - max_len)
-    per_user = ends - self.starts
+    self.starts = np.maximum(dataset.offsets[:-1], ends - max_len - min_items)   # t's start
+    self.min_items = min_items
+    per_user = np.maximum(ends - self.starts - min_items, 0)
     self.first = np.cumsum(per_user) - per_user                      # each user's first sample
     self.num_samples = int(per_user.sum())
 
@@ -651,8 +653,9 @@ class PrefixBatches:
     real = samples >= 0
     safe = np.maximum(samples, 0)
     user = np.searchsorted(self.first, safe, side="right") - 1
-    start = self.starts[user]
-    end = start + (safe - self.first[user])                          # t[:i] is [start, end)
+    window = self.starts[user]
+    end = window + self.min_items + (safe - self.first[user])        # t[:i] is [window, end)
+    start = np.maximum(window, end - L)                              # the newest L items
     end = np.where(real, end, start)
     inputs = data_lib.left_pad(self.dataset.offsets, self.dataset.items, start, end, L)
     answers = np.where(real, self.dataset.items[np.minimum(end, len(self.dataset.items) - 1)], 0)

@@ -275,11 +275,15 @@ class Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, bias: jax.Array, token_ids: jax.Array, positions: jax.Array,
-               deterministic: bool, queries: Queries = Queries()) -> jax.Array:
-    layer = encoder_registry.get(self.config.encoder).layer
+               deterministic: bool, queries: Queries = Queries(),
+               padding: jax.Array | None = None) -> jax.Array:
+    """`padding` [rows, L] bool marks the padding tokens (used when the spec zeroes them)."""
+    spec = encoder_registry.get(self.config.encoder)
     for i in range(self.config.num_layers):
       last = i == self.config.num_layers - 1
-      out = layer(self.config, name=f"layer_{i}")(
+      if spec.zero_padding and padding is not None:
+        x = jnp.where(padding[..., None], 0.0, x)
+      out = spec.layer(self.config, name=f"layer_{i}")(
           x, bias, token_ids, positions, deterministic, queries if last else Queries())
       x = out if last else out.reshape(x.shape)
     return x
@@ -350,18 +354,20 @@ class S3RecModel(nn.Module):
     # The padding row is not trained (the references' padding_idx=0): attention never reads
     # a padding token, but a filter over the whole row does.
     items = jnp.where((ids == 0)[..., None], jax.lax.stop_gradient(items), items)
-    x = items + _lookup(self.position_embeddings, positions)
-    x = self.input_norm(x)
+    if encoder_registry.get(cfg.encoder).position_embeddings:
+      items = items + _lookup(self.position_embeddings, positions)
+    x = self.input_norm(items)
     (input_seed,) = dropout_seeds(self, 1, deterministic)
     x = feature_dropout(x, input_seed, cfg.hidden_dropout, token_ids)
     out = self.encoder(x, attention_bias(segment_ids, causal), token_ids, positions,
-                       deterministic, queries or Queries())
+                       deterministic, queries or Queries(), padding=segment_ids == 0)
     return out.reshape(batch, length, -1) if queries is None else out
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     """Touches every parameter (used by `init`); returns the bidirectional encoding."""
     out = self.encode(ids, causal=False)
     _ = self.attribute_embeddings.embedding
+    _ = self.position_embeddings.embedding   # kept in the tree by encoders that do not use it
     self.heads(out)
     return out
 

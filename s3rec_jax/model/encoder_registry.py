@@ -3,17 +3,19 @@
 An encoder is one file: a Flax layer with the call of `encoder.TransformerLayer`
 ((x, bias, token_ids, positions, deterministic, queries) -> the queried tokens' outputs), a
 settings record (core/settings.py) if it has settings, and a `register` call. The
-embeddings, the stack, the heads and every objective stay as they are.
+embeddings, the stack, the heads and every objective stay as they are; what an encoder
+needs of them otherwise (no position embeddings, padding zeroed before each layer, a
+regulariser of its own parameters) it declares in its spec.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 # Modules whose import registers the built-in encoders besides `sasrec` (encoder.py).
-BUILT_IN = ("s3rec_jax.model.bsarec",)
+BUILT_IN = ("s3rec_jax.model.bsarec", "s3rec_jax.model.tvrec")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,11 +27,20 @@ class EncoderSpec:
     position: it trains on prefixes (finetune.targets=last_of_prefixes) and needs one
     sequence per row, left-padded to max_seq_length (no packing), as its authors' code has.
   settings: the plug-in name of its settings record in config.settings (None: none).
+  position_embeddings: whether the input adds position embeddings to the items (a layer
+    that is itself position-aware, such as a time-variant filter, goes without).
+  zero_padding: the stack sets the padding positions of a row to 0 before every layer
+    (a filter would otherwise carry the padding embedding into the real positions).
+  penalty: (one layer's parameters, the bound settings record) -> a scalar regulariser;
+    the `encoder_penalty` objective adds its sum over the layers to the loss, weighted.
   """
   name: str
   layer: Any
   mixes_positions: bool = False
   settings: str | None = None
+  position_embeddings: bool = True
+  zero_padding: bool = False
+  penalty: Callable[[dict, Any], Any] | None = None
 
 
 REGISTRY: dict[str, EncoderSpec] = {}

@@ -5,7 +5,8 @@ One file per method family:
 - `s3rec`: AAP, MIP, MAP and SP (pre-training, `reference` and `infonce` forms);
 - `next_item`: fine-tuning's next-item loss (`bce`, `ce`, `sampled_softmax`);
 - `contrastive`: the in-batch InfoNCE shared by
-- `cl4srec` (augmented views) and `duorec` (dropout and same-target views).
+- `cl4srec` (augmented views) and `duorec` (dropout and same-target views);
+- `encoder_penalty`: the encoder's own regulariser (tvrec's basis orthogonality).
 
 A new method is one module like `cl4srec.py`: its view builders (registered
 in s3rec_jax.objectives.views), its loss registered here with the views it reads and the
@@ -38,4 +39,5 @@ from s3rec_jax.objectives import s3rec  # noqa: F401  pylint: disable=g-bad-impo
 from s3rec_jax.objectives import next_item  # noqa: F401
 from s3rec_jax.objectives import cl4srec  # noqa: F401
 from s3rec_jax.objectives import duorec  # noqa: F401
+from s3rec_jax.objectives import encoder_penalty  # noqa: F401
 from s3rec_jax.objectives import views  # noqa: F401  (view builders and their settings)

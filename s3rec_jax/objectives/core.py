@@ -50,6 +50,8 @@ class ObjectiveOptions:
   # "last_of_prefixes" (each sequence of the batch is a prefix; only its newest token has a
   # target).
   targets: str = "all_positions"
+  # The model's encoder (config.model.encoder), for objectives that read its parameters.
+  encoder: str = "sasrec"
   # Plug-in settings: ((plug-in name, its bound settings record), ...), from config.settings
   # (core.settings.bind_all; see `settings_tuple`).
   settings: tuple = ()

@@ -7,7 +7,8 @@ with target item y_t:
   negative n per position sampled by the input pipeline outside the user's
   sequence.
 - `ce`: softmax cross-entropy over the whole catalogue,
-  log sum_j exp(h_t . e_j) - h_t . e_y over the real items j = 1..num_items,
+  log sum_j exp(h_t . e_j) - h_t . e_y over the real items j = 1..num_items (and the
+  padding row j = 0 too with settings.next_item.padding_class, as BSARec's code has),
   computed in chunks of the catalogue (s3rec_jax.ops.catalogue_softmax), so memory
   does not grow with the catalogue. With model.compute_dtype=bfloat16 its
   scoring matmuls take bfloat16 operands (float32 accumulation and softmax).
@@ -45,6 +46,10 @@ class NextItemSettings:
   # tiles of logits never leave the registers; float32, CPU devices only; the same losses up
   # to float rounding).
   ce_method: str = settings.one_of("scan", ("scan", "fused_cpu"))
+  # ce: row 0 (padding) is one more class of the softmax, as the BSARec and TV-Rec code
+  # score it (CrossEntropyLoss over the whole embedding table): it is never a target, and
+  # its embedding, which the padding positions read, is trained through the output.
+  padding_class: bool = False
 
 
 def _register(form: str):
@@ -87,6 +92,12 @@ def next_item_ce(inputs: ObjectiveInputs) -> jax.Array:
       chunk_size=inputs.options.settings_of("next_item").chunk_size,
       axis_name=inputs.options.item_table_axis, matmul_dtype=inputs.options.compute_dtype,
       method=inputs.options.settings_of("next_item").ce_method)
+  if inputs.options.settings_of("next_item").padding_class:
+    # logsumexp over {0} and the items = lse + softplus(s_0 - lse), lse = ce + s_target.
+    safe = jnp.where(targets > 0, targets, 1)
+    lse = per_position + jnp.sum(out * inputs.item_rows(safe), -1)
+    per_position = per_position + jax.nn.softplus(
+        jnp.sum(out * inputs.item_rows(jnp.zeros_like(safe)), -1) - lse)
   return jnp.sum(per_position * is_target)
 
 

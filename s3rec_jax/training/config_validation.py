@@ -46,9 +46,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _positive_int(config, field)
   for field in ("pretrain.epochs", "finetune.epochs", "num_devices", "pretrain.mip_num_negatives",
                 "pretrain.micro_batches", "finetune.min_epochs", "pretrain.max_steps",
-                "finetune.max_steps", "finetune.log_every_steps", "eval.max_users"):
+                "finetune.max_steps", "finetune.log_every_steps", "eval.max_users",
+                "finetune.prefix_min_items"):
     if field in ("pretrain.max_steps", "finetune.max_steps", "finetune.log_every_steps",
-                 "eval.max_users") and (
+                 "eval.max_users", "finetune.prefix_min_items") and (
         field.split(".")[1] not in config[field.split(".")[0]]):
       continue   # a config saved before the field existed
     value = _get(config, field)
@@ -92,6 +93,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.model.encoder={encoder!r} mixes every position of a row, so "
                       "training all positions at once would show each one its answer: set "
                       "config.finetune.targets=last_of_prefixes")
+  for phase in ("pretrain", "finetune"):
+    if config[phase].objectives.get("encoder_penalty", 0.0) and spec.penalty is None:
+      raise ConfigError(f"config.{phase}.objectives.encoder_penalty: encoder {encoder!r} has "
+                        "no penalty (encoders with one: " + ", ".join(
+                            n for n in encoder_registry.names()
+                            if encoder_registry.get(n).penalty) + ")")
   # Every plug-in's settings, against the record it declares (names, types, ranges).
   objectives_lib.settings_tuple(config.settings.to_dict())
   # The method names and what they need of the model; whether they run here is checked

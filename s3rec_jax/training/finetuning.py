@@ -101,13 +101,14 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
     loaded = {"path": os.path.join(root, str(step)), "step": step}
     setup.log(f"fine-tuning: loaded embeddings and encoder from {root} step {step} (heads not carried)")
   else:
-    setup.log("fine-tuning: no pre-training checkpoint: random initialisation (plain SASRec)")
+    setup.log("fine-tuning: no pre-training checkpoint: random initialisation (the "
+              f"{config.model.get('encoder', 'sasrec')} encoder alone)")
   tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2, fc.weight_decay)
   state = train_steps.create_state(params, tx, mesh, mcfg.item_table_axis)
   if fc.get("targets", "all_positions") == "last_of_prefixes":
     batches = input_pipeline.PrefixBatches(ds, fc.batch_size, config.max_seq_length,
                                            setup.negative_high(config, ds), config.seed,
-                                           setup.shards(mesh))
+                                           setup.shards(mesh), fc.get("prefix_min_items", 0))
     setup.log(f"fine-tuning: every prefix is a sample ({batches.num_samples} a epoch, one "
               "per row, the loss at its newest position)")
   else:

@@ -106,7 +106,8 @@ def run_one(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with setup.open_metric_writer(workdir) as writer:
       pretrained = pretraining.pretrain(config, ds, workdir, mesh, writer)
   elif not config.finetune.init_checkpoint:
-    setup.log("pre-training: epochs = 0, so this run is plain SASRec")
+    setup.log("pre-training: epochs = 0, so this run fine-tunes the "
+              f"{config.model.get('encoder', 'sasrec')} encoder alone")
   with setup.open_metric_writer(workdir) as writer:
     outcome = finetuning.finetune_and_test(config, ds, workdir, mesh, init_checkpoint or pretrained, writer)
   payload = results_payload(config, outcome)

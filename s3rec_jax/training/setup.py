@@ -149,7 +149,8 @@ def objective_options(config: ml_collections.ConfigDict,
       mask_id=ds.mask_id, num_items=ds.max_item, temperature=pc.infonce_temperature,
       mip_num_negatives=pc.mip_num_negatives,
       settings=objectives_lib.settings_tuple(config.settings.to_dict()),
-      targets=config.finetune.get("targets", "all_positions"))
+      targets=config.finetune.get("targets", "all_positions"),
+      encoder=config.model.get("encoder", "sasrec"))
 
 
 def finetune_tables(objectives, ds: data_lib.Dataset, splits: dict) -> dict:

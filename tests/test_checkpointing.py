@@ -110,3 +110,17 @@ def test_full_restore_on_another_device_count(saved, devices):
     np.testing.assert_array_equal(np.asarray(got)[:size], np.asarray(want)[:size])
     assert not np.any(np.asarray(got)[size:])
   assert int(got_opt[0].count) == int(opt_state[0].count)
+
+
+def test_several_processes_synchronise_through_the_runtime_with_barriers_per_manager(tmp_path):
+  one = checkpointing.multiprocessing_options(str(tmp_path / "a"), 1)
+  assert one.active_processes is None and not one.barrier_sync_key_prefix
+  a = checkpointing.multiprocessing_options(str(tmp_path / "a"), 2)
+  again = checkpointing.multiprocessing_options(str(tmp_path / "a"), 2)
+  b = checkpointing.multiprocessing_options(str(tmp_path / "b"), 2)
+  # Named processes: orbax's barriers go through the distributed runtime, not device
+  # collectives (which a commit thread would run beside the training steps' own).
+  assert a.active_processes == {0, 1}
+  # One name per folder, the same in every process, different between a phase's managers.
+  assert a.barrier_sync_key_prefix == again.barrier_sync_key_prefix != b.barrier_sync_key_prefix
+  assert checkpointing.multiprocessing_options("gs://bucket/run/x", 4).active_processes == {0, 1, 2, 3}

@@ -9,6 +9,7 @@ half-written step behind. Paths are made absolute (orbax requires it).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -32,16 +33,37 @@ def _abs(path: str) -> str:
   return paths.absolute(path)
 
 
+def multiprocessing_options(directory: str, processes: int) -> ocp.options.MultiprocessingOptions:
+  """How a manager of `directory` synchronises `processes` processes.
+
+  orbax's default barrier is a collective over every device; an asynchronous save's commit
+  thread would run it while the training thread runs the steps' collectives, in an order
+  that differs between processes (a hang). Naming the processes makes orbax use the
+  distributed runtime's barrier, safe from any thread. Barrier names are per manager (the
+  same in every process): a phase saves through two managers, and one's main-thread barrier
+  must not meet the other's commit-thread barrier of the same name ("Barrier ... is
+  already ongoing", seen in the two-process run).
+  """
+  if processes == 1:
+    return ocp.options.MultiprocessingOptions()
+  return ocp.options.MultiprocessingOptions(
+      active_processes=set(range(processes)),
+      barrier_sync_key_prefix="ckpt" + hashlib.sha1(_abs(directory).encode()).hexdigest()[:12])
+
+
 def manager(directory: str, *, max_to_keep: int | None = None, read_only: bool = False,
             asynchronous: bool = False) -> ocp.CheckpointManager:
   """An orbax manager of `directory`. `asynchronous`: `save` returns once the arrays are
   copied to host memory and writes them in the background (training goes on meanwhile);
   the manager's restores, `wait` and `close` wait for it."""
-  # With several processes the saves stay synchronous: in the two-process test on CPU devices
-  # an asynchronous save's commit now and then never met the other process's (a hang).
+  multiprocessing = multiprocessing_options(directory, jax.process_count())
+  create = not read_only
+  if multiprocessing.active_processes is not None and create:
+    paths.makedirs(directory)   # orbax wants the folder made when the processes are named
+    create = False
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, read_only=read_only, create=not read_only,
-      enable_async_checkpointing=asynchronous and jax.process_count() == 1)
+      max_to_keep=max_to_keep, read_only=read_only, create=create,
+      enable_async_checkpointing=asynchronous, multiprocessing_options=multiprocessing)
   return ocp.CheckpointManager(_abs(directory), options=options, item_handlers={
       "params": ocp.StandardCheckpointHandler(),
       "opt_state": ocp.StandardCheckpointHandler(),

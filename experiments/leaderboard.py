@@ -77,6 +77,15 @@ def _cells(dataset: str) -> dict:
   if released:
     cells["S3-Rec released (ce)"] = {"pretrain.epochs": 0, "finetune.init_checkpoint": released,
                                      **_CE}
+    # Does S3-Rec pre-training help a filter encoder? The released weights carry what the
+    # two encoders share (embeddings, attention with its two heads, feed-forward blocks);
+    # the filter's own tensors start fresh.
+    from_released = {"finetune.init_checkpoint": released, "finetune.init_partial": True}
+    if "BSARec (ce)" in cells:
+      cells["S3-Rec released + BSARec (ce)"] = dict(cells["BSARec (ce)"], **from_released,
+                                                    **{"model.num_heads": 2})
+    if "TV-Rec (ce)" in cells:
+      cells["S3-Rec released + TV-Rec (ce)"] = dict(cells["TV-Rec (ce)"], **from_released)
   return {f"{dataset}: {name}": {"config": config, **overrides}
           for name, overrides in cells.items()}
 

@@ -49,14 +49,36 @@ def test_restored_encoder_equals_saved_and_heads_stay_behind(saved):
   path, pre_params, _ = saved
   repl = parallel.replicated(parallel.make_mesh())
   fresh = model.init_params(FINE, jax.random.key(1))
-  restored, root, step = checkpointing.restore_encoder(str(path), fresh, repl)
-  assert (root, step) == (str(path), 10)                     # a manager root: its latest step
+  restored, root, step, kept = checkpointing.restore_encoder(str(path), fresh, repl)
+  assert (root, step, kept) == (str(path), 10, [])                     # a manager root: its latest step
   assert "heads" not in restored
   for group in model.ENCODER_PARAM_GROUPS:
     jax.tree_util.tree_map(np.testing.assert_array_equal, restored[group], pre_params[group])
   # A step folder picks that step.
-  _, _, step = checkpointing.restore_encoder(str(path / "5"), fresh, repl)
+  _, _, step, _ = checkpointing.restore_encoder(str(path / "5"), fresh, repl)
   assert step == 5
+
+
+def test_a_partial_restore_carries_what_the_checkpoint_has(saved):
+  """A bsarec model from a sasrec checkpoint: attention, feed-forward and embeddings carried,
+  the filter branch fresh; without `partial` its absence is an error naming it."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from s3rec_jax.core import settings  # pylint: disable=g-import-not-at-top
+  path, pre_params, _ = saved
+  repl = parallel.replicated(parallel.make_mesh())
+  cfg = dataclasses.replace(FINE, encoder="bsarec", encoder_settings=settings.bind("bsarec", {}))
+  fresh = model.init_params(cfg, jax.random.key(1))
+  with pytest.raises(checkpointing.CheckpointError, match="filter_norm.*is missing.*init_partial=True"):
+    checkpointing.restore_encoder(str(path), fresh, repl)
+  restored, _, _, kept = checkpointing.restore_encoder(str(path), fresh, repl, partial=True)
+  layer = "encoder/layer_0/"
+  assert kept == [layer + "filter_norm/bias", layer + "filter_norm/scale", layer + "sqrt_beta"]
+  mine, theirs = restored["encoder"]["layer_0"], pre_params["encoder"]["layer_0"]
+  np.testing.assert_array_equal(mine["sqrt_beta"], fresh["encoder"]["layer_0"]["sqrt_beta"])
+  for name in ("attention", "attention_norm", "feed_forward", "feed_forward_norm"):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, mine[name], theirs[name])
+  np.testing.assert_array_equal(restored["item_embeddings"]["embedding"],
+                                pre_params["item_embeddings"]["embedding"])
 
 
 def test_missing_checkpoint_fails_loudly(tmp_path):

@@ -147,6 +147,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Pre-training checkpoint to start from: a checkpoint folder (latest step)
   # or one of its step folders. "" = this run's own pre-training, if any.
   c.finetune.init_checkpoint = ""
+  # Load the tensors init_checkpoint has and start the others fresh (another encoder's own,
+  # e.g. bsarec's filter branch over a sasrec checkpoint); False: a missing one is an error.
+  c.finetune.init_partial = False
 
   # Settings of plug-ins (objectives, view builders), by plug-in name. Each plug-in declares
   # its fields, their types, ranges and defaults in one record where it is defined (see

@@ -156,7 +156,8 @@ def _restore_targets(saved: Any, target: Any, where: str, sharding=None, *,
     own = sharding if sharding is not None else leaf.sharding
     if found is None:
       hint = (" (a run started with another model.item_table layout? resume it with that one)"
-              if optimiser else "")
+              if optimiser else " (a checkpoint of another encoder? config.finetune.init_partial"
+              "=True starts the tensors it lacks fresh)")
       raise CheckpointError(f"{where}: {what} {jax.tree_util.keystr(path)} is missing from the "
                             f"checkpoint{hint}")
     shape = tuple(leaf.shape)
@@ -198,21 +199,50 @@ def _refit(restored: Any, refit: list, where: str) -> Any:
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def restore_encoder(path: str, params: Any, sharding=None, *,
-                    item_size: int | None = None) -> tuple[Any, str, int]:
+def _present(tree: dict, names: set, prefix: str = "") -> tuple[dict, list[str]]:
+  """(the subtree of the nested dict `tree` whose leaves' names are in `names`, the names of
+  the others)."""
+  kept, missing = {}, []
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      sub, lost = _present(value, names, name + "/")
+      missing += lost
+      if sub:
+        kept[key] = sub
+    elif name in names:
+      kept[key] = value
+    else:
+      missing.append(name)
+  return kept, missing
+
+
+def _merged(base: dict, update: dict) -> dict:
+  return {k: (_merged(v, update[k]) if isinstance(v, dict) and k in update else update.get(k, v))
+          for k, v in base.items()}
+
+
+def restore_encoder(path: str, params: Any, sharding=None, *, item_size: int | None = None,
+                    partial: bool = False) -> tuple[Any, str, int, list[str]]:
   """Loads the embeddings and encoder of a pre-training checkpoint into `params`.
 
   The heads of the checkpoint are not carried. Leaves are placed with
   `sharding` (None: each with its own). With `item_size`, an item table saved
-  with other padding rows is refitted. Returns (params, root, step).
+  with other padding rows is refitted. With `partial`, the tensors the checkpoint lacks
+  (another encoder's own, say bsarec's filter branch over a sasrec checkpoint) keep their
+  values in `params`; without it they are an error. Returns (params, root, step, the names
+  of the tensors kept from `params`).
   """
   root, step = resolve(path)
   mngr = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
                                item_handlers={"params": ocp.PyTreeCheckpointHandler()})
   where = f"checkpoint {root}/{step}"
+  kept = []
   try:
     saved_meta = mngr.item_metadata(step)["params"]
     target = model_lib.encoder_params(params)
+    if partial:
+      target, kept = _present(target, set(_saved_shapes(saved_meta)))
     abstract, refit = _restore_targets(saved_meta, target, where, sharding, item_size=item_size)
     restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.PyTreeRestore(
         item=abstract,
@@ -221,9 +251,7 @@ def restore_encoder(path: str, params: Any, sharding=None, *,
         partial_restore=True)))["params"]
   finally:
     mngr.close()
-  merged = dict(params)
-  merged.update(_refit(restored, refit, where))
-  return merged, root, step
+  return _merged(params, _refit(restored, refit, where)), root, step, kept
 
 
 def restore_full(mngr: ocp.CheckpointManager, step: int, params: Any, opt_state: Any,

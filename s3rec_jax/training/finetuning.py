@@ -96,10 +96,13 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
       mcfg.item_table_axis)
   loaded = None
   if init_checkpoint:
-    params, root, step = checkpointing.restore_encoder(init_checkpoint, params,
-                                                       item_size=ds.item_size)
+    params, root, step, fresh = checkpointing.restore_encoder(
+        init_checkpoint, params, item_size=ds.item_size, partial=fc.get("init_partial", False))
     loaded = {"path": os.path.join(root, str(step)), "step": step}
     setup.log(f"fine-tuning: loaded embeddings and encoder from {root} step {step} (heads not carried)")
+    if fresh:
+      setup.log(f"fine-tuning: {len(fresh)} tensor(s) the checkpoint lacks start fresh: "
+                + ", ".join(fresh))
   else:
     setup.log("fine-tuning: no pre-training checkpoint: random initialisation (the "
               f"{config.model.get('encoder', 'sasrec')} encoder alone)")

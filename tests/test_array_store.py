@@ -86,3 +86,16 @@ def test_lock_lets_one_holder_in_at_a_time(tmp_path):
     t.join()
   assert order[0][0] == order[1][0] and order[2][0] == order[3][0]
   assert os.listdir(tmp_path) == []   # no lock file left behind
+
+
+def test_a_lock_is_granted_again_inside_its_own_hold(tmp_path):
+  # A load writes its stores under its own lock on the same folder: no wait on itself.
+  with array_store.lock(tmp_path / "a"):
+    with array_store.lock(tmp_path / "b"):
+      pass
+    with array_store.lock(tmp_path / "a"):
+      pass
+  other = threading.Thread(target=lambda: array_store.lock(tmp_path / "a").__enter__())
+  other.start()
+  other.join(timeout=10)
+  assert not other.is_alive()   # released: another thread gets it

@@ -605,11 +605,13 @@ def test_prefix_ranges_find_every_prefix_from_its_index(tmp_path):
   assert prefixes.mean_length() == pytest.approx(np.mean([e - s for s, e in expected]))
 
 
-def test_processes_loading_at_once_draw_the_negatives_once(tmp_path):
+def test_processes_loading_at_once_parse_and_draw_the_negatives_once(tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   directory = _write(tmp_path / "d", seqs=SEQS_WIDE)
   code = ("import sys; from s3rec_jax.data import dataset as d; "
+          "read = d.read_sequences; "
+          "d.read_sequences = lambda *a: (print('parsed', flush=True), read(*a))[1]; "
           "ds = d.load_dataset(sys.argv[1], 'T', num_negatives=3, cache=True); "
           "print('sum', int(ds.sample_negatives.sum()))")
   procs = [subprocess.Popen([sys.executable, "-c", code, str(directory)], text=True,
@@ -619,3 +621,5 @@ def test_processes_loading_at_once_draw_the_negatives_once(tmp_path):
   generated = sum(out.count("generated 3 sampled negatives") for out, _ in outputs)
   assert generated == 1, [out for out, _ in outputs]
   assert len({out.splitlines()[-1] for out, _ in outputs}) == 1   # the same negatives
+  # One process parsed the text files; the others mapped its arrays.
+  assert sum(out.count("parsed") for out, _ in outputs) == 1, [out for out, _ in outputs]

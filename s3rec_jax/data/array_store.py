@@ -21,6 +21,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import threading
 from typing import Iterator, Mapping, Union
 
 import numpy as np
@@ -138,15 +139,34 @@ def open_arrays(directory: PathLike) -> tuple[dict[str, np.ndarray], dict]:
   return arrays, meta
 
 
+# Folders this thread holds locked, with how many holds each: a lock taken again inside
+# its own hold (a load that writes a store under the load's lock) is granted at once, where
+# a second flock of the folder would wait on the first forever. Other threads still wait.
+_HELD = threading.local()
+
+
 @contextlib.contextmanager
 def lock(directory: PathLike) -> Iterator[None]:
   """Holds an exclusive lock on the folder that holds `directory` (the processes of one host
-  wait their turn; no lock file is left behind)."""
+  wait their turn; no lock file is left behind). Reentrant within a thread."""
   parent = pathlib.Path(directory).parent
   parent.mkdir(parents=True, exist_ok=True)
+  key = os.path.realpath(parent)
+  held = _HELD.__dict__.setdefault("folders", {})
+  if held.get(key):
+    held[key] += 1
+    try:
+      yield
+    finally:
+      held[key] -= 1
+    return
   fd = os.open(parent, os.O_RDONLY)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX)
-    yield
+    held[key] = 1
+    try:
+      yield
+    finally:
+      del held[key]
   finally:
     os.close(fd)   # releases the lock

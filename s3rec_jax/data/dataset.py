@@ -689,7 +689,26 @@ def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None =
   The sample file is read from data_dir, else from sample_dir; if neither has
   it, it is generated with `sample_seed` and written to data_dir when that is
   writable, else to sample_dir, else kept in memory only.
+
+  The processes of a host take turns (a lock on the first writable folder): the first to
+  come parses and writes (or draws the negatives), the others then map its files.
   """
+  places = [pathlib.Path(data_dir)] + ([pathlib.Path(sample_dir)] if sample_dir is not None
+                                       else [])
+  writable = [place for place in places if _is_writable_dir(place)]
+  held = (array_store.lock(writable[0] / f"{name}{STORE_SUFFIX}")
+          if writable and (cache or need_samples) else contextlib.nullcontext())
+  with held:
+    return _load_dataset(data_dir, name, sample_dir=sample_dir, num_negatives=num_negatives,
+                         sample_seed=sample_seed, need_samples=need_samples, log=log,
+                         require_dense_ids=require_dense_ids, cache=cache)
+
+
+def _load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None,
+                  num_negatives: int, sample_seed: int, need_samples: bool,
+                  log: Callable[[str], object], require_dense_ids: bool,
+                  cache: bool) -> Dataset:
+  """`load_dataset` under its lock."""
   data_dir = pathlib.Path(data_dir)
   places = [data_dir] + ([pathlib.Path(sample_dir)] if sample_dir is not None else [])
   sequence_path = data_dir / f"{name}.txt"
@@ -717,35 +736,31 @@ def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None =
   negatives = None
   if need_samples:
     sample_name = f"{name}_sample.txt"
-    writable = [place for place in places if _is_writable_dir(place)]
-    # The processes of a host take turns: the first draws and writes the negatives, the
-    # others find its file and read it.
-    with (array_store.lock(writable[0] / sample_name) if writable
-          else contextlib.nullcontext()):
-      found = next((d / sample_name for d in places if (d / sample_name).exists()), None)
-      if found is not None:
-        def convert_samples():
-          negatives = read_sample_negatives(found, user_ids, num_negatives, max_item=max_item)
-          return {"negatives": negatives}, {}
-        # Keyed on the sequence file too: the rows follow its users.
-        negatives = _cached(f"{name}_sample{STORE_SUFFIX}", places if cache else [],
-                            [found, sequence_path], convert_samples, pending,
-                            extra_key={"num_negatives": num_negatives, "max_item": max_item}
-                            )[0]["negatives"]
-      else:
-        try:
-          negatives = generate_sample_negatives((offsets, items), num_negatives,
-                                                np.random.default_rng(sample_seed))
-        except DataError as e:
-          raise DataError(f"{sequence_path}: {e} (no {sample_name} was found, so "
-                          f"negatives are drawn from this file)") from None
-        where = _write_generated(sample_name, data_dir, sample_dir, user_ids, negatives)
-        log(f"generated {num_negatives} sampled negatives per user for {name} with seed "
-            f"{sample_seed}; " + (f"written to {where}" if where else "kept in memory only "
-                                  f"({data_dir} is read-only and no sample_dir was given)"))
+    # Under load_dataset's lock: the first process draws and writes the negatives.
+    found = next((d / sample_name for d in places if (d / sample_name).exists()), None)
+    if found is not None:
+      def convert_samples():
+        negatives = read_sample_negatives(found, user_ids, num_negatives, max_item=max_item)
+        return {"negatives": negatives}, {}
+      # Keyed on the sequence file too: the rows follow its users.
+      negatives = _cached(f"{name}_sample{STORE_SUFFIX}", places if cache else [],
+                          [found, sequence_path], convert_samples, pending,
+                          extra_key={"num_negatives": num_negatives, "max_item": max_item}
+                          )[0]["negatives"]
+    else:
+      try:
+        negatives = generate_sample_negatives((offsets, items), num_negatives,
+                                              np.random.default_rng(sample_seed))
+      except DataError as e:
+        raise DataError(f"{sequence_path}: {e} (no {sample_name} was found, so "
+                        f"negatives are drawn from this file)") from None
+      where = _write_generated(sample_name, data_dir, sample_dir, user_ids, negatives)
+      log(f"generated {num_negatives} sampled negatives per user for {name} with seed "
+          f"{sample_seed}; " + (f"written to {where}" if where else "kept in memory only "
+                                f"({data_dir} is read-only and no sample_dir was given)"))
   written = [write(log) for write in pending]
   if written and all(written):   # map what was just written: the parsed copies go
-    return load_dataset(data_dir, name, sample_dir=sample_dir, num_negatives=num_negatives,
+    return _load_dataset(data_dir, name, sample_dir=sample_dir, num_negatives=num_negatives,
                         sample_seed=sample_seed, need_samples=need_samples, log=log,
                         require_dense_ids=require_dense_ids, cache=cache)
   return Dataset(name=name, user_ids=user_ids, offsets=offsets, items=items, max_item=max_item,

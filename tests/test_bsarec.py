@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from scipy.special import erf
+
+import numpy_layers
 
 from s3rec_jax import objectives
 from s3rec_jax.configs import default
@@ -22,20 +23,10 @@ from s3rec_jax.training import config_validation
 H, HEADS, L = 8, 2, 6
 
 
-def _layer_norm(p, x):
-  mean = x.mean(-1, keepdims=True)
-  var = ((x - mean) ** 2).mean(-1, keepdims=True)
-  return (x - mean) / np.sqrt(var + 1e-12) * p["scale"] + p["bias"]
-
-
-def _dense(p, x):
-  return x @ p["kernel"] + p["bias"]
-
-
 def _numpy_layer(p, x, bias, alpha, c):
   """One BSARec layer in float64 numpy, written from the paper's code (torch.fft, ortho)."""
   a = p["attention"]
-  q, k, v = (_dense(a[n], x) for n in ("query", "key", "value"))
+  q, k, v = (numpy_layers.dense(a[n], x) for n in ("query", "key", "value"))
   d = H // HEADS
   contexts = []
   for h in range(HEADS):
@@ -44,16 +35,13 @@ def _numpy_layer(p, x, bias, alpha, c):
     probs = np.exp(scores - scores.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     contexts.append(probs @ v[..., part])
-  attention = _layer_norm(p["attention_norm"], x + _dense(a["output"], np.concatenate(contexts, -1)))
+  attention = numpy_layers.layer_norm(p["attention_norm"], x + numpy_layers.dense(a["output"], np.concatenate(contexts, -1)))
   spectrum = np.fft.rfft(x, axis=1, norm="ortho")
   spectrum[:, c // 2 + 1:, :] = 0
   low = np.fft.irfft(spectrum, n=x.shape[1], axis=1, norm="ortho")
-  filtered = _layer_norm(p["filter_norm"], x + low + p["sqrt_beta"] ** 2 * (x - low))
+  filtered = numpy_layers.layer_norm(p["filter_norm"], x + low + p["sqrt_beta"] ** 2 * (x - low))
   y = alpha * filtered + (1 - alpha) * attention
-  f = p["feed_forward"]
-  hidden = _dense(f["dense_1"], y)
-  hidden = 0.5 * hidden * (1 + erf(hidden / math.sqrt(2)))
-  return _layer_norm(p["feed_forward_norm"], y + _dense(f["dense_2"], hidden))
+  return numpy_layers.feed_forward_block(p, y)
 
 
 @pytest.mark.parametrize("alpha, c", [(0.7, 5), (0.9, 3), (0.0, 1), (1.0, 11)])

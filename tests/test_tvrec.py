@@ -1,13 +1,12 @@
 """The tvrec encoder against numpy (the authors' graph-Fourier route), its penalty, the
 padding class of `ce`, TV-Rec's prefixes and the encoder_penalty objective over devices."""
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.special import erf
+
+import numpy_layers
 
 from s3rec_jax import objectives
 from s3rec_jax.configs import default
@@ -21,16 +20,6 @@ from s3rec_jax.training import config_validation
 from s3rec_jax.training import steps as train_steps
 
 H, L = 8, 6
-
-
-def _layer_norm(p, x):
-  mean = x.mean(-1, keepdims=True)
-  var = ((x - mean) ** 2).mean(-1, keepdims=True)
-  return (x - mean) / np.sqrt(var + 1e-12) * p["scale"] + p["bias"]
-
-
-def _dense(p, x):
-  return x @ p["kernel"] + p["bias"]
 
 
 def _numpy_filter(coefficients, basis, x, order):
@@ -51,11 +40,9 @@ def _numpy_filter(coefficients, basis, x, order):
 
 
 def _numpy_layer(p, x, order):
-  y = _layer_norm(p["filter_norm"], x + _numpy_filter(p["coefficients"], p["basis"], x, order))
-  f = p["feed_forward"]
-  hidden = _dense(f["dense_1"], y)
-  hidden = 0.5 * hidden * (1 + erf(hidden / math.sqrt(2)))
-  return _layer_norm(p["feed_forward_norm"], y + _dense(f["dense_2"], hidden))
+  y = numpy_layers.layer_norm(p["filter_norm"],
+                              x + _numpy_filter(p["coefficients"], p["basis"], x, order))
+  return numpy_layers.feed_forward_block(p, y)
 
 
 def _cfg(basis_size, order, **kw):

@@ -13,7 +13,10 @@ The released-checkpoint cells need the reference's checkpoints converted first, 
       --dataset LastFM
 
 Cells are named "DATASET: method"; each names its dataset's config, so the runner's choice
-on validation is made per dataset. `finetune.epochs` is 300 for the ce cells, as in
+on validation is made per dataset. Per dataset: SASRec and S3-Rec (pre-trained here, and from
+the released weights where they exist) with `ce`; BSARec and TV-Rec with their authors'
+settings; and the released S3-Rec weights carried into BSARec and TV-Rec
+(`finetune.init_partial`: the tensors the encoders share load, the filters start fresh). `finetune.epochs` is 300 for the ce cells, as in
 experiments/beauty_full_ranking.py (with the reference's 200 the released checkpoint's
 ce run was still improving); early stopping (patience 10 on validation NDCG@20) ends most
 runs far sooner.

@@ -75,6 +75,10 @@ def main(argv=None) -> int:
   except (OSError, ValueError, SyntaxError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyError as e:   # a log.jsonl record without the field
+    print(f"error: {os.path.join(args.run, 'log.jsonl')}: a finetune record has no {e}; "
+          "expected this project's log", file=sys.stderr)
+    return 2
   (their_loss, their_valid, their_test), (our_loss, our_valid, our_test) = theirs, ours
   if not their_loss or not our_loss:
     print("error: no epochs found in " + (args.authors if not their_loss else args.run),

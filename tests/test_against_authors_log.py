@@ -43,3 +43,14 @@ def test_a_log_without_epochs_is_one_line(tmp_path, capsys):
   assert against_authors_log.main(["--authors", str(tmp_path / "a.log"),
                                    "--run", str(tmp_path / "run")]) == 2
   assert "no epochs found in" in capsys.readouterr().err
+
+
+def test_a_run_log_without_losses_names_the_file(tmp_path, capsys):
+  (tmp_path / "a.log").write_text(AUTHORS)
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "log.jsonl").write_text(
+      json.dumps({"phase": "finetune", "epoch": 1, "valid": {"NDCG@20": 0.1}}) + "\n")
+  assert against_authors_log.main(["--authors", str(tmp_path / "a.log"),
+                                   "--run", str(tmp_path / "run")]) == 2
+  err = capsys.readouterr().err
+  assert "log.jsonl: a finetune record has no 'loss'" in err and "Traceback" not in err

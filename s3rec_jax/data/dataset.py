@@ -693,9 +693,7 @@ def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None =
   The processes of a host take turns (a lock on the first writable folder): the first to
   come parses and writes (or draws the negatives), the others then map its files.
   """
-  places = [pathlib.Path(data_dir)] + ([pathlib.Path(sample_dir)] if sample_dir is not None
-                                       else [])
-  writable = [place for place in places if _is_writable_dir(place)]
+  writable = [place for place in _places(data_dir, sample_dir) if _is_writable_dir(place)]
   held = (array_store.lock(writable[0] / f"{name}{STORE_SUFFIX}")
           if writable and (cache or need_samples) else contextlib.nullcontext())
   with held:
@@ -704,13 +702,18 @@ def load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None =
                          require_dense_ids=require_dense_ids, cache=cache)
 
 
+def _places(data_dir: PathLike, sample_dir: PathLike | None) -> list[pathlib.Path]:
+  """Where a dataset's files are looked for (and its stores kept): data_dir, then sample_dir."""
+  return [pathlib.Path(data_dir)] + ([pathlib.Path(sample_dir)] if sample_dir is not None else [])
+
+
 def _load_dataset(data_dir: PathLike, name: str, *, sample_dir: PathLike | None,
                   num_negatives: int, sample_seed: int, need_samples: bool,
                   log: Callable[[str], object], require_dense_ids: bool,
                   cache: bool) -> Dataset:
   """`load_dataset` under its lock."""
   data_dir = pathlib.Path(data_dir)
-  places = [data_dir] + ([pathlib.Path(sample_dir)] if sample_dir is not None else [])
+  places = _places(data_dir, sample_dir)
   sequence_path = data_dir / f"{name}.txt"
   attribute_path = data_dir / f"{name}_item2attributes.json"
 

@@ -71,6 +71,7 @@ from s3rec_jax.core import errors
 from s3rec_jax.core import files
 from s3rec_jax.data.dataset import MIN_SEQUENCE_LENGTH, DataError
 from s3rec_jax.data.sources import Interactions, ItemAttributes, codes_by_first_appearance
+from s3rec_jax.data.sources import index_dtype
 
 PROG = "s3rec-prepare"
 IDS_FORMAT = "s3rec-jax ids v1"
@@ -234,7 +235,7 @@ def _filter(interactions: Interactions,
                       f"(it removed all {n}); expected some rows to pass it")
   # Stable sorts: by time, then by user, so ties keep source order. Row numbers as int32
   # where they fit: a third less memory at this, the peak of a large table's preparation.
-  index = np.int32 if n < np.iinfo(np.int32).max else np.int64
+  index = index_dtype(n)
   order = (np.arange(n, dtype=index) if interactions.times is None
            else np.argsort(interactions.times, kind="stable").astype(index))
   order = order[np.argsort(interactions.users[order], kind="stable")]
@@ -347,7 +348,7 @@ def build(interactions: Interactions, attributes: ItemAttributes | None = None, 
   offsets = np.append(starts, users.shape[0]).astype(np.int64)
   del users
   # Item codes in order of first appearance in the output; a count per code, no sort of rows.
-  index = np.int32 if items.shape[0] < np.iinfo(np.int32).max else np.int64
+  index = index_dtype(items.shape[0])
   first = np.full(interactions.item_names.shape[0], items.shape[0], index)
   np.minimum.at(first, items, np.arange(items.shape[0], dtype=index))
   seen = np.flatnonzero(first < items.shape[0])

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 
@@ -199,27 +200,17 @@ def _refit(restored: Any, refit: list, where: str) -> Any:
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def _present(tree: dict, names: set, prefix: str = "") -> tuple[dict, list[str]]:
+def _present(tree: dict, names: set) -> tuple[dict, list[str]]:
   """(the subtree of the nested dict `tree` whose leaves' names are in `names`, the names of
   the others)."""
-  kept, missing = {}, []
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      sub, lost = _present(value, names, name + "/")
-      missing += lost
-      if sub:
-        kept[key] = sub
-    elif name in names:
-      kept[key] = value
-    else:
-      missing.append(name)
-  return kept, missing
+  flat = traverse_util.flatten_dict(tree, sep="/")
+  return (traverse_util.unflatten_dict({k: v for k, v in flat.items() if k in names}, sep="/"),
+          [k for k in flat if k not in names])
 
 
 def _merged(base: dict, update: dict) -> dict:
-  return {k: (_merged(v, update[k]) if isinstance(v, dict) and k in update else update.get(k, v))
-          for k, v in base.items()}
+  return traverse_util.unflatten_dict({**traverse_util.flatten_dict(base),
+                                       **traverse_util.flatten_dict(update)})
 
 
 def restore_encoder(path: str, params: Any, sharding=None, *, item_size: int | None = None,

@@ -14,19 +14,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from s3rec_jax.core import settings as settings_lib
 from s3rec_jax.model import encoder_registry
 from s3rec_jax.objectives.core import ObjectiveInputs
+from s3rec_jax.objectives.core import ObjectiveOptions
 from s3rec_jax.objectives.core import register
 from s3rec_jax.objectives.core import sequence_weights
 
 
-def penalty(params, encoder: str, settings) -> jax.Array:
-  """The encoder's penalty summed over its layers (0.0 for an encoder without one)."""
-  spec = encoder_registry.get(encoder)
+def penalty(params, options: ObjectiveOptions) -> jax.Array:
+  """options.encoder's penalty summed over its layers (0.0 for an encoder without one)."""
+  spec = encoder_registry.get(options.encoder)
   if spec.penalty is None:
     return jnp.float32(0.0)
-  bound = settings_lib.find(settings, spec.settings) if spec.settings else None
+  bound = options.settings_of(spec.settings) if spec.settings else None
   layers = params["encoder"]
   return sum(spec.penalty(layers[name], bound) for name in sorted(layers))
 
@@ -34,4 +34,4 @@ def penalty(params, encoder: str, settings) -> jax.Array:
 @register("encoder_penalty", "sum", phases=("pretrain", "finetune"), mean_over="sequences")
 def encoder_penalty(inputs: ObjectiveInputs) -> jax.Array:
   count = jnp.sum(sequence_weights(inputs.batch).astype(jnp.float32))
-  return penalty(inputs.params, inputs.options.encoder, inputs.options.settings) * count
+  return penalty(inputs.params, inputs.options) * count

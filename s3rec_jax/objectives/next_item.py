@@ -94,10 +94,9 @@ def next_item_ce(inputs: ObjectiveInputs) -> jax.Array:
       method=inputs.options.settings_of("next_item").ce_method)
   if inputs.options.settings_of("next_item").padding_class:
     # logsumexp over {0} and the items = lse + softplus(s_0 - lse), lse = ce + s_target.
-    safe = jnp.where(targets > 0, targets, 1)
-    lse = per_position + jnp.sum(out * inputs.item_rows(safe), -1)
-    per_position = per_position + jax.nn.softplus(
-        jnp.sum(out * inputs.item_rows(jnp.zeros_like(safe)), -1) - lse)
+    lse = per_position + jnp.sum(out * inputs.item_rows(jnp.where(targets > 0, targets, 1)), -1)
+    padding_row = inputs.shared_item_rows(jnp.zeros((1,), jnp.int32))[0]
+    per_position = per_position + jax.nn.softplus(out @ padding_row - lse)
   return jnp.sum(per_position * is_target)
 
 

@@ -98,6 +98,12 @@ class Coder:
     return out
 
 
+def index_dtype(count: int):
+  """int32 for codes or row numbers below `count` where they fit (half the memory of int64
+  on a large table), else int64."""
+  return np.int32 if count < np.iinfo(np.int32).max else np.int64
+
+
 def object_array(strings: Iterable[str]) -> np.ndarray:
   """A 1-D object array of str (np.array would make a fixed-width str array)."""
   strings = list(strings)

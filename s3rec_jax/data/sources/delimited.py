@@ -30,7 +30,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from s3rec_jax.data.dataset import DataError
-from s3rec_jax.data.sources import Interactions, ItemAttributes, object_array
+from s3rec_jax.data.sources import Interactions, ItemAttributes, index_dtype, object_array
 
 try:  # pyarrow is only needed for these sources; the Amazon reader does without.
   import pyarrow as pa
@@ -384,8 +384,7 @@ class IdCoder:
     # setdefault's second argument is read before a new id is added: the next code.
     known = np.fromiter([code(name, len(codes)) for name in names], np.int64,
                         count=names.shape[0])
-    if len(codes) <= np.iinfo(np.int32).max:
-      known = known.astype(np.int32)  # half the memory until the blocks are joined
+    known = known.astype(index_dtype(len(codes)), copy=False)  # until the blocks are joined
     return [known[chunk.indices.to_numpy(zero_copy_only=False)] for chunk in encoded.chunks]
 
   def names(self) -> np.ndarray:
@@ -497,14 +496,9 @@ def read_interactions(blocks: Iterable[Table], *, user: str, item: str, time: st
   items += item_coder.flush()
   _release_memory()
   user_names, item_names = user_coder.names(), item_coder.names()
-  return Interactions(users=_join(users, _code_dtype(user_names)), user_names=user_names,
-                      items=_join(items, _code_dtype(item_names)), item_names=item_names,
+  return Interactions(users=_join(users, index_dtype(user_names.shape[0])), user_names=user_names,
+                      items=_join(items, index_dtype(item_names.shape[0])), item_names=item_names,
                       times=_join_times(time_parts) if time is not None else None, source=source)
-
-
-def _code_dtype(names: np.ndarray):
-  """int32 codes (half the memory of a large table's two code columns) where they fit."""
-  return np.int32 if names.shape[0] < np.iinfo(np.int32).max else np.int64
 
 
 def read_items(blocks: Iterable[Table], *, key: str, fields: Mapping[str, tuple[str, str | None]],

@@ -370,3 +370,48 @@ def test_pretrained_by_must_name_a_cell_that_pre_trains(tmp_path):
     with pytest.raises(experiment.SpecError, match="expected another cell of the spec that "
                                                    "pre-trains itself"):
       experiment.load_spec(_spec(tmp_path, body))
+
+
+def test_another_experiments_ledger_counts_for_cells_that_ran_the_same_thing(tmp_path):
+  # The other experiment named its cells differently; one record matches S3-Rec's config,
+  # overrides and seed, one differs in an override, one matches but was only transcribed.
+  other = tmp_path / "ledgers" / "other.jsonl"
+  other.parent.mkdir()
+  same = {"config": "configs/synthetic.py", "overrides": {"finetune.epochs": "3"}}
+  other.write_text("".join(json.dumps(r) + "\n" for r in [
+      dict(same, cell="Theirs", seed=1, test={"HR@10": 0.8, "MRR": 0.4},
+           valid={"HR@10": 0.1, "MRR": 0.05}),
+      dict(same, cell="Theirs, longer", seed=2, test={"HR@10": 0.9, "MRR": 0.45},
+           overrides={"finetune.epochs": "4"}),
+      dict(same, cell="SASRec old", seed=1, test={"HR@10": 0.2, "MRR": 0.1},
+           overrides={"finetune.epochs": "3", "pretrain.epochs": "0", "finetune.min_epochs": "2"},
+           transcribed_from="an old table")]))
+  # A path in the spec is relative to the checkout holding experiments/, as a config's is.
+  (tmp_path / "experiments").mkdir()
+  spec = experiment.load_spec(_spec(tmp_path / "experiments", SPEC.replace(
+      '"published"', '"ledgers": ["ledgers/other.jsonl"], "published"')))
+  assert spec.ledgers == (str(other),)
+  fake, ledger, root = FakeTrain(), str(tmp_path / "own.jsonl"), str(tmp_path / "a")
+  assert [(c, s) for c, s, _ in experiment.plan(spec, root, ledger=ledger)[0]] == [
+      ("S3-Rec", 2), ("SASRec, min 2", 2)]
+  collected = experiment.run(spec, root, ledger=ledger, runner=fake, log=lambda _: None)
+  assert len(fake.calls) == 2
+  assert collected["S3-Rec"]["seeds"][1] == {"HR@10": 0.8, "MRR": 0.4}
+  assert collected["S3-Rec"]["reused"] == {1: "other.jsonl: Theirs"}
+  assert collected["SASRec, min 2"]["transcribed"] == {1: "an old table"}
+  # The own ledger gains only the runs made here; the other is read, never written.
+  assert [(r["cell"], r["seed"]) for r in map(json.loads, open(ledger))] == [
+      ("S3-Rec", 2), ("SASRec, min 2", 2)]
+  assert len(other.read_text().splitlines()) == 3
+  table = open(os.path.join(root, "results.md")).read()
+  assert "| S3-Rec | 2/2+ |" in table
+  assert ("the same config, overrides and seed: S3-Rec, seed 1: other.jsonl: Theirs; "
+          "SASRec, min 2, seed 1: other.jsonl: SASRec old." in table)
+  # Re-measuring transcribed records runs SASRec's seed 1, not S3-Rec's reused one.
+  experiment.run(spec, root, ledger=ledger, runner=fake, log=lambda _: None,
+                 remeasure_transcribed=True)
+  assert [c[c.index("--config.seed=1")] for c in fake.calls[2:]] == ["--config.seed=1"]
+  assert any("--config.pretrain.epochs=0" in c for c in fake.calls[2:])
+  with pytest.raises(experiment.SpecError, match="ledger 'nowhere.jsonl' named in 'ledgers'"):
+    experiment.load_spec(_spec(tmp_path, SPEC.replace(
+        '"published"', '"ledgers": ["nowhere.jsonl"], "published"')))

@@ -12,7 +12,8 @@ A spec is a Python file with `get_spec()` returning a dict:
    "metrics": ["HR@20", "NDCG@20"],         # the table's columns (optional: all test metrics)
    "select_on": "NDCG@20",                  # validation metric that picks the best cell
                                             # (optional: the last of "metrics")
-   "published": {"S3-Rec": {"HR@20": 0.0994}}}   # figures to print beside (optional)
+   "published": {"S3-Rec": {"HR@20": 0.0994}},   # figures to print beside (optional)
+   "ledgers": ["experiments/ledgers/x.jsonl"]}   # other experiments' ledgers (optional)
 
 A cell may also name its own "config" (a grid over datasets; the choice on validation is then
 made per config) and "pretrained_by": another cell that pre-trains, whose checkpoints of the
@@ -43,6 +44,11 @@ hold records transcribed from an earlier table ("transcribed_from"; marked * in
 the table): they have test figures but no validation ones, so the choice on
 validation cannot weigh their cell. `--remeasure_transcribed` runs those
 (cell, seed)s anew; the run's own record is then preferred to the transcribed one.
+
+The spec's "ledgers" are other experiments' ledgers, read only: a run recorded there with a
+cell's config, overrides and seed (under whatever cell name) counts as that cell's, marked
+in the table, and is not made again. A run is known by what it ran, so two experiments never
+compute the same thing twice.
 """
 
 from __future__ import annotations
@@ -89,6 +95,8 @@ class Spec:
   select_on: str | None = None
   # IMPLEMENTATION_FIELDS set for every run (from --implementation), outside the cells.
   implementation: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  # Other experiments' ledgers whose matching runs count for this spec's cells (read only).
+  ledgers: tuple[str, ...] = ()
 
   def config_of(self, cell: str) -> str:
     """The cell's config, as the spec names it: its own "config" entry, else the spec's."""
@@ -133,10 +141,10 @@ def load_spec(path: str) -> Spec:
   if not isinstance(raw, Mapping):
     raise SpecError(f"{path}: get_spec() returned {type(raw).__name__}; expected a dict")
   unknown = set(raw) - {"config", "overrides", "cells", "seeds", "metrics", "published",
-                        "select_on"}
+                        "select_on", "ledgers"}
   if unknown:
     raise SpecError(f"{path}: unknown spec field(s) {', '.join(sorted(unknown))}; expected "
-                    "config, overrides, cells, seeds, metrics, published, select_on")
+                    "config, overrides, cells, seeds, metrics, published, select_on, ledgers")
   for field in ("config", "cells"):
     if field not in raw:
       raise SpecError(f"{path}: the spec needs a {field!r} field")
@@ -159,6 +167,18 @@ def load_spec(path: str) -> Spec:
     raise SpecError(f"{path}: 'select_on' is {raw['select_on']!r}; expected a metric name "
                     "such as 'NDCG@20'")
   seeds = tuple(int(s) for s in raw.get("seeds", DEFAULT_SEEDS))
+  ledgers = raw.get("ledgers", ())
+  if isinstance(ledgers, str) or not all(isinstance(p, str) for p in ledgers):
+    raise SpecError(f"{path}: 'ledgers' is {ledgers!r}; expected a list of ledger file paths")
+  checkout = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  shared = []
+  for ledger in ledgers:
+    # As a config: relative to the current folder or to the checkout that holds the spec.
+    found = next((c for c in (ledger, os.path.join(checkout, ledger)) if os.path.isfile(c)),
+                 None)
+    if found is None:
+      raise SpecError(f"{path}: ledger {ledger!r} named in 'ledgers': no such file")
+    shared.append(found)
 
   # A cell may name its own config (a grid over datasets); the spec's is the default.
   return Spec(path=path, config=raw["config"], overrides=dict(raw.get("overrides", {})),
@@ -166,7 +186,8 @@ def load_spec(path: str) -> Spec:
               metrics=tuple(raw["metrics"]) if raw.get("metrics") else None,
               published=dict(raw.get("published", {})),
               select_on=raw.get("select_on") or (raw["metrics"][-1] if raw.get("metrics")
-                                                 else None))
+                                                 else None),
+              ledgers=tuple(shared))
 
 
 def slug(name: str) -> str:
@@ -278,19 +299,34 @@ def read_ledger(path: str | None) -> list[dict]:
 def ledger_record(spec: Spec, cell: str, seed: int, records: Sequence[dict], *,
                   measured_only: bool = False) -> dict | None:
   """The ledger's run of (cell, seed), if one was made with the cell's current overrides
-  and config (a record of an edited cell is stale and ignored).
+  and config (a record of an edited cell is stale and ignored). A record read from one of the
+  spec's other ledgers ("reused_from") matches under any cell name.
 
   A record written by a run is preferred to one transcribed from an earlier table (which
-  lacks validation figures); measured_only ignores transcribed records altogether.
+  lacks validation figures), and the experiment's own record to another's; measured_only
+  ignores transcribed records altogether.
   """
   overrides, config = _cell_overrides(spec, cell), _config_name(spec, cell)
   matches = [r for r in records
-             if (r["cell"] == cell and int(r["seed"]) == seed
+             if ((r["cell"] == cell or r.get("reused_from")) and int(r["seed"]) == seed
                  and r["config"] == config and r["overrides"] == overrides)]
+  matches.sort(key=lambda r: bool(r.get("reused_from")))
   measured = [r for r in matches if not r.get("transcribed_from")]
   if measured:
     return measured[0]
   return None if measured_only or not matches else matches[0]
+
+
+def read_records(spec: Spec, ledger: str | None) -> list[dict]:
+  """The experiment's own ledger records, then those of the spec's other ledgers, each of
+  those marked with where it came from ("reused_from": "FILE: CELL")."""
+  records = read_ledger(ledger)
+  own = os.path.abspath(ledger) if ledger else None
+  for path in spec.ledgers:
+    if os.path.abspath(path) != own:
+      records += [dict(r, reused_from=f"{os.path.basename(path)}: {r['cell']}")
+                  for r in read_ledger(path)]
+  return records
 
 
 def _wall_seconds(workdir: str) -> float | None:
@@ -346,10 +382,10 @@ def collect(spec: Spec, root: str, ledger: str | None = None) -> dict:
   """{cell: {"seeds": {seed: test metrics}, "valid": {seed: validation metrics at the best
   epoch}, "overrides", "best_epochs", "wall_seconds"}} of the finished runs (under root, else
   in the ledger)."""
-  records = read_ledger(ledger)
+  records = read_records(spec, ledger)
   out = {}
   for cell in spec.cells:
-    seeds, valid, epochs, walls, transcribed = {}, {}, {}, {}, {}
+    seeds, valid, epochs, walls, transcribed, reused = {}, {}, {}, {}, {}, {}
     for seed in spec.seeds:
       workdir = os.path.join(root, slug(cell), f"seed_{seed}")
       results, wall = read_results(workdir), _wall_seconds(workdir)
@@ -358,6 +394,8 @@ def collect(spec: Spec, root: str, ledger: str | None = None) -> dict:
         wall = results and results.get("wall_seconds")
         if results and results.get("transcribed_from"):
           transcribed[seed] = results["transcribed_from"]
+        if results and results.get("reused_from"):
+          reused[seed] = results["reused_from"]
       if results is not None:
         seeds[seed] = results["test"]
         if results.get("valid"):
@@ -366,7 +404,8 @@ def collect(spec: Spec, root: str, ledger: str | None = None) -> dict:
         if wall is not None:
           walls[seed] = wall
     out[cell] = {"seeds": seeds, "valid": valid, "best_epochs": epochs, "wall_seconds": walls,
-                 "transcribed": transcribed, "overrides": spec.overrides_of(cell),
+                 "transcribed": transcribed, "reused": reused,
+                 "overrides": spec.overrides_of(cell),
                  "config": _config_name(spec, cell)}
   return out
 
@@ -381,7 +420,8 @@ def markdown_table(spec: Spec, collected: dict) -> str:
   lines.append("| " + " | ".join(header) + " |")
   lines.append("|" + " --- |" * len(header))
   for cell, c in collected.items():
-    row = [cell, f"{len(c['seeds'])}/{len(spec.seeds)}" + ("*" if c.get("transcribed") else "")]
+    row = [cell, f"{len(c['seeds'])}/{len(spec.seeds)}" + ("*" if c.get("transcribed") else "")
+           + ("+" if c.get("reused") else "")]
     for metric in metrics:
       values = [c["seeds"][s][metric] for s in spec.seeds if s in c["seeds"]]
       if not values:
@@ -398,6 +438,11 @@ def markdown_table(spec: Spec, collected: dict) -> str:
   if sources:
     lines += ["", "\\* some runs of the cell are ledger records transcribed from an earlier "
               "record, not written by a run: " + "; ".join(sources) + "."]
+  reused = sorted({f"{cell}, seed {seed}: {source}" for cell, c in collected.items()
+                   for seed, source in c.get("reused", {}).items()})
+  if reused:
+    lines += ["", "\\+ some runs of the cell are another experiment's ledger records, made "
+              "with the same config, overrides and seed: " + "; ".join(reused) + "."]
   lines += ["", chosen_on_validation(spec, collected, metrics)]
   if spec.published:
     lines += ["", "Published figures, for comparison (not measured here):", ""]
@@ -554,7 +599,7 @@ def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
   if ledger:
     record_finished(spec, root, ledger)
   # Runs made from here on are found by their results.json first.
-  records = read_ledger(ledger)
+  records = read_records(spec, ledger)
   def run_one(cell: str, seed: int) -> None:
     workdir = os.path.join(root, slug(cell), f"seed_{seed}")
     os.makedirs(workdir, exist_ok=True)
@@ -572,9 +617,9 @@ def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
       if read_results(workdir) is not None:
         log(f"{cell}, seed {seed}: done before, skipped")
         continue
-      if ledger_record(spec, cell, seed, records,
-                       measured_only=remeasure_transcribed) is not None:
-        log(f"{cell}, seed {seed}: in the ledger {ledger}, skipped")
+      found = ledger_record(spec, cell, seed, records, measured_only=remeasure_transcribed)
+      if found is not None:
+        log(f"{cell}, seed {seed}: in the ledger {found.get('reused_from') or ledger}, skipped")
         continue
       source = spec.pretrained_by(cell)
       if source is not None and not os.path.isdir(pretrain_dir(root, source, seed)):

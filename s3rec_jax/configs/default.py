@@ -138,6 +138,11 @@ def get_config() -> ml_collections.ConfigDict:
   # the fewest items a sample's input holds. 0: BSARec's code (the window's first target is
   # predicted from no items); 1: TV-Rec's (one item more of context, no empty input).
   c.finetune.prefix_min_items = 0
+  # last_of_prefixes: run each prefix row on its last 8, 16, 32, ... columns where that holds
+  # it, for an encoder whose newest position reads no padding (tvrec, sasrec): the same
+  # losses up to float rounding, for a fraction of the tokens (data/prefix_widths.py).
+  # Ignored, with a line in the log, where the encoder reads the padding (bsarec).
+  c.finetune.trim_padding = False
   # Objective name -> weight of fine-tuning's loss: next_item, plus any
   # self-supervised objective as an auxiliary term (CL4SRec, DuoRec). Each is
   # a mean (over target positions or sequences) before weighting. encoder_penalty: the

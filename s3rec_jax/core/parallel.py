@@ -78,7 +78,9 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
   if jax.process_count() == 1:
     # The same placement; one call for the whole batch costs the host less.
     return jax.device_put(batch, sharding)
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+  # A batch may be a tuple of groups (finetune.trim_padding): every leaf alike.
+  return jax.tree_util.tree_map(
+      lambda v: jax.make_array_from_process_local_data(sharding, v), batch)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -22,6 +22,7 @@ import numpy as np
 
 from s3rec_jax.data import dataset as data_lib
 from s3rec_jax.data import keyed_random
+from s3rec_jax.data import prefix_widths
 from s3rec_jax.data import workers as workers_lib
 
 # Distinct stream ids keep the draws of different consumers independent.
@@ -599,13 +600,19 @@ class PrefixBatches:
   Samples are numbered user by user and located from the offsets; a batch lays each out on
   its own row, left-padded to max_len (filter encoders see the whole row), and only this
   process's pieces are built. Negatives (for bce) are keyed by (seed, epoch, sample).
+
+  With `trim_padding` a batch is a tuple of groups of rows of a few widths, narrowest first
+  (data/prefix_widths.py): each row keeps only its last `width` columns, with their
+  positions, token ids and draws, so an encoder that does not read the padding computes what
+  it would on the whole row.
   """
 
   # Worker processes that build the batches ahead (0: this process; see data/workers.py).
   workers = 0
 
   def __init__(self, dataset: data_lib.Dataset, batch_size: int, max_len: int,
-               negative_high: int, seed: int, shards: Shards = Shards(), min_items: int = 0):
+               negative_high: int, seed: int, shards: Shards = Shards(), min_items: int = 0,
+               trim_padding: bool = False):
     self.dataset, self.batch_size, self.max_len = dataset, batch_size, max_len
     self.negative_high, self.seed, self.shards = negative_high, seed, shards
     ends = dataset.offsets[1:] - 2
@@ -614,6 +621,15 @@ class PrefixBatches:
     per_user = np.maximum(ends - self.starts - min_items, 0)
     self.first = np.cumsum(per_user) - per_user                      # each user's first sample
     self.num_samples = int(per_user.sum())
+    self.groups = None
+    if trim_padding:
+      # Sample j of a user holds min(min_items + j, max_len) items: the share longer than w
+      # counts, per user, the samples from j = w + 1 - min_items on.
+      total = max(self.num_samples, 1)
+      longer = {w: float(np.maximum(per_user - max(w + 1 - min_items, 0), 0).sum()) / total
+                for w in prefix_widths.widths(max_len)[:-1]}
+      pieces = shards.count * shards.micro_batches
+      self.groups = prefix_widths.plan(longer, self.num_rows * pieces, max_len, pieces)
 
   @property
   def steps_per_epoch(self) -> int:
@@ -636,32 +652,57 @@ class PrefixBatches:
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     return workers_lib.epoch_batches(self, epoch, start_step, self.workers)
 
-  def batch(self, samples: np.ndarray, epoch: int) -> Batch:
-    """These samples' rows, this process's pieces only (one sample per row)."""
+  def batch(self, samples: np.ndarray, epoch: int) -> Batch | tuple[Batch, ...]:
+    """These samples' rows, this process's pieces only (one sample per row); with
+    trim_padding, a tuple of groups (a batch that does not fit them: one group, untrimmed)."""
     pieces = self.shards.count * self.shards.micro_batches
     rows, weights = _pad_rows(samples, self.num_rows * pieces)
-    first = self.shards.first_local * self.shards.micro_batches
-    local = slice(first * self.num_rows,
-                  (first + self.shards.num_local * self.shards.micro_batches) * self.num_rows)
-    return self.rows(rows[local], weights[local], epoch, np.arange(len(rows))[local])
+    slots = np.arange(len(rows))
+    if self.groups is not None:
+      members = prefix_widths.assign(self.sample_lengths(rows), self.groups)
+      if members is not None:
+        return tuple(self._local(rows[m], weights[m], epoch, slots[m], g.capacity // pieces,
+                                 g.width)
+                     for g, m in zip(self.groups, members))
+    return self._local(rows, weights, epoch, slots, self.num_rows, self.max_len)
 
-  def rows(self, samples: np.ndarray, weights: np.ndarray, epoch: int,
-           slots: np.ndarray) -> Batch:
-    """Rows of these samples (-1: padding), at these places of the global batch (dropout
-    keys on the place: token id = slot * max_len + column)."""
-    L = self.max_len
+  def _local(self, rows, weights, epoch, slots, piece_rows: int, width: int) -> Batch:
+    """This process's pieces of a group of `piece_rows` rows a piece."""
+    first = self.shards.first_local * self.shards.micro_batches
+    local = slice(first * piece_rows,
+                  (first + self.shards.num_local * self.shards.micro_batches) * piece_rows)
+    return self.rows(rows[local], weights[local], epoch, slots[local], piece_rows, width)
+
+  def _ranges(self, samples: np.ndarray):
+    """(user, start, end) of samples' inputs [start, end) in the item array (-1: empty)."""
     real = samples >= 0
     safe = np.maximum(samples, 0)
     user = np.searchsorted(self.first, safe, side="right") - 1
     window = self.starts[user]
     end = window + self.min_items + (safe - self.first[user])        # t[:i] is [window, end)
-    start = np.maximum(window, end - L)                              # the newest L items
-    end = np.where(real, end, start)
-    inputs = data_lib.left_pad(self.dataset.offsets, self.dataset.items, start, end, L)
+    start = np.maximum(window, end - self.max_len)                   # the newest L items
+    return user, start, np.where(real, end, start)
+
+  def sample_lengths(self, samples: np.ndarray) -> np.ndarray:
+    """The items of each sample's input (0 for -1, an empty padding row)."""
+    _, start, end = self._ranges(samples)
+    return end - start
+
+  def rows(self, samples: np.ndarray, weights: np.ndarray, epoch: int, slots: np.ndarray,
+           piece_rows: int | None = None, width: int | None = None) -> Batch:
+    """Rows of these samples (-1: padding), at these places of the global batch (dropout
+    keys on the place: token id = slot * max_len + column), cut to their last `width`
+    columns; the rows from the first on make pieces of `piece_rows` rows."""
+    L = self.max_len
+    piece_rows = piece_rows or self.num_rows
+    width = width or L
+    real = samples >= 0
+    user, start, end = self._ranges(samples)
+    inputs = data_lib.left_pad(self.dataset.offsets, self.dataset.items, start, end, width)
     answers = np.where(real, self.dataset.items[np.minimum(end, len(self.dataset.items) - 1)], 0)
     targets = np.zeros_like(inputs)
     targets[:, -1] = answers
-    col = np.arange(L)[None, :]
+    col = np.arange(L - width, L)[None, :]
     base = keyed_random.key(self.seed, STREAM_FINETUNE_BATCH, epoch)
     negatives = keyed_excluding(
         base, 1, self.negative_high, samples[:, None], col, targets > 0,
@@ -673,11 +714,11 @@ class PrefixBatches:
         "negatives": negatives.astype(np.int32),
         "segment_ids": (inputs > 0).astype(np.int32),
         # Every column keeps its position, padding included: a filter sees the whole row.
-        "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (n, L)).copy(),
+        "positions": np.broadcast_to(col.astype(np.int32), (n, width)).copy(),
         "token_ids": (slots[:, None] * L + col).astype(np.int32),
         # The newest position reads the prediction, even for the sample with no items; a
         # piece's tokens are numbered from its own first row (a device sees its piece only).
-        "last_index": ((slots % self.num_rows) * L + L - 1).astype(np.int32),
+        "last_index": ((np.arange(n) % piece_rows) * width + width - 1).astype(np.int32),
         "lengths": lengths, "weights": weights.astype(np.float32),
     }
 

@@ -289,7 +289,9 @@ class Encoder(nn.Module):
     return x
 
 
-encoder_registry.register(encoder_registry.EncoderSpec("sasrec", TransformerLayer))
+# Causal attention never reads the padding of a left-padded row (its keys are masked).
+encoder_registry.register(encoder_registry.EncoderSpec("sasrec", TransformerLayer,
+                                                       trims_padding=True))
 
 
 class Heads(nn.Module):

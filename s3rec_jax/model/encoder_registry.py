@@ -33,6 +33,9 @@ class EncoderSpec:
     (a filter would otherwise carry the padding embedding into the real positions).
   penalty: (one layer's parameters, the bound settings record) -> a scalar regulariser;
     the `encoder_penalty` objective adds its sum over the layers to the loss, weighted.
+  trims_padding: a left-padded row's newest position does not depend on the leading
+    padding, so a prefix row may run on its last columns alone (finetune.trim_padding):
+    the same outputs for a fraction of the tokens.
   """
   name: str
   layer: Any
@@ -41,6 +44,7 @@ class EncoderSpec:
   position_embeddings: bool = True
   zero_padding: bool = False
   penalty: Callable[[dict, Any], Any] | None = None
+  trims_padding: bool = False
 
 
 REGISTRY: dict[str, EncoderSpec] = {}

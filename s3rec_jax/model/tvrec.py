@@ -15,7 +15,9 @@ as one [L, L] matrix per layer. Position t sees items t, t - 1, ..., and through
 of the cycle position 0 also sees position L - 1 (tap K): the newest position never sees
 past itself. c and B start from N(0, 1e-3) as torch.randn * 1e-3; the rest as SASRec's
 layer. No position embeddings (the filters are time-variant), padding zeroed before every
-layer, one sequence per row left-padded to max_seq_length, trained on prefixes.
+layer, one sequence per row left-padded to max_seq_length, trained on prefixes. The newest
+position reads no padding, so a short prefix may run on its row's last columns alone
+(trims_padding; finetune.trim_padding).
 
 The regulariser (the `encoder_penalty` objective, weighted by its objective weight): for
 the real and the imaginary part of B, rows scaled to unit length, sum((B B^T - I)^2).
@@ -90,17 +92,20 @@ class TVRecLayer(nn.Module):
     cfg = self.config
     chosen = cfg.encoder_settings or TVRecSettings()
     length = x.shape[1]
-    if length != cfg.max_len:
-      raise ValueError(f"tvrec filters rows of max_seq_length={cfg.max_len} positions; got "
-                       f"{length} (its rows are never trimmed or packed)")
+    if length > cfg.max_len:
+      raise ValueError(f"tvrec filters rows of at most max_seq_length={cfg.max_len} "
+                       f"positions; got {length}")
     filtered_seed, transformed_seed = encoder.dropout_seeds(self, 2, deterministic)
-    period = length + chosen.order - 1
+    period = cfg.max_len + chosen.order - 1
     coefficients = self.param("coefficients", nn.initializers.normal(INIT_STD),
                               (period, chosen.basis_size))
     basis = self.param("basis", nn.initializers.normal(INIT_STD),
                        (chosen.basis_size, chosen.order + 1, 2))
-    y = jnp.einsum("ts,bsh->bth", filter_matrix(coefficients, basis, length), x,
-                   precision=jax.lax.Precision.HIGHEST)
+    # A row narrower than max_len is a left-padded row's last `length` columns
+    # (finetune.trim_padding): the columns cut were zero, so its block of the matrix is exact.
+    matrix = filter_matrix(coefficients, basis, cfg.max_len)[cfg.max_len - length:,
+                                                             cfg.max_len - length:]
+    y = jnp.einsum("ts,bsh->bth", matrix, x, precision=jax.lax.Precision.HIGHEST)
     out_ids = encoder.gather_tokens(token_ids, queries)
     filtered = encoder.feature_dropout(encoder.gather_tokens(y, queries), filtered_seed,
                                        cfg.hidden_dropout, out_ids)
@@ -113,4 +118,4 @@ class TVRecLayer(nn.Module):
 
 encoder_registry.register(encoder_registry.EncoderSpec(
     "tvrec", TVRecLayer, mixes_positions=True, settings="tvrec", position_embeddings=False,
-    zero_padding=True, penalty=basis_orthogonality))
+    zero_padding=True, penalty=basis_orthogonality, trims_padding=True))

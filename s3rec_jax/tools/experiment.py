@@ -199,12 +199,13 @@ def _value(v) -> str:
   return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-# Config fields that choose how a run computes, not what: the same losses and
-# metrics up to float rounding (tests/test_kernels.py). `--implementation`
-# sets them for every run of a grid without making its cells new ones: runs
-# made either way match the same ledger records, and each record says how it
-# was made.
-IMPLEMENTATION_FIELDS = ("settings.next_item.ce_method", "eval.ranking")
+# Config fields that choose how a run computes, not what: the same losses and metrics up
+# to float rounding (tests/test_kernels.py, tests/test_prefix_widths.py). `--implementation`
+# sets them for every run of a grid without making its cells new ones: runs made either way
+# match the same ledger records, and each record says how it was made. Each field maps to
+# the value a run made before the field existed had.
+IMPLEMENTATION_FIELDS = {"settings.next_item.ce_method": "scan", "eval.ranking": "scan",
+                         "finetune.trim_padding": "false"}
 
 
 def parse_implementation(pairs: Sequence[str]) -> dict[str, str]:
@@ -228,7 +229,7 @@ def _implementation_of(results: dict) -> dict[str, str]:
     node = results.get("config") or {}
     for part in field.split("."):
       node = node.get(part) if isinstance(node, dict) else None
-    made[field] = "scan" if node is None else _value(node)
+    made[field] = IMPLEMENTATION_FIELDS[field] if node is None else _value(node)
   return made
 
 

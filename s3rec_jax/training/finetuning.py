@@ -12,6 +12,7 @@ from s3rec_jax.core import paths
 from s3rec_jax.core import workdir_files
 from s3rec_jax.data import dataset as data_lib
 from s3rec_jax.data import input_pipeline
+from s3rec_jax.data import prefix_widths
 from s3rec_jax.evaluation import evaluator
 from s3rec_jax.model import checkpointing
 from s3rec_jax.model import encoder as model_lib
@@ -109,11 +110,20 @@ def finetune_and_test(config: ml_collections.ConfigDict, ds: data_lib.Dataset, w
   tx = train_steps.make_optimizer(fc.learning_rate, fc.adam_b1, fc.adam_b2, fc.weight_decay)
   state = train_steps.create_state(params, tx, mesh, mcfg.item_table_axis)
   if fc.get("targets", "all_positions") == "last_of_prefixes":
+    encoder_name = config.model.get("encoder", "sasrec")
+    trim = fc.get("trim_padding", False) and encoder_registry.get(encoder_name).trims_padding
     batches = input_pipeline.PrefixBatches(ds, fc.batch_size, config.max_seq_length,
                                            setup.negative_high(config, ds), config.seed,
-                                           setup.shards(mesh), fc.get("prefix_min_items", 0))
+                                           setup.shards(mesh), fc.get("prefix_min_items", 0),
+                                           trim_padding=trim)
     setup.log(f"fine-tuning: every prefix is a sample ({batches.num_samples} a epoch, one "
               "per row, the loss at its newest position)")
+    if trim:
+      setup.log("fine-tuning: prefix rows trimmed of their leading padding, a batch in groups "
+                + prefix_widths.describe(batches.groups, config.max_seq_length))
+    elif fc.get("trim_padding", False):
+      setup.log(f"fine-tuning: trim_padding ignored: the {encoder_name} encoder reads the "
+                "padding, so its rows keep every column")
   else:
     batches = input_pipeline.FinetuneBatches(
         ds, splits, fc.batch_size, setup.negative_high(config, ds), config.seed,

@@ -289,18 +289,23 @@ def pretrain_loss(params: Any, batch: dict, tables: dict, key: jax.Array, *,
   return objectives_lib.weighted_total(objectives, losses), losses
 
 
-def mean_divisors(batch: dict, axis_name: str | None = AXIS) -> dict[str, jax.Array]:
+def mean_divisors(batch: dict | tuple, axis_name: str | None = AXIS) -> dict[str, jax.Array]:
   """Fine-tuning's divisors: the GLOBAL numbers of target positions and of sequences
-  (devices hold different numbers of each)."""
-  counts = {"targets": jnp.sum((batch["targets"] > 0).astype(jnp.float32)),
-            "sequences": jnp.sum(objectives_lib.sequence_weights(batch).astype(jnp.float32))}
+  (devices hold different numbers of each), over every group of a batch of groups."""
+  groups = batch if isinstance(batch, tuple) else (batch,)
+  counts = {"targets": sum(jnp.sum((g["targets"] > 0).astype(jnp.float32)) for g in groups),
+            "sequences": sum(jnp.sum(objectives_lib.sequence_weights(g).astype(jnp.float32))
+                             for g in groups)}
   if axis_name is not None:
     counts = jax.lax.psum(counts, axis_name)
   return {k: jnp.maximum(jax.lax.stop_gradient(v), 1.0) for k, v in counts.items()}
 
 
-def micro_batch_sum(fn: Callable, batch: dict, micro_batches: int) -> Any:
+def micro_batch_sum(fn: Callable, batch: dict | tuple, micro_batches: int) -> Any:
   """The sum over a device's micro-batches of fn(micro_batch) (any pytree of arrays).
+
+  A tuple is a batch of groups of rows of different widths (finetune.trim_padding): each
+  group is split into micro-batches alike, and the groups' sums are added.
 
   A device's batch holds `micro_batches` equal micro-batches one after
   another, along every array's leading axis (see input_pipeline.Shards).
@@ -310,6 +315,9 @@ def micro_batch_sum(fn: Callable, batch: dict, micro_batches: int) -> Any:
   Losses and gradients are sums over sequences, so the result is the
   whole batch's up to float summation order.
   """
+  if isinstance(batch, tuple):
+    sums = [micro_batch_sum(fn, group, micro_batches) for group in batch]
+    return jax.tree_util.tree_map(lambda *parts: sum(parts), *sums)
   if micro_batches == 1:
     return fn(batch)
   micro = jax.tree_util.tree_map(lambda x: x.reshape((micro_batches, -1) + x.shape[1:]), batch)

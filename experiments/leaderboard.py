@@ -17,7 +17,8 @@ on validation is made per dataset. Per dataset: SASRec and S3-Rec (pre-trained h
 the released weights where they exist) with `ce`; BSARec and TV-Rec with their authors'
 settings; and S3-Rec's weights (released, and pre-trained here) carried into BSARec and TV-Rec
 (`finetune.init_partial`: the tensors the encoders share load, the filters start fresh; a
-"pre-trained here +" cell fine-tunes from the "S3-Rec pre-trained here (ce)" run of its seed). `finetune.epochs` is 300 for the ce cells, as in
+"pre-trained here (seed 42) +" cell fine-tunes every seed from the seed-42 run of "S3-Rec
+pre-trained here (ce)"). `finetune.epochs` is 300 for the ce cells, as in
 experiments/beauty_full_ranking.py (with the reference's 200 the released checkpoint's
 ce run was still improving); early stopping (patience 10 on validation NDCG@20) ends most
 runs far sooner.
@@ -83,15 +84,17 @@ def _cells(dataset: str) -> dict:
                                                **{"settings.next_item.padding_class": True})
   if dataset in _TVREC_SETTINGS:
     cells["TV-Rec (ce)"] = dict(_TVREC, **_TVREC_SETTINGS[dataset])
-  # This project's S3-Rec pre-training (the cell above, same seed) carried into the filter
-  # encoders as the released weights are below: the only way to ask on Sports and Yelp.
-  from_here = {"pretrained_by": f"{dataset}: S3-Rec pre-trained here (ce)",
+  # This project's S3-Rec pre-training (the cell above, its seed-42 run) carried into the
+  # filter encoders as the released weights are below, one pre-training for the three
+  # fine-tuning seeds as the released weights are: the only way to ask on Sports and Yelp.
+  from_here = {"pretrained_by": f"{dataset}: S3-Rec pre-trained here (ce)", "pretrain_seed": 42,
                "finetune.init_partial": True}
   if "BSARec (ce)" in cells:
-    cells["S3-Rec pre-trained here + BSARec (ce)"] = dict(cells["BSARec (ce)"], **from_here,
-                                                          **{"model.num_heads": 2})
+    cells["S3-Rec pre-trained here (seed 42) + BSARec (ce)"] = dict(
+        cells["BSARec (ce)"], **from_here, **{"model.num_heads": 2})
   if "TV-Rec (ce)" in cells:
-    cells["S3-Rec pre-trained here + TV-Rec (ce)"] = dict(cells["TV-Rec (ce)"], **from_here)
+    cells["S3-Rec pre-trained here (seed 42) + TV-Rec (ce)"] = dict(cells["TV-Rec (ce)"],
+                                                                   **from_here)
   if released:
     cells["S3-Rec released (ce)"] = {"pretrain.epochs": 0, "finetune.init_checkpoint": released,
                                      **_CE}

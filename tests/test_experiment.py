@@ -415,3 +415,28 @@ def test_another_experiments_ledger_counts_for_cells_that_ran_the_same_thing(tmp
   with pytest.raises(experiment.SpecError, match="ledger 'nowhere.jsonl' named in 'ledgers'"):
     experiment.load_spec(_spec(tmp_path, SPEC.replace(
         '"published"', '"ledgers": ["nowhere.jsonl"], "published"')))
+
+
+def test_a_pretrain_seed_makes_one_pre_training_serve_every_seed(tmp_path):
+  body = SHARED_SPEC.replace('"pretrained_by": "S3-Rec",', '"pretrained_by": "S3-Rec", '
+                             '"pretrain_seed": 2,')
+  spec = experiment.load_spec(_spec(tmp_path, body))
+  fake, root = FakePretrainingTrain(), str(tmp_path / "exp")
+  ledger = str(tmp_path / "ledger.jsonl")
+  experiment.run(spec, root, cells=["S3-Rec + contrastive"], runner=fake, ledger=ledger,
+                 log=lambda _: None)
+  runs = [(os.path.basename(os.path.dirname(w)), os.path.basename(w)) for w in (
+      next(a.split("=", 1)[1] for a in c if a.startswith("--workdir=")) for c in fake.calls)]
+  assert runs == [("S3-Rec", "seed_2"), ("S3-Rec_contrastive", "seed_1"),
+                  ("S3-Rec_contrastive", "seed_2")]
+  for call in fake.calls[1:]:
+    assert f"--config.finetune.init_checkpoint={root}/S3-Rec/seed_2/pretrain" in call
+  assert {r["overrides"].get("pretrain_seed") for r in experiment.read_ledger(ledger)
+          if r["cell"] == "S3-Rec + contrastive"} == {"2"}
+  for bad in ('"pretrain_seed": "2",', '"pretrain_seed": True,'):
+    with pytest.raises(experiment.SpecError, match="expected an integer seed"):
+      experiment.load_spec(_spec(tmp_path, SHARED_SPEC.replace(
+          '"pretrained_by": "S3-Rec",', '"pretrained_by": "S3-Rec", ' + bad)))
+  with pytest.raises(experiment.SpecError, match="with pretrained_by naming"):
+    experiment.load_spec(_spec(tmp_path, SHARED_SPEC.replace(
+        '"pretrain.epochs": 0}', '"pretrain.epochs": 0, "pretrain_seed": 1}')))

@@ -18,7 +18,9 @@ A spec is a Python file with `get_spec()` returning a dict:
 A cell may also name its own "config" (a grid over datasets; the choice on validation is then
 made per config) and "pretrained_by": another cell that pre-trains, whose checkpoints of the
 same seed it fine-tunes from (pretrain.epochs=0, finetune.init_checkpoint set) instead of
-pre-training again; the source cell's run is made first where it is missing.
+pre-training again; the source cell's run is made first where it is missing. With
+"pretrain_seed": S as well, every seed fine-tunes from the source's pre-training of seed S
+(one pre-training for all, as released weights are).
 
 Each (cell, seed) is one `s3rec-train` run in its own process, in
 DIR/<cell>/seed_<seed>; a run whose results.json exists is skipped, and one
@@ -75,7 +77,7 @@ from s3rec_jax.core import provenance
 PROG = "s3rec-experiment"
 # Cell entries that are not config overrides: the cell's own config file, and the cell whose
 # pre-training checkpoints (of the same seed) it fine-tunes from instead of pre-training.
-CELL_KEYS = ("config", "pretrained_by")
+CELL_KEYS = ("config", "pretrained_by", "pretrain_seed")
 DEFAULT_SEEDS = (42, 1, 2)
 
 
@@ -127,6 +129,10 @@ class Spec:
     """The cell whose pre-training this cell fine-tunes from (seed by seed), if any."""
     return self.cells[cell].get("pretrained_by")
 
+  def pretrain_seed(self, cell: str, seed: int) -> int:
+    """The seed of the source cell's pre-training that the cell's run of `seed` starts from."""
+    return int(self.cells[cell].get("pretrain_seed", seed))
+
 
 def load_spec(path: str) -> Spec:
   if not os.path.isfile(path):
@@ -163,6 +169,11 @@ def load_spec(path: str) -> Spec:
                                or str(cells[source].get("pretrain.epochs", "")) == "0"):
       raise SpecError(f"{path}: cell {name!r} is pretrained_by {source!r}; expected another "
                       "cell of the spec that pre-trains itself")
+    if "pretrain_seed" in overrides and (source is None or isinstance(
+        overrides["pretrain_seed"], bool) or not isinstance(overrides["pretrain_seed"], int)):
+      raise SpecError(f"{path}: cell {name!r} has pretrain_seed "
+                      f"{overrides['pretrain_seed']!r}; expected an integer seed, with "
+                      "pretrained_by naming the cell that pre-trains")
   if "select_on" in raw and not isinstance(raw["select_on"], str):
     raise SpecError(f"{path}: 'select_on' is {raw['select_on']!r}; expected a metric name "
                     "such as 'NDCG@20'")
@@ -236,9 +247,9 @@ def _implementation_of(results: dict) -> dict[str, str]:
 def run_command(spec: Spec, cell: str, seed: int, workdir: str) -> list[str]:
   overrides = {**spec.overrides_of(cell), **spec.implementation, "seed": seed}
   source = spec.pretrained_by(cell)
-  if source is not None:   # fine-tune from the source cell's pre-training of this seed
+  if source is not None:   # fine-tune from the source cell's pre-training (of this seed)
     overrides.update({"pretrain.epochs": 0, "finetune.init_checkpoint": pretrain_dir(
-        os.path.dirname(os.path.dirname(workdir)), source, seed)})
+        os.path.dirname(os.path.dirname(workdir)), source, spec.pretrain_seed(cell, seed))})
   return ([sys.executable, "-m", "s3rec_jax.tools.train", f"--config={spec.config_file(cell)}",
            f"--workdir={workdir}"] + [f"--config.{k}={_value(v)}" for k, v in overrides.items()])
 
@@ -262,6 +273,8 @@ def _cell_overrides(spec: Spec, cell: str) -> dict[str, str]:
   identity = {k: _value(v) for k, v in spec.overrides_of(cell).items()}
   if spec.pretrained_by(cell) is not None:
     identity["pretrained_by"] = spec.pretrained_by(cell)
+  if "pretrain_seed" in spec.cells[cell]:
+    identity["pretrain_seed"] = str(spec.cells[cell]["pretrain_seed"])
   return identity
 
 
@@ -623,10 +636,11 @@ def run(spec: Spec, root: str, *, cells: Sequence[str] | None = None,
         log(f"{cell}, seed {seed}: in the ledger {found.get('reused_from') or ledger}, skipped")
         continue
       source = spec.pretrained_by(cell)
-      if source is not None and not os.path.isdir(pretrain_dir(root, source, seed)):
-        # Its pre-training comes from the source cell's run of this seed (here, not a ledger).
-        log(f"{cell}, seed {seed}: pre-training first, as {source}")
-        run_one(source, seed)
+      source_seed = spec.pretrain_seed(cell, seed)
+      if source is not None and not os.path.isdir(pretrain_dir(root, source, source_seed)):
+        # Its pre-training comes from the source cell's run (here, not a ledger).
+        log(f"{cell}, seed {seed}: pre-training first, as {source}, seed {source_seed}")
+        run_one(source, source_seed)
       run_one(cell, seed)
   collected = summarize(spec, root, ledger)
   log(markdown_table(spec, collected))

@@ -2,9 +2,8 @@
 
   python benchmarks/prefix_widths.py --dataset Beauty --devices 2 --steps 40 --rounds 2
 
-The fine-tuning step of an encoder trained on prefixes (default tvrec, with TV-Rec's Beauty
-settings: 2 layers, hidden 64, batch 256, L 50, full-softmax ce with the fused CPU kernel),
-on the same batches of the epoch's order, whole rows and trimmed, alternating rounds so the
+The fine-tuning step of the tvrec encoder trained on prefixes (TV-Rec's Beauty settings: 2
+layers, hidden 64, batch 256, L 50, full-softmax ce with the fused CPU kernel), on the same batches of the epoch's order, whole rows and trimmed, alternating rounds so the
 machine's drift hits both alike. Prints the groups the dataset's lengths give, the median
 seconds per step of each (the batches built and placed beforehand: the device step alone),
 the host's seconds to build a batch each way, the estimated seconds of an epoch, and the
@@ -48,7 +47,6 @@ def parse_args(argv):
                  "synthetic (built in)")
   p.add_argument("--data_dir", default=fetch.default_data_dir())
   p.add_argument("--devices", type=int, default=0, help="CPU host devices (0: as found)")
-  p.add_argument("--encoder", default="tvrec", choices=("tvrec", "sasrec"))
   p.add_argument("--steps", type=int, default=40, help="timed steps per round")
   p.add_argument("--rounds", type=int, default=2)
   p.add_argument("--batch_size", type=int, default=256)
@@ -59,13 +57,13 @@ def make_config(args):
   config = default_config.get_config()
   config.dataset, config.data_dir = args.dataset, args.data_dir
   config.finetune.batch_size = args.batch_size
-  config.model.encoder = args.encoder
+  config.model.encoder = "tvrec"   # the encoder that declares trims_padding
   config.finetune.loss, config.finetune.targets = "ce", "last_of_prefixes"
   config.finetune.prefix_min_items = 1
   config.settings.next_item.ce_method = "fused_cpu"
-  if args.encoder == "tvrec":   # TV-Rec's Beauty settings (experiments/leaderboard.py)
-    config.settings.tvrec.basis_size = 32
-    config.settings.next_item.padding_class = True
+  # TV-Rec's Beauty settings (experiments/leaderboard.py).
+  config.settings.tvrec.basis_size = 32
+  config.settings.next_item.padding_class = True
   return config
 
 

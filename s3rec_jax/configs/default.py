@@ -139,9 +139,9 @@ def get_config() -> ml_collections.ConfigDict:
   # predicted from no items); 1: TV-Rec's (one item more of context, no empty input).
   c.finetune.prefix_min_items = 0
   # last_of_prefixes: run each prefix row on its last 8, 16, 32, ... columns where that holds
-  # it, for an encoder whose newest position reads no padding (tvrec, sasrec): the same
+  # it, for an encoder whose newest position reads no padding (tvrec): the same
   # losses up to float rounding, for a fraction of the tokens (data/prefix_widths.py).
-  # Ignored, with a line in the log, where the encoder reads the padding (bsarec).
+  # Ignored, with a line in the log, where the encoder reads the padding (sasrec, bsarec).
   c.finetune.trim_padding = False
   # Objective name -> weight of fine-tuning's loss: next_item, plus any
   # self-supervised objective as an auxiliary term (CL4SRec, DuoRec). Each is

@@ -289,9 +289,9 @@ class Encoder(nn.Module):
     return x
 
 
-# Causal attention never reads the padding of a left-padded row (its keys are masked).
-encoder_registry.register(encoder_registry.EncoderSpec("sasrec", TransformerLayer,
-                                                       trims_padding=True))
+# Not trims_padding: a prefix with no items attends to nothing but padding, so its newest
+# position averages over however many padding columns its row has.
+encoder_registry.register(encoder_registry.EncoderSpec("sasrec", TransformerLayer))
 
 
 class Heads(nn.Module):

@@ -440,3 +440,16 @@ def test_a_pretrain_seed_makes_one_pre_training_serve_every_seed(tmp_path):
   with pytest.raises(experiment.SpecError, match="with pretrained_by naming"):
     experiment.load_spec(_spec(tmp_path, SHARED_SPEC.replace(
         '"pretrain.epochs": 0}', '"pretrain.epochs": 0, "pretrain_seed": 1}')))
+
+
+def test_a_resumed_runs_wall_time_counts_the_epochs_of_every_process(tmp_path):
+  log = tmp_path / "log.jsonl"
+  lines = [{"phase": "finetune", "epoch": e, "loss": 1.0, "seconds": 100.0} for e in (1, 2, 3)]
+  lines += [{"phase": "scalars", "step": 3, "scalars": {"finetune/epoch_seconds": 100.0}},
+            {"phase": "done", "wall_seconds": 120.0}]   # the last process ran one epoch
+  log.write_text("".join(json.dumps(r) + "\n" for r in lines))
+  assert experiment._wall_seconds(str(tmp_path)) == 300.0
+  # A run made in one process: its own wall time, which holds the epochs and more.
+  log.write_text("".join(json.dumps(r) + "\n" for r in lines[:-1]
+                         + [{"phase": "done", "wall_seconds": 420.0}]))
+  assert experiment._wall_seconds(str(tmp_path)) == 420.0

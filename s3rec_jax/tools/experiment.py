@@ -344,15 +344,21 @@ def read_records(spec: Spec, ledger: str | None) -> list[dict]:
 
 
 def _wall_seconds(workdir: str) -> float | None:
+  """The run's wall time: its last process's (the "done" record), or, for a run resumed after
+  a kill, the sum of its epochs' times over every process where that is more."""
   path = os.path.join(workdir, "log.jsonl")
   if not os.path.exists(path):
     return None
-  wall = None
+  wall, epochs = None, 0.0
   with open(path) as f:
     for line in f:
       if '"done"' in line:
         wall = json.loads(line).get("wall_seconds", wall)
-  return wall
+      elif '"seconds"' in line:
+        record = json.loads(line)
+        if record.get("phase") in ("pretrain", "finetune"):
+          epochs += float(record.get("seconds", 0.0))
+  return None if wall is None else max(wall, epochs)
 
 
 def record_finished(spec: Spec, root: str, ledger: str) -> int:

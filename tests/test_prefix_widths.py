@@ -176,3 +176,24 @@ def test_the_benchmark_times_both_and_finds_the_same_losses(capsys):
   assert "| whole |" in out and "| trimmed |" in out and "command: python benchmarks/" in out
   difference = float(out.split("largest relative loss difference over 3 steps: ")[1].split(";")[0])
   assert difference < 1e-5
+
+
+@pytest.mark.parametrize("shards", [ip.Shards(4, 2, 2), ip.Shards(2, 1, 1, micro_batches=2)])
+def test_a_process_builds_its_own_pieces_of_every_group(shards):
+  # What a process of several builds: in each group, its pieces of the whole host's.
+  ds = _data()
+  common = dict(batch_size=32, max_len=MAX_LEN, negative_high=ds.max_item, seed=2,
+                trim_padding=True)
+  every = ip.Shards(shards.count, 0, shards.count, shards.micro_batches)
+  mine, all_ = ip.PrefixBatches(ds, shards=shards, **common), ip.PrefixBatches(ds, shards=every,
+                                                                                **common)
+  samples = all_.order(0)[:29]
+  pieces = shards.count * shards.micro_batches
+  all_.groups = mine.groups = _fitting_groups(all_, samples, pieces)
+  local, whole = mine.batch(samples, 0), all_.batch(samples, 0)
+  for group, full, spec in zip(local, whole, mine.groups):
+    per_piece = spec.capacity // pieces
+    first = shards.first_local * shards.micro_batches * per_piece
+    count = shards.num_local * shards.micro_batches * per_piece
+    for key, value in group.items():
+      np.testing.assert_array_equal(value, full[key][first:first + count])

@@ -60,6 +60,7 @@ from s3rec_jax.data import input_pipeline  # noqa: E402
 from s3rec_jax.evaluation import evaluator  # noqa: E402
 from s3rec_jax.evaluation import metrics as metrics_lib  # noqa: E402
 from s3rec_jax.model import encoder as model_lib  # noqa: E402
+from s3rec_jax.model import encoder_registry  # noqa: E402
 from s3rec_jax import objectives as objectives_lib  # noqa: E402
 from s3rec_jax.training import metric_writers  # noqa: E402
 from s3rec_jax.training import pretraining  # noqa: E402
@@ -109,6 +110,9 @@ def parse_args(argv):
                       "rate with all of them, in the same run: what each objective costs")
   p.add_argument("--skip_finetune", action="store_true")
   p.add_argument("--skip_eval", action="store_true")
+  p.add_argument("--encoder", default="sasrec",
+                 help="config.model.encoder: an encoder that mixes a row's positions (bsarec, "
+                      "tvrec) is never packed, so it takes --layouts padded")
   args = p.parse_args(argv)
   args.layouts = tuple(x.strip() for x in args.layouts.split(",") if x.strip())
   args.rankings = tuple(x.strip() for x in args.rankings.split(",") if x.strip())
@@ -119,6 +123,11 @@ def parse_args(argv):
   bad = [x for x in args.layouts if x not in LAYOUTS]
   if bad or not args.layouts:
     p.error(f"--layouts: unknown {bad}; valid: {', '.join(LAYOUTS)}")
+  if args.encoder not in encoder_registry.names():
+    p.error(f"--encoder: unknown {args.encoder!r}; valid: {', '.join(encoder_registry.names())}")
+  if encoder_registry.get(args.encoder).mixes_positions and "packed" in args.layouts:
+    p.error(f"--encoder {args.encoder} mixes a row's positions and is never packed: "
+            "use --layouts padded")
   if args.steps < 1 or args.warmup < 0 or args.micro_batches < 0:
     p.error("--steps must be >= 1, --warmup >= 0 and --micro_batches >= 0")
   return args
@@ -177,6 +186,7 @@ def make_config(args):
   config.data_dir = args.data_dir
   config.pretrain.form = args.form
   config.pretrain.micro_batches = args.micro_batches
+  config.model.encoder = args.encoder
   if args.ce_chunk_size:
     config.settings.next_item.chunk_size = args.ce_chunk_size
   return config
@@ -438,6 +448,7 @@ def reproduce_command(args) -> str:
   parts += ["--without", ",".join(args.without)] if args.without else []
   parts += ["--skip_finetune"] if args.skip_finetune else []
   parts += ["--skip_eval"] if args.skip_eval else []
+  parts += ["--encoder", args.encoder] if args.encoder != "sasrec" else []
   return " ".join(shlex.quote(p) for p in parts)
 
 

@@ -45,9 +45,10 @@ _BSAREC_SETTINGS = {
     "LastFM": {"finetune.learning_rate": 1e-3, "settings.bsarec.alpha": 0.9,
                "settings.bsarec.c": 3},
 }
-# The authors publish no settings for Toys: Beauty's, the nearest Amazon category (a screening
-# choice of ours, not theirs).
-_BSAREC_SETTINGS["Toys_and_Games"] = dict(_BSAREC_SETTINGS["Beauty"])
+# The authors publish no settings for Toys, Sports or Yelp: Beauty's, the nearest of theirs (a
+# screening choice of ours, not theirs).
+for _dataset in ("Toys_and_Games", "Sports_and_Outdoors", "Yelp"):
+  _BSAREC_SETTINGS[_dataset] = dict(_BSAREC_SETTINGS["Beauty"])
 
 # TV-Rec as its authors run it (yehjin-shin/TV-Rec run.sh and logs: 200 epochs, patience 10,
 # batch 256, prefixes of one item at least, ce over the whole table with the padding row, the

@@ -75,8 +75,9 @@ from s3rec_jax.core import files
 from s3rec_jax.core import provenance
 
 PROG = "s3rec-experiment"
-# Cell entries that are not config overrides: the cell's own config file, and the cell whose
-# pre-training checkpoints (of the same seed) it fine-tunes from instead of pre-training.
+# Cell entries that are not config overrides: the cell's own config file, the cell whose
+# pre-training checkpoints it fine-tunes from instead of pre-training, and the seed of that
+# cell's run it takes them from (default: the same seed).
 CELL_KEYS = ("config", "pretrained_by", "pretrain_seed")
 DEFAULT_SEEDS = (42, 1, 2)
 

@@ -19,7 +19,7 @@ from s3rec_jax.model import encoder as model  # noqa: E402
 from s3rec_jax.model import encoder_registry  # noqa: E402
 from s3rec_jax.training import steps as train_steps  # noqa: E402
 
-MAX_LEN = 20
+MAX_LEN = 16
 encoder_registry.load_built_ins()   # tvrec's settings record
 
 

@@ -44,14 +44,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 "eval.chunk_size", "eval.top_k", "pretrain.save_every_epochs",
                 "pretrain.log_every_steps", "finetune.patience", "sample.num_negatives"):
     _positive_int(config, field)
+  # Fields added after the first configs were saved: an older config may lack them.
+  late = ("pretrain.max_steps", "finetune.max_steps", "finetune.log_every_steps",
+          "eval.max_users", "finetune.prefix_min_items")
   for field in ("pretrain.epochs", "finetune.epochs", "num_devices", "pretrain.mip_num_negatives",
-                "pretrain.micro_batches", "finetune.min_epochs", "pretrain.max_steps",
-                "finetune.max_steps", "finetune.log_every_steps", "eval.max_users",
-                "finetune.prefix_min_items"):
-    if field in ("pretrain.max_steps", "finetune.max_steps", "finetune.log_every_steps",
-                 "eval.max_users", "finetune.prefix_min_items") and (
-        field.split(".")[1] not in config[field.split(".")[0]]):
-      continue   # a config saved before the field existed
+                "pretrain.micro_batches", "finetune.min_epochs") + late:
+    if field in late and field.split(".")[1] not in config[field.split(".")[0]]:
+      continue
     value = _get(config, field)
     if not isinstance(value, int) or value < 0:
       raise ConfigError(f"config.{field} must be a non-negative integer, got {value!r}")
